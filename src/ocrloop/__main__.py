@@ -1,0 +1,3 @@
+from ocrloop.cli import main
+
+main()

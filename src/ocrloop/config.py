@@ -1,0 +1,175 @@
+"""The one validated configuration of an ocrloop workspace (``ocrloop.yaml``).
+
+All defaults live here. Every CLI flag maps to a field of these models; a flag overrides
+the value read from the YAML file, which overrides the default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ocrloop.atomic import atomic_write_text
+from ocrloop.errors import ConfigError
+
+CONFIG_FILENAME = "ocrloop.yaml"
+
+SPLITS = ("train", "val", "test")
+DOCUMENT_CATEGORIES = ("receipt", "invoice", "contract", "tax_form")
+BUSINESS_TYPES = ("ecommerce", "content", "saas", "legal", "accounting")
+
+
+class _Section(BaseModel):
+    # A typo in ocrloop.yaml must be an error, not a silently ignored key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """How documents are read."""
+
+    pdf_dpi: int = Field(144, ge=36, le=600, description="Resolution at which PDF pages are rasterized.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=10_000, description="Images (or rasterized pages) above this many pixels are refused."
+    )
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Files larger than this are refused.")
+
+
+class TrainingConfig(_Section):
+    """Training defaults: the plan's values."""
+
+    epochs: float = Field(3, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, description="Examples per device per forward pass.")
+    gradient_accumulation_steps: int = Field(2, ge=1)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    warmup_steps: int = Field(10, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    mode: Literal["lora16", "qlora4", "lora8", "full"] = Field("lora16", description="What is trained, at what precision.")
+    lora_rank: int = Field(16, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: list[Literal["attention", "mlp", "experts", "vision"]] = Field(
+        default_factory=lambda: ["attention"], description="Module groups that get LoRA adapters."
+    )
+    resolution: Literal["tiny", "small", "base", "large", "gundam"] = "base"
+    prompt: Literal["markdown", "ocr", "free", "figure", "describe", "locate"] = "markdown"
+    save_steps: int = Field(50, ge=1, description="Write a resumable checkpoint every N optimizer steps.")
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="Validation CER every N steps (None: once per epoch).")
+    max_seq_length: int = Field(8192, ge=64)
+    seed: int = 3407
+
+
+class LoopConfig(_Section):
+    """When the repeatable loop retrains, and when a challenger is promoted."""
+
+    new_documents_threshold: int = Field(50, ge=1, description="Retrain when this many new documents arrived.")
+    max_validation_cer: float | None = Field(None, gt=0, description="Retrain when the champion's validation CER exceeds this.")
+    retrain_on_new_category: bool = True
+    schedule: Literal["none", "monthly", "weekly"] = "monthly"
+    promotion_margin: float = Field(0.0, ge=0, description="A challenger must beat the champion's CER by at least this.")
+    category_regression_tolerance: float = Field(0.01, ge=0, description="No category may get worse by more than this.")
+
+
+class OcrloopConfig(_Section):
+    """Everything ocrloop needs to know about a workspace."""
+
+    dataset_dir: Path = Path("data/ocr_documents")
+    registry_path: Path = Path("ocrloop.db")
+    models_dir: Path = Path("models")
+    base_model: str = Field("tiny-deepseek-ocr-2", min_length=1, description="Preset name, local folder or hub id.")
+    gpu_price_per_hour_usd: float = Field(2.0, ge=0, description="Used to report the cost of each run.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+
+    @model_validator(mode="after")
+    def _paths_are_distinct(self) -> "OcrloopConfig":
+        if self.dataset_dir == self.models_dir:
+            raise ValueError("dataset_dir and models_dir must be different folders")
+        return self
+
+    def resolve(self, root: Path) -> "OcrloopConfig":
+        """Return a copy whose relative paths are anchored at ``root`` (the workspace)."""
+        anchored = {
+            name: (value if value.is_absolute() else (root / value))
+            for name, value in (
+                ("dataset_dir", self.dataset_dir),
+                ("registry_path", self.registry_path),
+                ("models_dir", self.models_dir),
+            )
+        }
+        return self.model_copy(update=anchored)
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line naming the first offending field, e.g. ``ocrloop.yaml: training.epochs: ...``."""
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {location}: {first['msg']}{suffix}"
+
+
+def config_from_dict(values: dict[str, Any], source: str = "configuration") -> OcrloopConfig:
+    """Validate a plain dict into an ``OcrloopConfig``; raise ``ConfigError`` with one line."""
+    try:
+        return OcrloopConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_config(path: str | Path) -> OcrloopConfig:
+    """Read and validate ``ocrloop.yaml``; relative paths are resolved against its folder."""
+    config_path = Path(path)
+    if config_path.is_dir():
+        config_path = config_path / CONFIG_FILENAME
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: no such configuration file (run `ocrloop init` first)")
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{config_path}: not valid UTF-8 at byte {error.start}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{config_path}:{where}: malformed YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: expected a mapping of settings, got {type(raw).__name__}")
+    return config_from_dict(raw, source=str(config_path)).resolve(config_path.parent.resolve())
+
+
+def apply_overrides(config: OcrloopConfig, overrides: dict[str, Any]) -> OcrloopConfig:
+    """Return ``config`` with dotted-key overrides (``{"training.epochs": 1}``) validated and applied.
+
+    ``None`` values are ignored, so unset CLI flags keep the file's value.
+    """
+    merged = config.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"unknown setting {dotted!r}")
+        node[leaf] = value
+    return config_from_dict(merged, source="command-line flags")
+
+
+def dump_config(config: OcrloopConfig) -> str:
+    """The YAML text of ``config`` (paths as strings), suitable for ``ocrloop.yaml`` and run cards."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_config(config: OcrloopConfig, path: str | Path) -> Path:
+    """Write ``config`` atomically as YAML."""
+    return atomic_write_text(path, dump_config(config))

@@ -1,0 +1,144 @@
+"""Adding labeled documents to a dataset without ever leaving it half-written.
+
+Order of operations: every incoming file is checked first (nothing is copied if one is bad),
+then files are copied atomically into their split folder, then the annotation file is
+rewritten atomically. A process killed in between leaves at most an unreferenced file,
+never an annotation that points at a missing or partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ocrloop.atomic import atomic_copy, atomic_write_json, atomic_write_text
+from ocrloop.config import SPLITS, DataConfig
+from ocrloop.data.dataset import Dataset
+from ocrloop.data.files import inspect_file
+from ocrloop.data.formats import ANNOTATIONS_JSON, ANNOTATIONS_JSONL, find_annotation_files, record_to_entry
+from ocrloop.data.records import DocumentRecord
+from ocrloop.errors import DatasetError
+from ocrloop.locking import file_lock
+
+LOCK_NAME = ".ocrloop-dataset.lock"
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class IncomingDocument:
+    """A labeled file to add: one text per page (one for an image)."""
+
+    path: Path
+    texts: tuple[str, ...]
+    category: str
+    business: str
+    split: str
+    name: str | None = None  # file name to use inside the dataset; defaults to the source's
+
+
+@dataclass
+class AddResult:
+    added: list[DocumentRecord]
+    refused: list[str]
+
+
+def _check_incoming(document: IncomingDocument, data: DataConfig) -> tuple[str | None, str | None]:
+    if document.split not in SPLITS:
+        return None, f"unknown split {document.split!r}; expected one of {', '.join(SPLITS)}"
+    for label, value in (("category", document.category), ("business", document.business)):
+        if not value or not value.strip():
+            return None, f"{label} must not be empty"
+    if not document.texts or any(not isinstance(t, str) or not t.strip() for t in document.texts):
+        return None, "text is missing or empty"
+    info, reason = inspect_file(document.path, data)
+    if reason:
+        return None, reason
+    if info.pages != len(document.texts):
+        return None, f"has {info.pages} page(s) but {len(document.texts)} text(s) were given"
+    return info.content_hash, None
+
+
+def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfig | None = None) -> AddResult:
+    """Copy ``documents`` into the dataset at ``root`` and record them in its annotation file.
+
+    Documents whose content is already in the dataset (in any split) are refused, as are
+    duplicates within ``documents``. A document that fails the file checks raises
+    ``DatasetError`` before anything is written.
+    """
+    data = data or DataConfig()
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / LOCK_NAME, what=f"dataset {root}"):
+        annotation_files = find_annotation_files(root)
+        if annotation_files and annotation_files[0].name not in (ANNOTATIONS_JSON, ANNOTATIONS_JSONL):
+            raise DatasetError(f"{root}: adding to an imagefolder (metadata.jsonl) dataset is not supported; use annotations.json")
+        annotation_path = annotation_files[0] if annotation_files else root / ANNOTATIONS_JSON
+        existing = Dataset.open(root, data) if annotation_files else None
+        known = {info.content_hash for info in existing.files.values()} if existing else set()
+        used_names = {r.source for r in existing.records} if existing else set()
+
+        checked: list[tuple[IncomingDocument, str]] = []
+        refused: list[str] = []
+        for document in documents:
+            digest, reason = _check_incoming(document, data)
+            if reason:
+                raise DatasetError(f"{document.path}: {reason}")
+            if digest in known:
+                refused.append(f"{document.path}: already in the dataset (same content)")
+                continue
+            known.add(digest)
+            checked.append((document, digest))
+
+        added: list[DocumentRecord] = []
+        for document, digest in checked:
+            source = _destination_name(root, document, digest, used_names)
+            used_names.add(source)
+            atomic_copy(document.path, root / source)
+            added.append(DocumentRecord(source, document.texts, document.split, document.category.strip().lower(), document.business.strip().lower(), source))
+
+        if added:
+            _append_entries(annotation_path, [record_to_entry(r) for r in added])
+        return AddResult(added, refused)
+
+
+def _destination_name(root: Path, document: IncomingDocument, digest: str, used: set[str]) -> str:
+    name = document.name or document.path.name
+    stem, suffix = Path(name).stem, Path(name).suffix.lower()
+    stem = _SAFE_NAME.sub("_", stem).strip("._") or "document"
+    candidate = f"{document.split}/{stem}{suffix}"
+    if candidate in used or (root / candidate).exists():
+        candidate = f"{document.split}/{stem}-{digest[:10]}{suffix}"
+    return candidate
+
+
+def _append_entries(annotation_path: Path, entries: list[dict]) -> None:
+    if annotation_path.name == ANNOTATIONS_JSONL:
+        previous = annotation_path.read_text(encoding="utf-8") if annotation_path.exists() else ""
+        if previous and not previous.endswith("\n"):
+            previous += "\n"
+        lines = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
+        atomic_write_text(annotation_path, previous + lines)
+        return
+    current = json.loads(annotation_path.read_text(encoding="utf-8")) if annotation_path.exists() else []
+    if not isinstance(current, list):
+        raise DatasetError(f"{annotation_path}: expected a JSON list; fix it before adding documents")
+    atomic_write_json(annotation_path, current + entries)
+
+
+def read_sidecar_texts(path: Path, text: str | None = None) -> tuple[str, ...]:
+    """The ground truth of ``path``: ``text`` if given, else ``NAME.md`` or ``NAME.txt`` beside it.
+
+    Pages of a multi-page PDF are separated by a form feed (``\\f``) in the sidecar file.
+    """
+    if text is not None:
+        return tuple(part for part in text.split("\f"))
+    for suffix in (".md", ".txt"):
+        sidecar = path.with_suffix(suffix)
+        if sidecar.is_file():
+            try:
+                content = sidecar.read_text(encoding="utf-8")
+            except UnicodeDecodeError as error:
+                raise DatasetError(f"{sidecar}: invalid UTF-8 at byte {error.start}") from None
+            return tuple(page.strip("\n") for page in content.split("\f"))
+    raise DatasetError(f"{path}: no ground truth; pass --text or put {path.stem}.md beside it")

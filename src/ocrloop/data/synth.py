@@ -1,0 +1,424 @@
+"""Synthetic business documents with exact markdown ground truth.
+
+Receipts, invoices, contracts (multi-page PDFs) and tax forms, rendered with the DejaVu fonts
+that ship inside matplotlib (so nothing is downloaded), with varied layouts and controllable
+scan noise: rotation, blur, pixel noise and JPEG artefacts. The same seed gives the same bytes.
+
+The ground truth is the markdown a good OCR model should produce for the page: ``# `` marks
+the title, ``**label:**`` bold labels, ``- `` list items, ``|`` table rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from ocrloop.config import BUSINESS_TYPES, DOCUMENT_CATEGORIES, DataConfig
+from ocrloop.data.add import AddResult, IncomingDocument, add_documents
+
+CATEGORY_BUSINESSES = {
+    "receipt": ("ecommerce", "content"),
+    "invoice": ("saas", "ecommerce", "accounting", "content"),
+    "contract": ("legal", "saas", "content"),
+    "tax_form": ("accounting",),
+}
+
+_COMPANIES = {
+    "ecommerce": ["TechGear Store", "Cable Corner", "Home & Hearth Goods", "Urban Sprout Market", "PixelPeak Outlet"],
+    "content": ["DevInsights Blog", "Northwind Media", "Quill & Pixel Studio", "Bright Lens Video"],
+    "saas": ["TaskFlow Pro", "CloudLedger", "MetricHub", "SignalDesk", "FormForge"],
+    "legal": ["Harper & Lowe LLP", "Meridian Legal Group", "Atlas Counsel"],
+    "accounting": ["Ledgerline Accounting", "Summit Tax Partners", "Clearbooks CPA"],
+}
+_CLIENTS = ["Client ABC", "Acme Corp", "Blue River Foods", "Orion Logistics", "Nimbus Health", "Greenfield School", "Vertex Labs"]
+_PEOPLE = ["Jane Doe", "Omar Haddad", "Li Wei", "Maria Santos", "Tom Becker", "Aisha Khan", "Ivan Petrov", "Sofia Rossi"]
+_ITEMS = {
+    "ecommerce": [("Wireless Mouse", 45.0), ("USB-C Cable", 12.5), ("Laptop Stand", 70.0), ("Desk Lamp", 34.99),
+                  ("Notebook A5", 6.25), ("Phone Case", 19.9), ("HDMI Adapter", 24.0), ("Coffee Beans 1kg", 18.4)],
+    "content": [("Stock photo license", 29.0), ("Podcast mic", 89.0), ("Editing hours", 55.0), ("Ebook cover design", 120.0),
+                ("Newsletter ad slot", 250.0), ("Transcription", 42.5)],
+    "saas": [("Pro plan (monthly)", 19.0), ("Team seats", 12.0), ("API overage", 0.35), ("Premium support", 99.0),
+             ("Storage add-on 100 GB", 5.0), ("Onboarding session", 150.0)],
+    "accounting": [("Bookkeeping (monthly)", 320.0), ("Payroll run", 85.0), ("Tax filing", 450.0), ("Audit preparation", 1200.0)],
+    "legal": [("Contract review", 400.0), ("Consultation hour", 275.0), ("Filing fee", 95.0)],
+}
+_CLAUSES = [
+    ("Services", "The Provider shall deliver the services described in Schedule A with reasonable skill and care, "
+                 "and shall keep the Client informed of progress at agreed intervals."),
+    ("Fees", "The Client shall pay the fees set out in Schedule B within thirty days of each invoice. "
+             "Late amounts bear interest at one percent per month."),
+    ("Term", "This Agreement starts on the effective date and continues for twelve months unless ended earlier "
+             "under the termination clause."),
+    ("Confidentiality", "Each party shall keep the other party's confidential information secret and use it only "
+                        "to perform this Agreement."),
+    ("Termination", "Either party may end this Agreement with thirty days written notice, or at once if the other "
+                    "party commits a material breach that is not remedied within fourteen days."),
+    ("Liability", "Neither party is liable for indirect or consequential loss. Total liability is limited to the "
+                  "fees paid in the twelve months before the claim."),
+    ("Intellectual Property", "All work product created under this Agreement belongs to the Client once the related "
+                              "fees are paid in full."),
+    ("Governing Law", "This Agreement is governed by the laws of the State of Delaware."),
+]
+
+
+@dataclass
+class SynthOptions:
+    """What to generate. ``noise`` in [0, 1] scales rotation, blur, pixel noise and JPEG loss together."""
+
+    n: int = 40
+    categories: tuple[str, ...] = DOCUMENT_CATEGORIES
+    businesses: tuple[str, ...] | None = None  # restrict to these business types
+    seed: int = 0
+    noise: float = 0.3
+    scale: float = 1.0  # 1.0: letter pages of 850x1100 px; smaller for fast tests
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    jpeg_fraction: float = 0.5  # share of single-page documents written as JPEG "scans"
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; choose from {', '.join(DOCUMENT_CATEGORIES)}")
+        if self.businesses is not None:
+            bad = [b for b in self.businesses if b not in BUSINESS_TYPES]
+            if bad:
+                raise ValueError(f"unknown business types {bad}; choose from {', '.join(BUSINESS_TYPES)}")
+            if not any(set(CATEGORY_BUSINESSES[c]) & set(self.businesses) for c in self.categories):
+                raise ValueError("no chosen category is made by the chosen business types")
+        if self.n < 1:
+            raise ValueError("n must be at least 1")
+        if not 0 <= self.noise <= 1:
+            raise ValueError("noise must be between 0 and 1")
+        if not 0.1 <= self.scale <= 4:
+            raise ValueError("scale must be between 0.1 and 4")
+
+
+@dataclass
+class SynthDocument:
+    """One rendered document: pages as images, one markdown text per page."""
+
+    category: str
+    business: str
+    pages: list[Image.Image]
+    texts: list[str]
+    is_pdf: bool
+    is_jpeg: bool
+    split: str = "train"
+    name: str = ""
+    dpi: float = 100.0
+
+
+@dataclass
+class _Fonts:
+    regular: Path
+    bold: Path
+    _cache: dict = field(default_factory=dict)
+
+    def get(self, bold: bool, size: int) -> ImageFont.FreeTypeFont:
+        key = (bold, size)
+        if key not in self._cache:
+            self._cache[key] = ImageFont.truetype(str(self.bold if bold else self.regular), size)
+        return self._cache[key]
+
+
+def _font_families() -> dict[str, _Fonts]:
+    import matplotlib
+
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return {
+        "sans": _Fonts(ttf / "DejaVuSans.ttf", ttf / "DejaVuSans-Bold.ttf"),
+        "serif": _Fonts(ttf / "DejaVuSerif.ttf", ttf / "DejaVuSerif-Bold.ttf"),
+        "mono": _Fonts(ttf / "DejaVuSansMono.ttf", ttf / "DejaVuSansMono-Bold.ttf"),
+    }
+
+
+def _money(value: float) -> str:
+    return f"${value:,.2f}"
+
+
+def _date(rng: random.Random) -> dt.date:
+    return dt.date(2025, 1, 1) + dt.timedelta(days=rng.randrange(0, 700))
+
+
+def _receipt(rng: random.Random, business: str) -> list[str]:
+    store = rng.choice(_COMPANIES[business])
+    chosen = rng.sample(_ITEMS[business], k=rng.randint(2, min(6, len(_ITEMS[business]))))
+    lines = [f"# {store}", f"Receipt #R-{rng.randint(10000, 99999)}", f"**Date:** {_date(rng).isoformat()}", "**Items:**"]
+    subtotal = 0.0
+    for name, price in chosen:
+        quantity = rng.randint(1, 3)
+        subtotal += quantity * price
+        lines.append(f"- {name} x{quantity}: {_money(quantity * price)}")
+    rate = rng.choice([0, 5, 8, 10, 20])
+    tax = round(subtotal * rate / 100, 2)
+    lines += [f"**Subtotal:** {_money(subtotal)}", f"**Tax ({rate}%):** {_money(tax)}", f"**Total:** {_money(subtotal + tax)}"]
+    lines.append(rng.choice(["Thank you for shopping with us!", "Returns within 30 days with receipt.", "Paid by card"]))
+    return lines
+
+
+def _invoice(rng: random.Random, business: str) -> list[str]:
+    issued = _date(rng)
+    lines = [
+        f"# INVOICE #{rng.randint(1000, 9999)}",
+        f"**From:** {rng.choice(_COMPANIES[business])}",
+        f"**To:** {rng.choice(_CLIENTS)}",
+        f"**Date:** {issued.isoformat()}",
+        f"**Due:** {(issued + dt.timedelta(days=rng.choice([14, 30, 45]))).isoformat()}",
+        "| Description | Qty | Unit price | Amount |",
+        "|---|---|---|---|",
+    ]
+    total = 0.0
+    for name, price in rng.sample(_ITEMS[business], k=rng.randint(1, min(5, len(_ITEMS[business])))):
+        quantity = rng.randint(1, 12)
+        total += quantity * price
+        lines.append(f"| {name} | {quantity} | {_money(price)} | {_money(quantity * price)} |")
+    lines.append(f"**Amount:** {_money(total)}")
+    return lines
+
+
+def _contract(rng: random.Random, business: str) -> list[str]:
+    provider = rng.choice(_COMPANIES[business])
+    client = rng.choice(_CLIENTS)
+    title = rng.choice(["SERVICE AGREEMENT", "CONSULTING AGREEMENT", "MASTER SERVICES AGREEMENT"])
+    lines = [f"# {title}", f"**Between:** {provider} and {client}", f"**Effective date:** {_date(rng).isoformat()}"]
+    clauses = rng.sample(_CLAUSES, k=rng.randint(4, len(_CLAUSES)))
+    for number, (heading, body) in enumerate(clauses, start=1):
+        lines.append(f"## {number}. {heading}")
+        lines.append(body)
+    lines.append("## Schedule A")
+    lines += [f"- {name}" for name, _ in rng.sample(_ITEMS[business], k=min(3, len(_ITEMS[business])))]
+    provider_signer, client_signer = rng.sample(_PEOPLE, k=2)
+    lines += [f"**Signed for the Provider:** {provider_signer}", f"**Signed for the Client:** {client_signer}"]
+    return lines
+
+
+def _tax_form(rng: random.Random, business: str) -> list[str]:
+    wages = rng.randint(25_000, 180_000) + rng.choice([0, 0.5, 0.25])
+    withheld = round(wages * rng.uniform(0.1, 0.25), 2)
+    return [
+        f"# Form W-2 Wage and Tax Statement {rng.choice([2024, 2025])}",
+        f"**Employer:** {rng.choice(_CLIENTS)}",
+        f"**Employee:** {rng.choice(_PEOPLE)}",
+        f"**Prepared by:** {rng.choice(_COMPANIES[business])}",
+        f"**Box 1 Wages:** {_money(wages)}",
+        f"**Box 2 Federal tax withheld:** {_money(withheld)}",
+        f"**Box 3 Social security wages:** {_money(min(wages, 168_600))}",
+        f"**Box 4 Social security tax:** {_money(round(min(wages, 168_600) * 0.062, 2))}",
+    ]
+
+
+_CONTENT = {"receipt": _receipt, "invoice": _invoice, "contract": _contract, "tax_form": _tax_form}
+
+
+def _segments(markdown_line: str) -> tuple[str, list[tuple[str, bool]]]:
+    """Split a markdown line into its style and (text, bold) runs as they appear on the page."""
+    if markdown_line.startswith("## "):
+        return "heading", [(markdown_line[3:], True)]
+    if markdown_line.startswith("# "):
+        return "title", [(markdown_line[2:], True)]
+    if markdown_line.startswith("|"):
+        return "table", [(markdown_line, False)]
+    runs = []
+    for index, part in enumerate(markdown_line.split("**")):
+        if part:
+            runs.append((part, index % 2 == 1))
+    return "body", runs
+
+
+class _Renderer:
+    """Lays out markdown lines on pages of fixed width, wrapping paragraphs, paginating contracts."""
+
+    def __init__(self, rng: random.Random, fonts: _Fonts, width: int, height: int | None, scale: float, paginate: bool):
+        self.rng = rng
+        self.fonts = fonts
+        self.width = width
+        self.height = height
+        self.scale = scale
+        self.paginate = paginate
+        self.margin = int(rng.uniform(40, 70) * scale)
+        self.body_size = max(8, int(rng.choice([15, 16, 17, 18]) * scale * (1.3 if paginate else 1.0)))
+        self.align_title = rng.choice(["left", "center"])
+        self.boxed = False
+
+    def _line_height(self, size: int) -> int:
+        return int(size * 1.45)
+
+    def _wrap(self, runs: list[tuple[str, bool]], size: int) -> list[list[tuple[str, bool]]]:
+        usable = self.width - 2 * self.margin
+        words = [(word, bold) for text, bold in runs for word in text.split()]
+        lines: list[list[tuple[str, bool]]] = [[]]
+        used = 0.0
+        for word, bold in words:
+            font = self.fonts.get(bold, size)
+            token = word if not lines[-1] else " " + word
+            if lines[-1] and used + font.getlength(token) > usable:
+                lines.append([])
+                used, token = 0.0, word
+            lines[-1].append((token, bold))
+            used += font.getlength(token)
+        return lines
+
+    def render(self, markdown_lines: list[str]) -> tuple[list[Image.Image], list[str]]:
+        blocks = []  # (markdown, style, wrapped runs, size)
+        for line in markdown_lines:
+            style, runs = _segments(line)
+            size = {"title": int(self.body_size * 1.5), "heading": int(self.body_size * 1.15)}.get(style, self.body_size)
+            wrapped = [[(text, False)] for text in [line]] if style == "table" else self._wrap(runs, size)
+            blocks.append((line, style, wrapped, size))
+
+        pages: list[list[tuple]] = [[]]
+        y = self.margin
+        limit = (self.height - self.margin) if self.height else None
+        for block in blocks:
+            needed = len(block[2]) * self._line_height(block[3]) + int(self.body_size * 0.4)
+            if self.paginate and limit and y + needed > limit and pages[-1]:
+                pages.append([])
+                y = self.margin
+            pages[-1].append((block, y))
+            y += needed
+        images, texts = [], []
+        for placed in pages:
+            page_height = self.height or (placed[-1][1] + 4 * self.body_size + self.margin)
+            image = Image.new("RGB", (self.width, page_height), "white")
+            draw = ImageDraw.Draw(image)
+            for (markdown, style, wrapped, size), top in placed:
+                self._draw_block(draw, style, wrapped, size, top, markdown)
+            images.append(image)
+            texts.append("\n".join(block[0] for block, _ in placed))
+        return images, texts
+
+    def _draw_block(self, draw: ImageDraw.ImageDraw, style: str, wrapped, size: int, top: int, markdown: str) -> None:
+        if style == "table":
+            self._draw_table_row(draw, markdown, top, size)
+            return
+        for index, runs in enumerate(wrapped):
+            y = top + index * self._line_height(size)
+            total = sum(self.fonts.get(bold, size).getlength(text) for text, bold in runs)
+            x = self.margin
+            if style == "title" and self.align_title == "center":
+                x = int((self.width - total) / 2)
+            if self.boxed and style == "body":
+                draw.rectangle([self.margin - 6, y - 4, self.width - self.margin + 6, y + self._line_height(size) - 2], outline=(90, 90, 90))
+            for text, bold in runs:
+                font = self.fonts.get(bold, size)
+                draw.text((x, y), text, fill=(20, 20, 20), font=font)
+                x += font.getlength(text)
+
+    def _draw_table_row(self, draw: ImageDraw.ImageDraw, markdown: str, top: int, size: int) -> None:
+        cells = [cell.strip() for cell in markdown.strip("|").split("|")]
+        usable = self.width - 2 * self.margin
+        if all(set(cell) <= {"-", ":"} for cell in cells):
+            draw.line([self.margin, top + size // 2, self.width - self.margin, top + size // 2], fill=(60, 60, 60), width=max(1, int(2 * self.scale)))
+            return
+        widths = [0.46, 0.12, 0.2, 0.22][: len(cells)]
+        x = float(self.margin)
+        for cell, share in zip(cells, widths):
+            draw.text((x, top), cell, fill=(20, 20, 20), font=self.fonts.get(False, size))
+            x += share * usable
+
+
+def _add_scan_noise(image: Image.Image, rng: random.Random, nrng: np.random.Generator, noise: float) -> Image.Image:
+    if noise <= 0:
+        return image
+    angle = rng.uniform(-2.0, 2.0) * noise
+    if abs(angle) > 0.05:
+        image = image.rotate(angle, resample=Image.Resampling.BICUBIC, expand=False, fillcolor="white")
+    radius = rng.uniform(0, 1.0) * noise
+    if radius > 0.15:
+        image = image.filter(ImageFilter.GaussianBlur(radius))
+    pixels = np.asarray(image, dtype=np.float32)
+    pixels = pixels + nrng.normal(0, 14 * noise, size=pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def render_document(category: str, business: str, rng: random.Random, options: SynthOptions, families: dict[str, _Fonts]) -> SynthDocument:
+    """Render one document of ``category`` for ``business``."""
+    markdown_lines = _CONTENT[category](rng, business)
+    family = rng.choice(["mono", "sans"] if category == "receipt" else ["sans", "serif", "mono"])
+    scale = options.scale * rng.uniform(0.9, 1.1)
+    if category == "receipt":
+        width, height = int(rng.uniform(380, 480) * scale), None
+    else:
+        width, height = int(850 * options.scale), int(1100 * options.scale)
+    renderer = _Renderer(rng, families[family], width, height, scale, paginate=category == "contract")
+    renderer.boxed = category == "tax_form"
+    pages, texts = renderer.render(markdown_lines)
+    nrng = np.random.default_rng(rng.randrange(2**32))
+    pages = [_add_scan_noise(page, rng, nrng, options.noise) for page in pages]
+    is_pdf = category == "contract"
+    is_jpeg = not is_pdf and rng.random() < options.jpeg_fraction
+    return SynthDocument(category, business, pages, texts, is_pdf, is_jpeg, dpi=100 * options.scale)
+
+
+def _split_plan(n: int, fractions: tuple[float, float, float], rng: random.Random) -> list[str]:
+    n_val = round(n * fractions[1])
+    n_test = round(n * fractions[2])
+    if n >= 3:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    plan = ["val"] * n_val + ["test"] * n_test
+    plan += ["train"] * (n - len(plan))
+    rng.shuffle(plan)
+    return plan
+
+
+def generate_documents(options: SynthOptions) -> list[SynthDocument]:
+    """Render ``options.n`` documents, deterministic for ``options.seed``, assigned to splits."""
+    rng = random.Random(options.seed)
+    families = _font_families()
+    allowed = {
+        c: [b for b in CATEGORY_BUSINESSES[c] if options.businesses is None or b in options.businesses]
+        for c in options.categories
+    }
+    categories = [c for c in options.categories if allowed[c]]
+    splits = _split_plan(options.n, options.split_fractions, rng)
+    documents = []
+    for index in range(options.n):
+        category = categories[index % len(categories)]
+        business = rng.choice(allowed[category])
+        document = render_document(category, business, rng, options, families)
+        document.split = splits[index]
+        document.name = f"{category}_s{options.seed}_{index:05d}"
+        documents.append(document)
+    return documents
+
+
+_PDF_DATE = time.gmtime(1735689600)  # 2025-01-01; PIL wants a struct_time
+
+
+def write_document(document: SynthDocument, folder: Path) -> Path:
+    """Write ``document`` as PNG, JPEG or (multi-page) PDF into ``folder``; return its path."""
+    if document.is_pdf:
+        path = folder / f"{document.name}.pdf"
+        first, *rest = document.pages
+        # Fixed dates keep the bytes, and so the content hash, the same for the same seed.
+        first.save(path, "PDF", save_all=True, append_images=rest, resolution=document.dpi,
+                   creationDate=_PDF_DATE, modDate=_PDF_DATE)
+    elif document.is_jpeg:
+        path = folder / f"{document.name}.jpg"
+        document.pages[0].save(path, "JPEG", quality=90, optimize=False)
+    else:
+        path = folder / f"{document.name}.png"
+        document.pages[0].save(path, "PNG")
+    return path
+
+
+def synthesize_dataset(root: Path, options: SynthOptions, data: DataConfig | None = None, progress=None) -> AddResult:
+    """Generate documents and add them to the dataset at ``root`` (atomically, duplicates refused).
+
+    ``progress``, if given, is called with the number of documents rendered so far.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".synth-", dir=root) as staging:
+        incoming = []
+        for count, document in enumerate(generate_documents(options), start=1):
+            path = write_document(document, Path(staging))
+            incoming.append(IncomingDocument(path, tuple(document.texts), document.category, document.business, document.split))
+            if progress:
+                progress(count)
+        return add_documents(root, incoming, data)

@@ -1,0 +1,1 @@
+"""Evaluation: CER/WER and their aggregation by category and business."""

@@ -1,0 +1,5 @@
+"""The run registry: datasets, runs, models, evaluations and promotions in one SQLite file."""
+
+from ocrloop.registry.store import Registry
+
+__all__ = ["Registry"]
