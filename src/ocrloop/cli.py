@@ -190,18 +190,20 @@ def evaluate(
     from ocrloop.evaluate.metrics import Normalization, compare_reports
     from ocrloop.evaluate.predictions import read_predictions, score_predictions
 
+    hypotheses = read_predictions(predictions)
+    baseline = read_predictions(compare) if compare is not None else None
     root, config = _dataset_root(workspace, dataset)
     examples = Dataset.open(root, config.data).examples(split)
     if not examples:
         raise OcrloopError(f"{root}: no valid examples in split {split!r}")
     normalization = Normalization(lowercase=lowercase, strip_markdown=strip_markdown)
-    after = score_predictions(examples, read_predictions(predictions), normalization)
+    after = score_predictions(examples, hypotheses, normalization)
     if after.missing:
         console.print(f"[yellow]{len(after.missing)} pages have no prediction and count as empty output[/yellow]")
     _print_report(after.report, f"{predictions.name} on {split} ({len(examples)} pages)")
     payload = {"split": split, "predictions": str(predictions), "report": after.report.to_json()}
-    if compare is not None:
-        before = score_predictions(examples, read_predictions(compare), normalization)
+    if baseline is not None:
+        before = score_predictions(examples, baseline, normalization)
         rows = compare_reports(before.report, after.report)
         _print_comparison(rows, compare.name, predictions.name)
         payload["before"] = before.report.to_json()

@@ -339,6 +339,8 @@ def _add_scan_noise(image: Image.Image, rng: random.Random, nrng: np.random.Gene
 
 def render_document(category: str, business: str, rng: random.Random, options: SynthOptions, families: dict[str, _Fonts]) -> SynthDocument:
     """Render one document of ``category`` for ``business``."""
+    # Noise draws from its own generator so the same seed gives the same texts at any noise level.
+    noise_seed = rng.randrange(2**32)
     markdown_lines = _CONTENT[category](rng, business)
     family = rng.choice(["mono", "sans"] if category == "receipt" else ["sans", "serif", "mono"])
     scale = options.scale * rng.uniform(0.9, 1.1)
@@ -349,8 +351,8 @@ def render_document(category: str, business: str, rng: random.Random, options: S
     renderer = _Renderer(rng, families[family], width, height, scale, paginate=category == "contract")
     renderer.boxed = category == "tax_form"
     pages, texts = renderer.render(markdown_lines)
-    nrng = np.random.default_rng(rng.randrange(2**32))
-    pages = [_add_scan_noise(page, rng, nrng, options.noise) for page in pages]
+    noise_rng, pixel_rng = random.Random(noise_seed), np.random.default_rng(noise_seed)
+    pages = [_add_scan_noise(page, noise_rng, pixel_rng, options.noise) for page in pages]
     is_pdf = category == "contract"
     is_jpeg = not is_pdf and rng.random() < options.jpeg_fraction
     return SynthDocument(category, business, pages, texts, is_pdf, is_jpeg, dpi=100 * options.scale)

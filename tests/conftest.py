@@ -1,0 +1,43 @@
+"""Session fixtures: a small synthetic dataset built once and copied per test that modifies it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocrloop.config import DataConfig
+from ocrloop.data.synth import SynthOptions, synthesize_dataset
+
+SMALL_PAGES = DataConfig(pdf_dpi=40)  # letter pages become 340x440 px: fast to rasterize
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """A read-only 12-document dataset with every category, PDFs included. Copy it before writing."""
+    root = tmp_path_factory.mktemp("synthetic") / "ocr_documents"
+    synthesize_dataset(root, SynthOptions(n=12, seed=7, scale=0.4, noise=0.2), SMALL_PAGES)
+    return root
+
+
+@pytest.fixture
+def dataset_copy(synthetic_dataset, tmp_path) -> Path:
+    """A private, writable copy of the synthetic dataset."""
+    target = tmp_path / "ocr_documents"
+    shutil.copytree(synthetic_dataset, target)
+    return target
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m ocrloop ARGS`` in a real subprocess, as a user would."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-m", "ocrloop", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"ocrloop {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

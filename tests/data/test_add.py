@@ -1,0 +1,87 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from PIL import Image
+
+from ocrloop.data.add import IncomingDocument, add_documents, read_sidecar_texts
+from ocrloop.data.dataset import Dataset
+from ocrloop.errors import DatasetError
+
+
+def _scan(path, color):
+    Image.new("RGB", (64, 48), color).save(path)
+    return path
+
+
+def test_add_copies_and_refuses_duplicates(tmp_path):
+    root = tmp_path / "ds"
+    scan = _scan(tmp_path / "r1.png", "red")
+    (tmp_path / "r1.md").write_text("**Total:** $5\n")
+    document = IncomingDocument(scan, read_sidecar_texts(scan), "receipt", "ecommerce", "train")
+    first = add_documents(root, [document])
+    assert [r.source for r in first.added] == ["train/r1.png"]
+    renamed = _scan(tmp_path / "other-name.png", "red")  # same content, other name, other split
+    second = add_documents(root, [IncomingDocument(renamed, ("x",), "receipt", "ecommerce", "test")])
+    assert second.added == [] and "already in the dataset" in second.refused[0]
+    dataset = Dataset.open(root)
+    assert dataset.errors == []
+    assert [(e.source, e.text) for e in dataset.examples()] == [("train/r1.png", "**Total:** $5")]
+
+
+def test_a_bad_file_in_a_batch_adds_nothing(tmp_path):
+    root = tmp_path / "ds"
+    good = _scan(tmp_path / "good.png", "blue")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    with pytest.raises(DatasetError, match="bad.png: file is empty"):
+        add_documents(root, [
+            IncomingDocument(good, ("ok",), "receipt", "ecommerce", "train"),
+            IncomingDocument(bad, ("ok",), "receipt", "ecommerce", "train"),
+        ])
+    assert not (root / "train/good.png").exists()
+
+
+def test_missing_ground_truth_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="no ground truth"):
+        read_sidecar_texts(_scan(tmp_path / "x.png", "white"))
+
+
+_ADDER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from PIL import Image
+    from ocrloop.data.add import IncomingDocument, add_documents
+
+    root, scratch = Path(sys.argv[1]), Path(sys.argv[2])
+    scratch.mkdir(exist_ok=True)
+    print("ready", flush=True)
+    for index in range(100000):
+        path = scratch / f"doc{index}.png"
+        Image.new("RGB", (32, 32), (index % 256, index // 256 % 256, 7)).save(path)
+        add_documents(root, [IncomingDocument(path, (f"text {index}",), "receipt", "ecommerce", "train")])
+    """
+)
+
+
+def test_killing_an_import_at_any_moment_leaves_a_consistent_dataset(tmp_path):
+    root = tmp_path / "ds"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for attempt in range(4):
+        process = subprocess.Popen([sys.executable, "-c", _ADDER, str(root), str(tmp_path / f"scratch{attempt}")],
+                                   env=env, stdout=subprocess.PIPE)
+        assert process.stdout.readline().strip() == b"ready"
+        time.sleep(0.6 + 0.37 * attempt)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        annotations = json.loads((root / "annotations.json").read_text())  # never half-written
+        dataset = Dataset.open(root)
+        assert dataset.errors == [], dataset.errors[:3]
+        assert len(dataset.records) == len(annotations)
+    assert len(annotations) > 4

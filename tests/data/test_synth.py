@@ -1,0 +1,44 @@
+import hashlib
+
+from ocrloop.data.dataset import Dataset
+from ocrloop.data.synth import SynthOptions, generate_documents, write_document
+
+
+def _digests(folder, seed):
+    folder.mkdir()
+    options = SynthOptions(n=8, seed=seed, scale=0.3)
+    return [hashlib.sha256(write_document(d, folder).read_bytes()).hexdigest() for d in generate_documents(options)]
+
+
+def test_same_seed_same_bytes_other_seed_other_documents(tmp_path):
+    assert _digests(tmp_path / "a", 5) == _digests(tmp_path / "b", 5)
+    assert set(_digests(tmp_path / "c", 6)).isdisjoint(_digests(tmp_path / "d", 5))
+
+
+def test_synthetic_dataset_is_valid_and_has_every_kind(synthetic_dataset):
+    dataset = Dataset.open(synthetic_dataset)
+    assert dataset.errors == []
+    examples = dataset.examples()
+    by_category = {e.category: e for e in examples}
+    assert set(by_category) == {"receipt", "invoice", "contract", "tax_form"}
+    assert all(e.kind == "pdf" for e in examples if e.category == "contract")
+    assert by_category["invoice"].text.startswith("# INVOICE #")
+    assert "| Description | Qty | Unit price | Amount |" in by_category["invoice"].text
+    assert "**Total:**" in by_category["receipt"].text
+    assert {e.split for e in examples} == {"train", "val", "test"}
+
+
+def test_contract_pages_split_the_text_between_pages():
+    documents = generate_documents(SynthOptions(n=6, seed=1, categories=("contract",), scale=0.5))
+    multi = [d for d in documents if len(d.pages) > 1]
+    assert multi, "some contracts should run over one page"
+    for document in multi:
+        assert len(document.texts) == len(document.pages)
+        assert document.texts[0].startswith("# ") and "**Signed for the Client:**" in document.texts[-1]
+
+
+def test_noise_changes_pixels_but_not_the_ground_truth():
+    clean = generate_documents(SynthOptions(n=2, seed=3, noise=0.0, scale=0.3, categories=("receipt",)))
+    noisy = generate_documents(SynthOptions(n=2, seed=3, noise=1.0, scale=0.3, categories=("receipt",)))
+    assert [d.texts for d in clean] == [d.texts for d in noisy]
+    assert clean[0].pages[0].tobytes() != noisy[0].pages[0].tobytes()

@@ -1,0 +1,90 @@
+"""The CLI as users run it: a real subprocess, one clear line for every mistake, never a traceback."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+COMMANDS = [["init"], ["data", "validate"], ["data", "stats"], ["data", "add"], ["data", "synth"], ["eval"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command):
+    result = run_cli(*command, "--help", check=True)
+    assert "Usage:" in result.stdout
+
+
+def test_workspace_init_synth_validate_stats_eval(tmp_path):
+    run_cli("init", str(tmp_path), check=True)
+    for expected in ("ocrloop.yaml", "ocrloop.db", "models", "data/ocr_documents/train", "data/ocr_documents/annotations.json"):
+        assert (tmp_path / expected).exists(), expected
+    again = run_cli("init", str(tmp_path), check=True)
+    assert "nothing changed" in again.stdout
+
+    run_cli("data", "synth", "--n", "6", "--seed", "3", "--scale", "0.3", "-w", str(tmp_path), check=True)
+    assert "ok: 6 valid documents" in run_cli("data", "validate", "-w", str(tmp_path), check=True).stdout
+    stats = json.loads(run_cli("data", "stats", "--json", "-w", str(tmp_path), check=True).stdout)
+    assert sum(row["documents"] for row in stats["mix"]) == 6
+
+    annotations = json.loads((tmp_path / "data/ocr_documents/annotations.json").read_text())
+    test_entries = [a for a in annotations if a["image"].startswith("test/")]
+    perfect = tmp_path / "perfect.jsonl"
+    empty = tmp_path / "empty.jsonl"
+    perfect.write_text("".join(json.dumps({"image": a["image"], "page": i, "text": t}) + "\n"
+                               for a in test_entries for i, t in enumerate(a.get("pages", [a.get("text")]))))
+    empty.write_text("")
+    result = run_cli("eval", "--predictions", str(perfect), "--compare", str(empty), "--output", str(tmp_path / "r.json"),
+                     "-w", str(tmp_path), check=True)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["report"]["overall"]["cer"] == 0.0 and report["before"]["overall"]["cer"] == 1.0
+    assert "-100.0%" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["data", "validate", "-d", "/no/such/dataset"], "dataset folder not found"),
+        (["data", "synth", "--n", "2", "--categories", "menu"], "unknown categories"),
+        (["data", "synth", "--n", "0"], "n must be at least 1"),
+        (["eval", "--predictions", "/no/such.jsonl", "-d", "."], "predictions file not found"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_exit_1(tmp_path, args, fragment):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0]
+
+
+def test_malformed_config_is_named(tmp_path):
+    (tmp_path / "ocrloop.yaml").write_text("training:\n  batch_size: [\n")
+    result = run_cli("data", "stats", "-w", str(tmp_path))
+    assert result.returncode == 1 and "malformed YAML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_option_is_a_usage_error(tmp_path):
+    result = run_cli("data", "stats", "--bogus", cwd=tmp_path)
+    assert result.returncode == 2 and "No such option" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_validate_fails_with_a_summary(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "annotations.json").write_text(json.dumps([{"image": "train/nope.png", "text": "x"}]))
+    result = run_cli("data", "validate", "-d", str(root))
+    assert result.returncode == 1
+    assert "train/nope.png: file not found" in result.stdout
+    assert "validation failed: 0 valid documents (0 pages), 1 errors" in result.stderr
+
+
+def test_add_with_sidecar_text_and_duplicate_refusal(tmp_path):
+    from PIL import Image
+
+    run_cli("init", str(tmp_path / "ws"), check=True)
+    Image.new("RGB", (50, 50), "red").save(tmp_path / "r.png")
+    (tmp_path / "r.md").write_text("**Total:** $1.00")
+    args = ("data", "add", str(tmp_path / "r.png"), "--category", "receipt", "--business", "ecommerce", "-w", str(tmp_path / "ws"))
+    assert "1 added" in run_cli(*args, check=True).stdout
+    assert "0 added, 1 refused" in run_cli(*args, check=True).stdout
