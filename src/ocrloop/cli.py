@@ -174,13 +174,19 @@ def data_synth(
 
 @app.command("eval")
 def evaluate(
-    predictions: Annotated[Path, typer.Option(help="JSONL of {image, page, text} to score.")],
-    compare: Annotated[Optional[Path], typer.Option(help="Predictions of the model to compare against (before).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model to evaluate: folder, preset or hub id.")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Or: a JSONL of {image, page, text} to score.")] = None,
+    compare: Annotated[Optional[str], typer.Option(help="Baseline (before) to compare against: a model or a predictions .jsonl.")] = None,
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
+    resolution: Annotated[Optional[str], typer.Option(help="training.resolution used to read pages.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="training.prompt used to read pages.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pages per generation batch (training.batch_size).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="training.max_new_tokens")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="training.backend")] = None,
     lowercase: Annotated[bool, typer.Option(help="Ignore case.")] = False,
     strip_markdown: Annotated[bool, typer.Option(help="Ignore markdown markup (**, #, -, tables).")] = False,
-    name: Annotated[Optional[str], typer.Option(help="Name to record the evaluation under.")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the full report as JSON here.")] = None,
+    save_predictions: Annotated[Optional[Path], typer.Option(help="Write the model's page texts as JSONL here.")] = None,
     workspace: WorkspaceOption = Path("."),
     dataset: DatasetOption = None,
 ) -> None:
@@ -188,32 +194,128 @@ def evaluate(
     from ocrloop.atomic import atomic_write_json
     from ocrloop.data.dataset import Dataset
     from ocrloop.evaluate.metrics import Normalization, compare_reports
-    from ocrloop.evaluate.predictions import read_predictions, score_predictions
+    from ocrloop.evaluate.predictions import read_predictions, score_predictions, write_predictions
 
-    hypotheses = read_predictions(predictions)
-    baseline = read_predictions(compare) if compare is not None else None
-    root, config = _dataset_root(workspace, dataset)
-    examples = Dataset.open(root, config.data).examples(split)
+    if (model is None) == (predictions is None):
+        raise OcrloopError("give exactly one of --model or --predictions")
+    config = _config(workspace, {"dataset_dir": dataset, "training.resolution": resolution, "training.prompt": prompt,
+                                 "training.batch_size": batch_size, "training.max_new_tokens": max_new_tokens,
+                                 "training.backend": backend})
+    given = read_predictions(predictions) if predictions is not None else None
+    baseline = read_predictions(Path(compare)) if compare is not None and compare.endswith(".jsonl") else None
+    data = Dataset.open(config.dataset_dir, config.data)
+    examples = data.examples(split)
     if not examples:
-        raise OcrloopError(f"{root}: no valid examples in split {split!r}")
+        raise OcrloopError(f"{config.dataset_dir}: no valid examples in split {split!r}")
     normalization = Normalization(lowercase=lowercase, strip_markdown=strip_markdown)
-    after = score_predictions(examples, hypotheses, normalization)
-    if after.missing:
-        console.print(f"[yellow]{len(after.missing)} pages have no prediction and count as empty output[/yellow]")
-    _print_report(after.report, f"{predictions.name} on {split} ({len(examples)} pages)")
-    payload = {"split": split, "predictions": str(predictions), "report": after.report.to_json()}
-    if baseline is not None:
-        before = score_predictions(examples, baseline, normalization)
-        rows = compare_reports(before.report, after.report)
-        _print_comparison(rows, compare.name, predictions.name)
-        payload["before"] = before.report.to_json()
+
+    def score(source_model: str | None, source_predictions: dict | None):
+        if source_predictions is not None:
+            return score_predictions(examples, source_predictions, normalization).report, None
+        texts = _read_with_model(source_model, config, data, examples)
+        keyed = {(e.source, e.page): t for e, t in zip(examples, texts)}
+        return score_predictions(examples, keyed, normalization).report, texts
+
+    after_name = model or predictions.name
+    after, texts = score(model, given)
+    _print_report(after, f"{after_name} on {split} ({len(examples)} pages)")
+    payload = {"split": split, "evaluated": after_name, "report": after.to_json()}
+    if compare is not None:
+        before, _ = score(None if baseline is not None else compare, baseline)
+        _print_comparison(compare_reports(before, after), compare, after_name)
+        payload["before"] = {"evaluated": compare, "report": before.to_json()}
     if (Path(workspace) / CONFIG_FILENAME).is_file():
         from ocrloop.registry import Registry
 
         with Registry(config.registry_path) as registry:
-            registry.add_evaluation(name or f"predictions:{predictions.name}", split, after.report.to_json())
+            registry.add_evaluation(_registered_name(registry, model) if model else f"predictions:{predictions.name}",
+                                    split, after.to_json())
+    if save_predictions is not None and texts is not None:
+        write_predictions(save_predictions, examples, texts)
     if output is not None:
         atomic_write_json(output, payload)
+
+
+def _registered_name(registry, model: str) -> str:
+    resolved = str(Path(model).resolve()) if Path(model).exists() else model
+    for row in registry.models():
+        if row["path"] == resolved:
+            return row["name"]
+    return model
+
+
+def _read_with_model(model: str, config: OcrloopConfig, data, examples) -> list[str]:
+    from ocrloop.evaluate.evaluator import read_pages
+    from ocrloop.models import load_model
+
+    t = config.training
+    with console.status(f"loading {model}"):
+        bundle = load_model(model, backend=t.backend)
+    with _progress() as progress:
+        task = progress.add_task(f"reading with {Path(model).name}", total=len(examples))
+        read, texts = read_pages(bundle, data, examples, prompt=t.prompt, resolution=t.resolution, batch_size=t.batch_size,
+                                 max_new_tokens=t.max_new_tokens, progress=lambda done: progress.update(task, completed=done))
+    by_id = {(e.source, e.page): text for e, text in zip(read, texts)}
+    return [by_id.get((e.source, e.page), "") for e in examples]
+
+
+@app.command("train")
+def train_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, the adapter and the run card.")],
+    model: Annotated[Optional[str], typer.Option(help="Base model: folder, hub id or tiny preset (base_model).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="training.epochs")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="training.max_steps")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="training.batch_size")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="training.learning_rate")] = None,
+    gradient_accumulation_steps: Annotated[Optional[int], typer.Option(help="training.gradient_accumulation_steps")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="training.warmup_steps")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="training.mode: lora16, qlora4, lora8 or full")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="training.backend: auto, unsloth or hf")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="training.resolution: tiny, small, base, large, gundam")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="training.prompt: markdown, ocr, free, figure, describe, locate")] = None,
+    lora_rank: Annotated[Optional[int], typer.Option(help="training.lora_rank")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option(help="training.lora_alpha")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="training.lora_dropout")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option(help="training.lora_targets, comma-separated: attention,mlp,experts,vision")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="training.save_steps")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="training.eval_steps")] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="training.max_seq_length")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="training.max_new_tokens")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="training.report_to: none, tensorboard, mlflow, wandb")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="training.seed")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
+    merge: Annotated[Optional[bool], typer.Option("--merge/--no-merge", help="training.merge")] = None,
+    skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="training.skip_invalid")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
+    workspace: WorkspaceOption = Path("."),
+    dataset: DatasetOption = None,
+) -> None:
+    """Fine-tune a model on the dataset: LoRA by default, Unsloth on CUDA, plain transformers + peft elsewhere."""
+    from ocrloop.registry import Registry
+    from ocrloop.train.finetune import train
+
+    overrides = {
+        "base_model": model, "dataset_dir": dataset,
+        "training.epochs": epochs, "training.max_steps": max_steps, "training.batch_size": batch_size,
+        "training.learning_rate": learning_rate, "training.gradient_accumulation_steps": gradient_accumulation_steps,
+        "training.warmup_steps": warmup_steps, "training.mode": mode, "training.backend": backend,
+        "training.resolution": resolution, "training.prompt": prompt, "training.lora_rank": lora_rank,
+        "training.lora_alpha": lora_alpha, "training.lora_dropout": lora_dropout,
+        "training.lora_targets": [g.strip() for g in lora_targets.split(",")] if lora_targets else None,
+        "training.save_steps": save_steps, "training.eval_steps": eval_steps, "training.max_seq_length": max_seq_length,
+        "training.max_new_tokens": max_new_tokens, "training.report_to": report_to, "training.seed": seed,
+        "training.gradient_checkpointing": gradient_checkpointing, "training.merge": merge,
+        "training.skip_invalid": skip_invalid,
+    }
+    config = _config(workspace, overrides)
+    with Registry(config.registry_path) as registry:
+        result = train(config, output, resume=resume, registry=registry, console=console)
+    final = result.card["metrics"]["final_validation"]
+    speed = result.card["speed"]
+    console.print(f"saved {result.output_dir} (model {result.model_name}, run {result.run_id})", markup=False)
+    if final:
+        console.print(f"validation CER {final['cer']:.2%}, WER {final['wer']:.2%}", markup=False)
+    console.print(f"{speed['steps']} steps in {speed['train_seconds']:.1f}s", markup=False)
 
 
 def _print_report(report, title: str) -> None:

@@ -60,8 +60,15 @@ class TrainingConfig(_Section):
     save_steps: int = Field(50, ge=1, description="Write a resumable checkpoint every N optimizer steps.")
     logging_steps: int = Field(10, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="Validation CER every N steps (None: once per epoch).")
-    max_seq_length: int = Field(8192, ge=64)
+    max_seq_length: int = Field(8192, ge=64, description="Longest example (image + prompt + answer tokens) allowed.")
     seed: int = 3407
+    backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA when installed, else hf.")
+    gradient_checkpointing: bool = True
+    merge: bool = Field(False, description="Also save LoRA merged into the base weights (re-evaluated after merging).")
+    report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
+    eval_max_pages: int = Field(32, ge=1, description="Validation pages read to compute CER during training.")
+    max_new_tokens: int = Field(1024, ge=1, description="Generation limit per page when reading.")
+    skip_invalid: bool = Field(False, description="Train on the valid examples of a dataset that fails validation.")
 
 
 class LoopConfig(_Section):
@@ -81,7 +88,10 @@ class OcrloopConfig(_Section):
     dataset_dir: Path = Path("data/ocr_documents")
     registry_path: Path = Path("ocrloop.db")
     models_dir: Path = Path("models")
-    base_model: str = Field("tiny-deepseek-ocr-2", min_length=1, description="Preset name, local folder or hub id.")
+    base_model: str = Field(
+        "deepseek-community/DeepSeek-OCR-2", min_length=1,
+        description="Model to fine-tune: a local folder, a hub id, or a tiny preset (tiny-deepseek-ocr-2, tiny-qwen2.5-vl).",
+    )
     gpu_price_per_hour_usd: float = Field(2.0, ge=0, description="Used to report the cost of each run.")
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

@@ -358,6 +358,16 @@ def render_document(category: str, business: str, rng: random.Random, options: S
     return SynthDocument(category, business, pages, texts, is_pdf, is_jpeg, dpi=100 * options.scale)
 
 
+def sample_texts(n: int, seed: int = 0) -> list[str]:
+    """Ground-truth texts of ``n`` documents without rendering them (e.g. to train a tokenizer)."""
+    rng = random.Random(seed)
+    categories = list(CATEGORY_BUSINESSES)
+    return [
+        "\n".join(_CONTENT[c](rng, rng.choice(CATEGORY_BUSINESSES[c])))
+        for c in (categories[i % len(categories)] for i in range(n))
+    ]
+
+
 def _split_plan(n: int, fractions: tuple[float, float, float], rng: random.Random) -> list[str]:
     n_val = round(n * fractions[1])
     n_test = round(n * fractions[2])

@@ -1,0 +1,120 @@
+"""Model families behind one interface, and loading a model from a preset, folder or hub id.
+
+One dict maps each family name to its module's class; a checkpoint's family is detected from
+its ``config.json`` (``model_type``), never from its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ocrloop.locking import file_lock
+from ocrloop.models.base import PROMPT_TEMPLATES, RESOLUTIONS, ModelError, OCRFamily, OCRModel
+from ocrloop.models.deepseek_ocr2 import DeepseekOcr2Family
+from ocrloop.models.qwen2_5_vl import Qwen25VLFamily
+
+FAMILIES: dict[str, type[OCRFamily]] = {
+    "deepseek-ocr-2": DeepseekOcr2Family,
+    "qwen2.5-vl": Qwen25VLFamily,
+}
+TINY_PRESETS = {"tiny-deepseek-ocr-2": "deepseek-ocr-2", "tiny-qwen2.5-vl": "qwen2.5-vl"}
+MODEL_CARD = "ocrloop_model.json"  # written beside every model ocrloop saves
+
+__all__ = ["FAMILIES", "TINY_PRESETS", "PROMPT_TEMPLATES", "RESOLUTIONS", "ModelError", "OCRFamily", "OCRModel",
+           "detect_family", "resolve_model_path", "load_model"]
+
+
+def presets_dir() -> Path:
+    """Where built presets are kept (``$OCRLOOP_HOME/presets``, default ``~/.cache/ocrloop/presets``)."""
+    home = os.environ.get("OCRLOOP_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "ocrloop") / "presets"
+
+
+def build_preset(name: str, destination: Path | None = None) -> Path:
+    """Build the ``tiny`` preset ``name`` (once; later calls reuse it)."""
+    family = FAMILIES[TINY_PRESETS[name]]()
+    target = destination or presets_dir() / name
+    with file_lock(target.parent / f".{name}.lock", timeout=600, what=f"preset {name}"):
+        if not (target / "config.json").is_file():
+            staging = target.parent / f".{name}.building"
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+            family.build_tiny(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)  # a preset folder is complete or absent
+    return target
+
+
+def detect_family(config: dict[str, Any], where: str = "model") -> OCRFamily:
+    """The family of a checkpoint, from its ``config.json`` contents."""
+    model_type = config.get("model_type")
+    for family_class in FAMILIES.values():
+        if model_type in family_class.model_types:
+            return family_class()
+    known = ", ".join(sorted(t for f in FAMILIES.values() for t in f.model_types))
+    raise ModelError(f"{where}: cannot tell the model family from model_type={model_type!r}; supported: {known}")
+
+
+def resolve_model_path(source: str) -> Path:
+    """A local folder for ``source``: a preset name, a folder, or a hub id already in the local cache."""
+    if source in TINY_PRESETS:
+        return build_preset(source)
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{source}: expected a model folder, got a file")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source))
+    except Exception as error:  # the hub client raises many kinds; all mean "not available here"
+        raise ModelError(
+            f"{source}: no such folder, and it could not be fetched from the hub ({type(error).__name__}); "
+            "download it once with `huggingface-cli download ID --local-dir DIR` and pass DIR"
+        ) from None
+
+
+def read_model_card(path: Path) -> dict[str, Any] | None:
+    card = path / MODEL_CARD
+    return json.loads(card.read_text()) if card.is_file() else None
+
+
+def _check_files(path: Path) -> dict[str, Any]:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ModelError(f"{path}: missing config.json; is this a model folder?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"{config_path}: not valid JSON ({error})") from None
+    weights = list(path.glob("*.safetensors")) + list(path.glob("pytorch_model*.bin"))
+    if not weights:
+        raise ModelError(f"{path}: no weights (*.safetensors or pytorch_model.bin)")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise ModelError(f"{path}: no tokenizer files (tokenizer.json)")
+    return config
+
+
+def load_model(source: str, *, backend: str = "auto", mode: str = "lora16", device: str | None = None,
+               for_training: bool = False) -> OCRModel:
+    """Load ``source`` (preset, folder, hub id, or a model ocrloop saved) ready to train or to read pages.
+
+    ``backend`` is ``auto`` (Unsloth where CUDA and unsloth are present, else ``hf``), ``unsloth`` or
+    ``hf``. ``mode`` picks the precision: ``qlora4``/``lora8`` need CUDA and bitsandbytes.
+    """
+    from ocrloop.models.loading import load_checkpoint
+
+    path = resolve_model_path(source)
+    card = read_model_card(path)
+    if card and card.get("kind") == "adapter":
+        from ocrloop.models.loading import load_adapter
+
+        return load_adapter(path, card, backend=backend, device=device, for_training=for_training)
+    config = _check_files(path)
+    family = detect_family(config, where=str(source))
+    return load_checkpoint(family, path, source, backend=backend, mode=mode, device=device)

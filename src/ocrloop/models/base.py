@@ -1,0 +1,210 @@
+"""The one small interface every model family implements.
+
+A family knows how to: recognise its checkpoints, load model + processors, turn a page and its
+ground truth into a training example (prompt and image tokens masked out of the labels),
+generate OCR text, clean that text, name its LoRA targets, and build a ``tiny`` random preset.
+Shared mechanics (padding, batching, generation) live here once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from ocrloop.errors import OcrloopError
+
+IGNORE_INDEX = -100
+
+# The plan's prompt templates (DeepSeek-OCR wording); families adapt the image placeholder.
+PROMPT_TEMPLATES = {
+    "markdown": "<|grounding|>Convert the document to markdown.",
+    "ocr": "<|grounding|>OCR this image.",
+    "free": "Free OCR.",
+    "figure": "Parse the figure.",
+    "describe": "Describe this image in detail.",
+    "locate": "Locate <|ref|>{ref}<|/ref|> in the image.",
+}
+
+# The plan's resolution modes: (side in pixels, DeepSeek-OCR vision tokens).
+RESOLUTIONS = {"tiny": (512, 64), "small": (640, 100), "base": (1024, 256), "large": (1280, 400), "gundam": (1024, None)}
+
+
+class ModelError(OcrloopError):
+    """The model folder, family, mode or an input cannot be used."""
+
+
+class ExampleTooLong(ModelError):
+    """An example needs more tokens than the configured maximum sequence length."""
+
+
+@dataclass
+class EncodedExample:
+    """One tokenized example: ids, labels (``IGNORE_INDEX`` outside the answer) and vision tensors."""
+
+    input_ids: list[int]
+    labels: list[int]
+    vision: dict[str, torch.Tensor]
+    image_tokens: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class OCRModel:
+    """A loaded model with its tokenizer and image processor, ready to train or read pages."""
+
+    family: "OCRFamily"
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    source: str
+    backend: str = "hf"
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
+        return self.family.encode(self, image, prompt, target, resolution)
+
+    @torch.no_grad()
+    def generate(self, images: list[Image.Image], prompt: str = "markdown", resolution: str = "base",
+                 max_new_tokens: int = 512) -> list[str]:
+        """Greedy OCR of ``images``: one cleaned text per image."""
+        encoded = [self.encode(image, prompt, None, resolution) for image in images]
+        batch = collate(encoded, self.tokenizer.pad_token_id, padding_side="left")
+        batch.pop("labels")
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        dtype = next(self.model.parameters()).dtype
+        for key in self.family.pixel_keys:
+            if key in batch and batch[key].is_floating_point():
+                batch[key] = batch[key].to(dtype)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            output = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.family.stop_token_ids(self.tokenizer),
+            )
+        finally:
+            self.model.train(was_training)
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [self.family.clean_output(text) for text in texts]
+
+
+def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+    """Pad ids/labels/attention to the longest example and concatenate the vision tensors."""
+    longest = max(len(e) for e in examples)
+    ids, labels, mask = [], [], []
+    for example in examples:
+        padding = longest - len(example)
+        if padding_side == "left":
+            ids.append([pad_token_id] * padding + example.input_ids)
+            labels.append([IGNORE_INDEX] * padding + example.labels)
+            mask.append([0] * padding + [1] * len(example))
+        else:
+            ids.append(example.input_ids + [pad_token_id] * padding)
+            labels.append(example.labels + [IGNORE_INDEX] * padding)
+            mask.append([1] * len(example) + [0] * padding)
+    batch: dict[str, Any] = {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "attention_mask": torch.tensor(mask, dtype=torch.long),
+    }
+    for key in examples[0].vision:
+        batch[key] = torch.cat([e.vision[key] for e in examples], dim=0)
+    return batch
+
+
+class OCRFamily:
+    """Base class of the model families. Subclasses set the class attributes and the hooks."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values this family loads
+    pixel_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
+    trust_remote_code: ClassVar[bool] = False
+    # Module-name patterns (regex alternatives over the full module path) per LoRA target group.
+    lora_patterns: ClassVar[dict[str, str]] = {}
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def model_class(self) -> Any:
+        raise NotImplementedError
+
+    def load_processors(self, path: str) -> tuple[Any, Any]:
+        """``(tokenizer, image_processor)`` saved with the checkpoint at ``path``."""
+        raise NotImplementedError
+
+    def save_processors(self, bundle: OCRModel, path: Path) -> None:
+        bundle.tokenizer.save_pretrained(path)
+        bundle.image_processor.save_pretrained(path)
+
+    # --- examples ------------------------------------------------------------------------------
+
+    def format_prompt(self, template: str, image_placeholder: str, **values: str) -> str:
+        if template not in PROMPT_TEMPLATES:
+            raise ModelError(f"unknown prompt template {template!r}; choose from {', '.join(PROMPT_TEMPLATES)}")
+        instruction = PROMPT_TEMPLATES[template].format(ref=values.get("ref", ""))
+        return f"{image_placeholder}\n{instruction}"
+
+    def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
+        raise NotImplementedError
+
+    def check_resolution(self, resolution: str) -> None:
+        if resolution not in self.resolutions:
+            raise ModelError(
+                f"resolution {resolution!r} is not available for {self.name}; use one of {', '.join(self.resolutions)}"
+            )
+
+    def _join(self, bundle: OCRModel, prompt_ids: list[int], target: str | None, vision: dict, image_tokens: int) -> EncodedExample:
+        """Prompt ids (image tokens included) + answer ids + end-of-answer; only the answer is learned."""
+        if target is None:
+            return EncodedExample(prompt_ids, [IGNORE_INDEX] * len(prompt_ids), vision, image_tokens)
+        answer = bundle.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.stop_token_ids(bundle.tokenizer)[0]]
+        return EncodedExample(prompt_ids + answer, [IGNORE_INDEX] * len(prompt_ids) + answer, vision, image_tokens)
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        return [tokenizer.eos_token_id]
+
+    def clean_output(self, text: str) -> str:
+        """Strip what the model adds around the document text (grounding boxes, end markers)."""
+        return text.strip()
+
+    # --- training -----------------------------------------------------------------------------
+
+    def lora_target_regex(self, groups: list[str]) -> str:
+        """A regex over module names selecting the linear layers of the chosen target groups."""
+        unknown = [g for g in groups if g not in self.lora_patterns]
+        if unknown:
+            raise ModelError(f"{self.name} has no LoRA target group(s) {unknown}; choose from {', '.join(self.lora_patterns)}")
+        return "|".join(f"(?:{self.lora_patterns[g]})" for g in groups)
+
+    def lora_target_parameters(self, groups: list[str]) -> list[str]:
+        """Parameter names (not modules) that get LoRA, e.g. fused MoE expert weights; none by default."""
+        return []
+
+    def vision_module_names(self) -> tuple[str, ...]:
+        """Attribute paths (from the top model) of the vision tower and projector."""
+        return ()
+
+    # --- presets ------------------------------------------------------------------------------
+
+    def build_tiny(self, path: Path, seed: int = 0) -> Path:
+        """Write a randomly initialized model of a few MB with a project-built tokenizer to ``path``."""
+        raise NotImplementedError
+
+
+def ceil_div(value: int, divisor: int) -> int:
+    return math.ceil(value / divisor)

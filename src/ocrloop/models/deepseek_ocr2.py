@@ -1,0 +1,110 @@
+"""DeepSeek-OCR-2: native ``DeepseekOcr2ForConditionalGeneration`` of transformers.
+
+Its vision tower has learned queries for 768 px and 1024 px views only, so the plan's
+``tiny`` and ``large`` modes do not exist here. Modes: ``small`` = one 768 view (145 image
+tokens), ``base`` = one 1024 view (257), ``gundam`` = 1024 view + 2..6 local 768 tiles
+(the checkpoint's default, 257 + 144 per tile).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ocrloop.models.base import EncodedExample, OCRFamily, OCRModel, ceil_div
+from ocrloop.models.tokenizer import build_tiny_tokenizer
+
+_MODES = {
+    "small": {"crop_to_patches": False, "size": 768, "tile_size": 768},
+    "base": {"crop_to_patches": False, "size": 1024, "tile_size": 1024},
+    "gundam": {"crop_to_patches": True, "size": 1024, "tile_size": 768, "min_patches": 2, "max_patches": 6},
+}
+_GROUNDING = re.compile(r"<\|ref\|>.*?<\|/ref\|><\|det\|>.*?<\|/det\|>\n?|<\|grounding\|>", re.DOTALL)
+
+
+class DeepseekOcr2Family(OCRFamily):
+    name = "deepseek-ocr-2"
+    model_types = ("deepseek_ocr2",)
+    pixel_keys = ("pixel_values", "pixel_values_local")
+    resolutions = tuple(_MODES)
+    lora_patterns = {
+        "attention": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
+        "mlp": r".*language_model\.layers\.\d+\.mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj)",
+        "experts": r"(?!)",  # fused expert weights are parameters, not modules: see lora_target_parameters
+        "vision": (r".*vision_tower\.sam_encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.(lin1|lin2))"
+                   r"|.*vision_tower\.vision_encoder\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+                   r"|.*multi_modal_projector"),
+    }
+
+    def model_class(self) -> Any:
+        from transformers import DeepseekOcr2ForConditionalGeneration
+
+        return DeepseekOcr2ForConditionalGeneration
+
+    def load_processors(self, path: str) -> tuple[Any, Any]:
+        from transformers import AutoTokenizer
+        from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
+
+        return AutoTokenizer.from_pretrained(path), DeepseekOcr2ImageProcessorPil.from_pretrained(path)
+
+    def lora_target_parameters(self, groups: list[str]) -> list[str]:
+        return ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"] if "experts" in groups else []
+
+    def vision_module_names(self) -> tuple[str, ...]:
+        return ("model.vision_tower", "model.multi_modal_projector", "model.view_separator")
+
+    def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
+        self.check_resolution(resolution)
+        mode = dict(_MODES[resolution])
+        size, tile = mode.pop("size"), mode.pop("tile_size")
+        processor = bundle.image_processor
+        pixels = processor(images=[image], size={"height": size, "width": size}, tile_size=tile, return_tensors="pt", **mode)
+        local_tiles = int(pixels["num_local_patches"][0])
+        patch, downsample = 16, 4  # SAM patch size and the neck's downsampling
+        image_tokens = ceil_div(size, patch * downsample) ** 2 + ceil_div(tile, patch * downsample) ** 2 * local_tiles + 1
+        image_token = bundle.tokenizer.image_token
+        text = self.format_prompt(prompt, "<image>").replace("<image>", image_token * image_tokens, 1)
+        prompt_ids = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if bundle.tokenizer.bos_token_id is not None:
+            prompt_ids = [bundle.tokenizer.bos_token_id] + prompt_ids
+        vision = {"pixel_values": pixels["pixel_values"], "num_local_patches": torch.tensor([local_tiles])}
+        if local_tiles:
+            vision["pixel_values_local"] = pixels["pixel_values_local"]
+        return self._join(bundle, prompt_ids, target, vision, image_tokens)
+
+    def clean_output(self, text: str) -> str:
+        return _GROUNDING.sub("", text).strip()
+
+    def build_tiny(self, path: Path, seed: int = 0) -> Path:
+        from transformers import DeepseekOcr2Config
+        from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
+
+        tokenizer = build_tiny_tokenizer({"image_token": "<image>"}, seed=seed)
+        config = DeepseekOcr2Config(
+            vision_config={
+                "sam_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "global_attn_indexes": [1],
+                               "output_channels": 16, "downsample_channels": [32, 64], "mlp_dim": 64},
+                "encoder_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 16},
+            },
+            text_config={
+                "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 4, "n_shared_experts": 1,
+                "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_layer_types": ["dense", "sparse"],
+                "max_position_embeddings": 4096, "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            },
+            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        )
+        torch.manual_seed(seed)
+        model = self.model_class()(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        DeepseekOcr2ImageProcessorPil().save_pretrained(path)
+        return path

@@ -1,0 +1,192 @@
+"""Loading checkpoints and saved adapters on either backend, attaching LoRA, saving results.
+
+Backends: ``unsloth`` (``FastVisionModel``; CUDA only) and ``hf`` (plain transformers + peft,
+anywhere). Both attach LoRA to the same modules, chosen by the family's target regex, so a
+run means the same thing on either.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ocrloop.atomic import atomic_write_json
+from ocrloop.models.base import ModelError, OCRFamily, OCRModel
+
+QUANTIZED_MODES = ("qlora4", "lora8")
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def unsloth_available() -> bool:
+    return cuda_available() and importlib.util.find_spec("unsloth") is not None
+
+
+def pick_backend(backend: str) -> str:
+    """Resolve ``auto`` and check that the requested backend can run here."""
+    if backend not in ("auto", "unsloth", "hf"):
+        raise ModelError(f"unknown backend {backend!r}; use auto, unsloth or hf")
+    if backend == "auto":
+        return "unsloth" if unsloth_available() else "hf"
+    if backend == "unsloth" and not unsloth_available():
+        raise ModelError("backend unsloth needs a CUDA GPU and the unsloth package; use --backend hf")
+    return backend
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU supports it, fp16 on older GPUs, fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if cuda_available() else "cpu")
+
+
+def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str = "auto", mode: str = "lora16",
+                    device: str | None = None) -> OCRModel:
+    """Load a base checkpoint of ``family`` from ``path`` in the precision ``mode`` asks for."""
+    backend = pick_backend(backend)
+    target = _device(device)
+    if mode in QUANTIZED_MODES and target.type != "cuda":
+        raise ModelError(f"mode {mode} needs a CUDA GPU (bitsandbytes); on this machine use --mode lora16 or full")
+    if mode in QUANTIZED_MODES and importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"mode {mode} needs the bitsandbytes package; pip install bitsandbytes")
+    try:
+        tokenizer, image_processor = family.load_processors(str(path))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot load the tokenizer or image processor ({error})") from None
+    dtype = compute_dtype(target)
+    try:
+        if backend == "unsloth":
+            from unsloth import FastVisionModel
+
+            model, _ = FastVisionModel.from_pretrained(
+                str(path),
+                load_in_4bit=mode == "qlora4",
+                load_in_8bit=mode == "lora8",
+                full_finetuning=mode == "full",
+                dtype=dtype,
+                trust_remote_code=family.trust_remote_code,
+                use_gradient_checkpointing="unsloth",
+            )
+        else:
+            kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": family.trust_remote_code}
+            if mode in QUANTIZED_MODES:
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = (
+                    BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=dtype)
+                    if mode == "qlora4" else BitsAndBytesConfig(load_in_8bit=True)
+                )
+                kwargs["device_map"] = {"": target.index or 0}
+            model = family.model_class().from_pretrained(str(path), **kwargs)
+            if mode not in QUANTIZED_MODES:
+                model.to(target)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelError(f"{path}: cannot load the model ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    return OCRModel(family, model, tokenizer, image_processor, source=str(source), backend=backend,
+                    extras={"mode": mode, "path": str(path)})
+
+
+def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, groups: list[str], seed: int,
+                gradient_checkpointing: bool = True) -> None:
+    """Wrap ``bundle.model`` with LoRA adapters on the family's modules for ``groups``."""
+    target_modules = bundle.family.lora_target_regex(groups)
+    target_parameters = bundle.family.lora_target_parameters(groups)
+    if bundle.backend == "unsloth":
+        from unsloth import FastVisionModel
+
+        bundle.model = FastVisionModel.get_peft_model(
+            bundle.model,
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            bias="none",
+            target_modules=target_modules,
+            random_state=seed,
+            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+        )
+        return
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if bundle.extras.get("mode") in QUANTIZED_MODES:
+        bundle.model = prepare_model_for_kbit_training(bundle.model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        bundle.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        bundle.model.enable_input_require_grads()
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=target_modules,
+                        target_parameters=target_parameters or None)
+    try:
+        bundle.model = get_peft_model(bundle.model, config)
+    except ValueError as error:
+        raise ModelError(f"cannot attach LoRA to {groups} of {bundle.family.name}: {str(error).splitlines()[0]}") from None
+
+
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def save_model(bundle: OCRModel, output: Path, *, base_model: str, merged: bool = False,
+               mark_complete: bool = True, card_only: bool = False) -> Path:
+    """Save the adapter (or merged / fully trained weights) with the processors and a model card.
+
+    The card (``ocrloop_model.json``) is written last, atomically: a folder without it is not a
+    finished model. ``mark_complete=False`` saves without the card; ``card_only`` writes just the card.
+    Merging works on a copy, so ``bundle`` keeps its adapter.
+    """
+    import copy
+
+    from peft import PeftModel
+
+    model = bundle.model
+    if isinstance(model, PeftModel) and merged:
+        kind = "merged"
+    elif isinstance(model, PeftModel):
+        kind = "adapter"
+    else:
+        kind = "full"
+    if not card_only:
+        output.mkdir(parents=True, exist_ok=True)
+        to_save = copy.deepcopy(model).merge_and_unload() if kind == "merged" else model
+        to_save.save_pretrained(output)
+        bundle.family.save_processors(bundle, output)
+    if mark_complete or card_only:
+        base = base_model if kind == "adapter" else None
+        atomic_write_json(output / "ocrloop_model.json", {"kind": kind, "family": bundle.family.name, "base_model": base,
+                                                          "trained_from": base_model})
+    return output
+
+
+def load_adapter(path: Path, card: dict, *, backend: str = "auto", device: str | None = None,
+                 for_training: bool = False) -> OCRModel:
+    """Load a LoRA adapter saved by ocrloop on top of its base model."""
+    from peft import PeftModel
+
+    from ocrloop.models import load_model
+
+    base = load_model(card["base_model"], backend=backend, device=device)
+    try:
+        base.model = PeftModel.from_pretrained(base.model, str(path), is_trainable=for_training)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot load the adapter ({str(error).splitlines()[0]})") from None
+    tokenizer, image_processor = base.family.load_processors(str(path))
+    return OCRModel(base.family, base.model, tokenizer, image_processor, source=str(path), backend=base.backend,
+                    extras={**base.extras, "adapter": str(path)})
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())

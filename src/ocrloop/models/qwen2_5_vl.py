@@ -1,0 +1,98 @@
+"""Qwen2.5-VL: native ``Qwen2_5_VLForConditionalGeneration`` of transformers.
+
+The tokenizer and the PIL image processor are used directly (not ``Qwen2_5_VLProcessor``,
+which insists on a torchvision video processor that OCR never needs). Resolution modes are
+pixel budgets: the page is resized to at most side x side pixels, one token per 28x28 area.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ocrloop.models.base import RESOLUTIONS, EncodedExample, OCRFamily, OCRModel
+from ocrloop.models.tokenizer import build_tiny_tokenizer
+
+_MIN_PIXELS = 4 * 28 * 28
+_SPECIALS = {
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_start_token": "<|vision_start|>",
+    "vision_end_token": "<|vision_end|>",
+    "im_start_token": "<|im_start|>",
+    "im_end_token": "<|im_end|>",
+}
+
+
+class Qwen25VLFamily(OCRFamily):
+    name = "qwen2.5-vl"
+    model_types = ("qwen2_5_vl",)
+    pixel_keys = ("pixel_values",)
+    lora_patterns = {
+        "attention": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
+        "mlp": r".*language_model\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)",
+        "experts": r"(?!)",  # dense model: no experts
+        "vision": r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))|.*visual\.merger\.mlp\.(0|2)",
+    }
+
+    def model_class(self) -> Any:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+
+    def load_processors(self, path: str) -> tuple[Any, Any]:
+        from transformers import AutoTokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return AutoTokenizer.from_pretrained(path), Qwen2VLImageProcessorPil.from_pretrained(path)
+
+    def vision_module_names(self) -> tuple[str, ...]:
+        return ("model.visual",)
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        return [end] if end is not None and end != tokenizer.unk_token_id else [tokenizer.eos_token_id]
+
+    def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
+        self.check_resolution(resolution)
+        side = RESOLUTIONS[resolution][0] if resolution != "gundam" else 1600
+        processor = bundle.image_processor
+        pixels = processor(images=[image], size={"shortest_edge": _MIN_PIXELS, "longest_edge": side * side}, return_tensors="pt")
+        image_tokens = int(pixels["image_grid_thw"][0].prod()) // processor.merge_size**2
+        placeholder = "<|vision_start|>" + "<|image_pad|>" * image_tokens + "<|vision_end|>"
+        instruction = self.format_prompt(prompt, placeholder).replace("<|grounding|>", "")
+        text = f"<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+        prompt_ids = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
+        vision = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
+        return self._join(bundle, prompt_ids, target, vision, image_tokens)
+
+    def build_tiny(self, path: Path, seed: int = 0) -> Path:
+        from transformers import Qwen2_5_VLConfig
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        tokenizer = build_tiny_tokenizer(_SPECIALS, seed=seed)
+        ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIALS.items()}
+        config = Qwen2_5_VLConfig(
+            vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                           "fullatt_block_indexes": [1], "window_size": 112},
+            text_config={
+                "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": ids["im_end_token"], "pad_token_id": tokenizer.pad_token_id,
+            },
+            image_token_id=ids["image_token"], video_token_id=ids["video_token"],
+            vision_start_token_id=ids["vision_start_token"], vision_end_token_id=ids["vision_end_token"],
+        )
+        torch.manual_seed(seed)
+        model = self.model_class()(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = ids["im_end_token"]
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(path)
+        return path

@@ -1,0 +1,356 @@
+"""The training recipe: one class, read top to bottom.
+
+``FineTuner(config, output_dir).setup()`` opens and checks the dataset, loads the model on the
+chosen backend, attaches LoRA and checks every example's length; ``run()`` trains with a
+Hugging Face ``Trainer`` whose every argument is spelled out below, evaluates validation CER on
+generated text, saves the adapter (and merged weights on request), and writes the run card.
+``train()`` wraps it so that every run, failed ones too, lands in the registry.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ocrloop.atomic import atomic_write_json
+from ocrloop.config import OcrloopConfig
+from ocrloop.data.dataset import Dataset
+from ocrloop.data.records import PageExample
+from ocrloop.errors import DatasetError, OcrloopError
+from ocrloop.evaluate.evaluator import evaluate_model
+from ocrloop.models import MODEL_CARD, load_model
+from ocrloop.models.base import EncodedExample, ExampleTooLong, ModelError, OCRModel, collate
+from ocrloop.models.loading import attach_lora, save_model, trainable_parameters
+from ocrloop.registry import Registry
+
+RUN_CARD = "run_card.json"
+
+
+class PageDataset(torch.utils.data.Dataset):
+    """Training pages, loaded and encoded on access (images are never all held in memory)."""
+
+    def __init__(self, dataset: Dataset, examples: list[PageExample], bundle: OCRModel, prompt: str, resolution: str):
+        self.dataset, self.examples, self.bundle = dataset, examples, bundle
+        self.prompt, self.resolution = prompt, resolution
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> EncodedExample:
+        example = self.examples[index]
+        return self.bundle.encode(self.dataset.load_image(example), self.prompt, example.text, self.resolution)
+
+
+class PageCollator:
+    """Pads a list of encoded pages into a batch, pixels cast to the model's dtype."""
+
+    def __init__(self, bundle: OCRModel, dtype: torch.dtype):
+        self.pad_token_id = bundle.tokenizer.pad_token_id
+        self.pixel_keys = bundle.family.pixel_keys
+        self.dtype = dtype
+
+    def __call__(self, examples: list[EncodedExample]) -> dict[str, Any]:
+        batch = collate(examples, self.pad_token_id)
+        for key in self.pixel_keys:
+            if key in batch:
+                batch[key] = batch[key].to(self.dtype)
+        return batch
+
+
+@dataclass
+class RunResult:
+    """What a finished training run produced."""
+
+    output_dir: Path
+    run_id: str | None
+    model_name: str | None
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "peft", "accelerate", "unsloth", "bitsandbytes"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class FineTuner:
+    """Fine-tunes ``config.base_model`` on ``config.dataset_dir`` into ``output_dir``."""
+
+    def __init__(self, config: OcrloopConfig, output_dir: Path, *, resume: bool = False, console: Console | None = None):
+        self.config = config
+        self.training = config.training
+        self.output_dir = Path(output_dir)
+        self.resume = resume
+        self.console = console or Console(stderr=True)
+        self.device_is_cuda = torch.cuda.is_available()
+        self.history: dict[str, list] = {"validation": [], "train_loss_by_epoch": []}
+        # Adapters remember their base; a relative folder must still resolve from elsewhere.
+        base = Path(config.base_model).expanduser()
+        self.base_model_ref = str(base.resolve()) if base.exists() else config.base_model
+
+    # --- setup -----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._check_output_dir()
+        self._setup_data()
+        self._setup_model()
+        self._check_examples()
+
+    def _check_output_dir(self) -> None:
+        if (self.output_dir / MODEL_CARD).exists() and not self.resume:
+            raise OcrloopError(f"{self.output_dir} already holds a trained model; choose another --output")
+        if self.resume and not self._last_checkpoint():
+            raise OcrloopError(f"{self.output_dir}: no checkpoint to resume from")
+
+    def _setup_data(self) -> None:
+        self.dataset = Dataset.open(self.config.dataset_dir, self.config.data)
+        errors = self.dataset.errors
+        if errors and not self.training.skip_invalid:
+            raise DatasetError(
+                f"{self.config.dataset_dir}: {len(errors)} validation error(s), first: {errors[0]}; "
+                "fix them (`ocrloop data validate`) or pass --skip-invalid"
+            )
+        if errors:
+            self.console.print(f"[yellow]skipping {len(errors)} invalid example(s)[/yellow]")
+        self.train_examples = self.dataset.examples("train")
+        self.val_examples = self.dataset.examples("val")[: self.training.eval_max_pages]
+        if not self.train_examples:
+            raise DatasetError(f"{self.config.dataset_dir}: no valid training examples in the train split")
+        self.manifest = self.dataset.manifest()
+
+    def _setup_model(self) -> None:
+        t = self.training
+        self.bundle = load_model(self.config.base_model, backend=t.backend, mode=t.mode, for_training=True)
+        self.bundle.family.check_resolution(t.resolution)
+        if t.mode == "full":
+            if t.gradient_checkpointing and self.bundle.backend == "hf":
+                self.bundle.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            attach_lora(self.bundle, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
+                        groups=list(t.lora_targets), seed=t.seed, gradient_checkpointing=t.gradient_checkpointing)
+        self.trainable, self.total_parameters = trainable_parameters(self.bundle.model)
+        if self.trainable == 0:
+            raise ModelError(f"no trainable parameters for lora_targets={t.lora_targets}")
+
+    def _check_examples(self) -> None:
+        """Encode every example once before the first step: too-long or inconsistent examples fail here, named."""
+        image_token_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.tokenizer.image_token)
+        self.lengths: list[int] = []
+        kept: dict[str, list[PageExample]] = {"train": [], "val": []}
+        for split, examples in (("train", self.train_examples), ("val", self.val_examples)):
+            for example, image in self.dataset.iter_images(examples):
+                encoded = self.bundle.encode(image, self.training.prompt, example.text, self.training.resolution)
+                where = f"{example.source} page {example.page + 1}"
+                if len(encoded) > self.training.max_seq_length:
+                    raise ExampleTooLong(
+                        f"{where}: {len(encoded)} tokens ({encoded.image_tokens} image + "
+                        f"{len(encoded) - encoded.image_tokens} text) exceed max_seq_length={self.training.max_seq_length}; "
+                        "raise training.max_seq_length or use a lower --resolution"
+                    )
+                found = encoded.input_ids.count(image_token_id)
+                if found != encoded.image_tokens:
+                    raise ModelError(f"{where}: {found} image tokens in the prompt but {encoded.image_tokens} image features")
+                if split == "train":
+                    self.lengths.append(len(encoded))
+                kept[split].append(example)
+        skipped = [p for p in self.dataset.warnings if p.message.startswith("skipped")]
+        for problem in skipped:
+            self.console.print(f"[yellow]{problem}[/yellow]", markup=True, highlight=False)
+        self.train_examples, self.val_examples = kept["train"], kept["val"]
+
+    # --- run -------------------------------------------------------------------------------------
+
+    def _last_checkpoint(self) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        folder = self.output_dir / "checkpoints"
+        return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+    def _validate(self, label: str) -> dict[str, float] | None:
+        if not self.val_examples:
+            return None
+        t = self.training
+        evaluation = evaluate_model(self.bundle, self.dataset, self.val_examples, prompt=t.prompt, resolution=t.resolution,
+                                    batch_size=t.batch_size, max_new_tokens=t.max_new_tokens)
+        metrics = {"cer": evaluation.report.overall.cer, "wer": evaluation.report.overall.wer,
+                   "by_category": {k: v.cer for k, v in evaluation.report.by_category.items()}}
+        self.console.print(f"validation CER {label}: {metrics['cer']:.2%}  WER {metrics['wer']:.2%}", markup=False)
+        return metrics
+
+    def run(self) -> RunResult:
+        from transformers import Trainer, TrainerCallback, TrainingArguments
+
+        t = self.training
+        bf16 = self.device_is_cuda and torch.cuda.is_bf16_supported()
+        eight_bit_adam = self.device_is_cuda and importlib.util.find_spec("bitsandbytes") is not None
+        steps_per_epoch = math.ceil(len(self.train_examples) / (t.batch_size * t.gradient_accumulation_steps))
+        eval_steps = t.eval_steps or steps_per_epoch
+        args = TrainingArguments(
+            output_dir=str(self.output_dir / "checkpoints"),
+            num_train_epochs=t.epochs,
+            max_steps=t.max_steps or -1,
+            per_device_train_batch_size=t.batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            learning_rate=t.learning_rate,
+            warmup_steps=t.warmup_steps,
+            max_grad_norm=t.max_grad_norm,
+            weight_decay=t.weight_decay,
+            lr_scheduler_type="linear",
+            optim="adamw_8bit" if eight_bit_adam else "adamw_torch",
+            bf16=bf16,
+            fp16=self.device_is_cuda and not bf16,
+            logging_steps=t.logging_steps,
+            save_strategy="steps",
+            save_steps=t.save_steps,
+            save_total_limit=2,
+            report_to=[] if t.report_to == "none" else [t.report_to],
+            seed=t.seed,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            use_cpu=not self.device_is_cuda,
+            disable_tqdm=False,
+        )
+        fine_tuner = self
+
+        class ValidationCER(TrainerCallback):
+            """Validation CER on generated text every ``eval_steps`` optimizer steps, not only loss."""
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step % eval_steps == 0 and state.global_step < state.max_steps:
+                    metrics = fine_tuner._validate(f"at step {state.global_step}")
+                    if metrics:
+                        fine_tuner.history["validation"].append({"step": state.global_step, **metrics})
+
+        trainer = Trainer(
+            model=self.bundle.model,
+            args=args,
+            train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),
+            data_collator=PageCollator(self.bundle, next(self.bundle.model.parameters()).dtype),
+            callbacks=[ValidationCER()],
+        )
+        if self.device_is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        train_output = trainer.train(resume_from_checkpoint=self._last_checkpoint() if self.resume else None)
+        train_seconds = time.perf_counter() - started
+
+        self.history["train_loss_by_epoch"] = _loss_by_epoch(trainer.state.log_history)
+        final = self._validate("final")
+        if final:
+            self.history["validation"].append({"step": trainer.state.global_step, **final})
+        save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, mark_complete=False)
+        merged_metrics = self._save_merged(final) if t.merge else None
+
+        card = self._run_card(train_output, train_seconds, trainer.state.global_step, final, merged_metrics)
+        atomic_write_json(self.output_dir / RUN_CARD, card)
+        save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, card_only=True)
+        return RunResult(self.output_dir, None, None, card)
+
+    def _save_merged(self, adapter_metrics: dict | None) -> dict[str, Any]:
+        """Merge LoRA into the base weights, save them, and check the merged model reads as well."""
+        merged_dir = self.output_dir / "merged"
+        save_model(self.bundle, merged_dir, base_model=self.base_model_ref, merged=True)
+        merged = load_model(str(merged_dir), backend="hf")
+        original, self.bundle = self.bundle, merged
+        try:
+            metrics = self._validate("merged") or {}
+        finally:
+            self.bundle = original
+        if adapter_metrics and metrics and abs(metrics["cer"] - adapter_metrics["cer"]) > 0.005:
+            raise ModelError(
+                f"merged weights read worse than the adapter (CER {metrics['cer']:.2%} vs {adapter_metrics['cer']:.2%}); "
+                f"use the adapter in {self.output_dir}"
+            )
+        return metrics
+
+    def _run_card(self, train_output, train_seconds: float, steps: int, final: dict | None, merged: dict | None) -> dict:
+        t = self.training
+        samples = train_output.metrics.get("train_samples_per_second")
+        epochs_done = steps * t.batch_size * t.gradient_accumulation_steps / max(len(self.train_examples), 1)
+        tokens = sum(self.lengths) * epochs_done
+        peak_allocated = torch.cuda.max_memory_allocated() if self.device_is_cuda else None
+        peak_reserved = torch.cuda.max_memory_reserved() if self.device_is_cuda else None
+        gpu_hours = train_seconds / 3600 if self.device_is_cuda else 0.0
+        return {
+            "base_model": self.config.base_model,
+            "family": self.bundle.family.name,
+            "backend": self.bundle.backend,
+            "config": self.config.model_dump(mode="json"),
+            "data": {"manifest_hash": self.manifest.manifest_hash, "train_pages": len(self.train_examples),
+                     "val_pages": len(self.val_examples), "mix": self.dataset.mix().to_json()},
+            "parameters": {"trainable": self.trainable, "total": self.total_parameters},
+            "metrics": {
+                "train_loss": train_output.training_loss,
+                "train_loss_by_epoch": self.history["train_loss_by_epoch"],
+                "validation": self.history["validation"],
+                "final_validation": final,
+                "merged_validation": merged,
+            },
+            "speed": {"steps": steps, "train_seconds": train_seconds, "samples_per_second": samples,
+                      "tokens_per_second": tokens / train_seconds if train_seconds else None},
+            "memory": {"peak_vram_allocated_bytes": peak_allocated, "peak_vram_reserved_bytes": peak_reserved},
+            "cost": {"gpu_hours": gpu_hours, "gpu_price_per_hour_usd": self.config.gpu_price_per_hour_usd,
+                     "cost_usd": gpu_hours * self.config.gpu_price_per_hour_usd},
+            "device": torch.cuda.get_device_name() if self.device_is_cuda else platform.processor() or "cpu",
+            "versions": _versions(),
+        }
+
+    def cleanup(self) -> None:
+        self.bundle = None
+        if self.device_is_cuda:
+            torch.cuda.empty_cache()
+
+
+def _loss_by_epoch(log_history: list[dict]) -> list[dict[str, float]]:
+    by_epoch: dict[int, list[float]] = {}
+    for entry in log_history:
+        if "loss" in entry and "epoch" in entry:
+            by_epoch.setdefault(max(0, math.ceil(entry["epoch"]) - 1), []).append(entry["loss"])
+    return [{"epoch": epoch + 1, "loss": sum(v) / len(v)} for epoch, v in sorted(by_epoch.items())]
+
+
+def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, registry: Registry | None = None,
+          console: Console | None = None) -> RunResult:
+    """Run the recipe and record it in ``registry``: ``running`` first, then ``succeeded`` or ``failed``."""
+    run_id = registry.start_run("train", config.model_dump(mode="json")) if registry else None
+    started = time.perf_counter()
+    fine_tuner = FineTuner(config, output_dir, resume=resume, console=console)
+    try:
+        fine_tuner.setup()
+        result = fine_tuner.run()
+    except BaseException as error:
+        if registry:
+            message = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+            registry.finish_run(run_id, "failed", wall_seconds=time.perf_counter() - started, error=message)
+        raise
+    finally:
+        fine_tuner.cleanup()
+    card = result.card
+    if registry:
+        dataset_id = registry.record_dataset(card["data"]["manifest_hash"], str(config.dataset_dir), card["data"]["mix"],
+                                             fine_tuner.manifest.to_json())
+        final = card["metrics"]["final_validation"] or {}
+        registry.finish_run(
+            run_id, "succeeded", wall_seconds=time.perf_counter() - started,
+            peak_vram_bytes=card["memory"]["peak_vram_allocated_bytes"], gpu_hours=card["cost"]["gpu_hours"],
+            cost_usd=card["cost"]["cost_usd"],
+            metrics={"val_cer": final.get("cer"), "val_wer": final.get("wer"), "train_loss": card["metrics"]["train_loss"],
+                     "samples_per_second": card["speed"]["samples_per_second"], "dataset_id": dataset_id},
+        )
+        name = output_dir.name if registry.model(output_dir.name) is None else f"{output_dir.name}-{run_id}"
+        registry.add_model(name, str(output_dir.resolve()), card["family"], config.base_model, run_id=run_id)
+        result.run_id, result.model_name = run_id, name
+    return result
