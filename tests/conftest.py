@@ -14,6 +14,29 @@ from ocrloop.config import DataConfig
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
 
 SMALL_PAGES = DataConfig(pdf_dpi=40)  # letter pages become 340x440 px: fast to rasterize
+# Resolution per tiny preset that keeps CPU steps fast.
+FAST_RESOLUTION = {"tiny-deepseek-ocr-2": "small", "tiny-qwen2.5-vl": "tiny"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ocrloop_home(tmp_path_factory):
+    """Tiny presets are built once per session into a private folder (never the user's cache)."""
+    home = tmp_path_factory.mktemp("ocrloop-home")
+    previous = os.environ.get("OCRLOOP_HOME")
+    os.environ["OCRLOOP_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("OCRLOOP_HOME", None)
+    else:
+        os.environ["OCRLOOP_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_presets(ocrloop_home) -> dict[str, Path]:
+    """Both tiny presets, built once."""
+    from ocrloop.models import TINY_PRESETS, build_preset
+
+    return {name: build_preset(name) for name in TINY_PRESETS}
 
 
 @pytest.fixture(scope="session")

@@ -136,7 +136,7 @@ class OCRFamily:
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
     trust_remote_code: ClassVar[bool] = False
     # Module-name patterns (regex alternatives over the full module path) per LoRA target group.
-    lora_patterns: ClassVar[dict[str, str]] = {}
+    lora_patterns: ClassVar[dict[str, str | None]] = {}  # None: the group has no modules in this family
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -184,12 +184,14 @@ class OCRFamily:
 
     # --- training -----------------------------------------------------------------------------
 
-    def lora_target_regex(self, groups: list[str]) -> str:
-        """A regex over module names selecting the linear layers of the chosen target groups."""
+    def lora_target_regex(self, groups: list[str]) -> str | list[str]:
+        """A regex over module names selecting the linear layers of the chosen target groups
+        (an empty list when the groups only name parameters, such as fused MoE experts)."""
         unknown = [g for g in groups if g not in self.lora_patterns]
         if unknown:
             raise ModelError(f"{self.name} has no LoRA target group(s) {unknown}; choose from {', '.join(self.lora_patterns)}")
-        return "|".join(f"(?:{self.lora_patterns[g]})" for g in groups)
+        patterns = [self.lora_patterns[g] for g in groups if self.lora_patterns[g] is not None]
+        return "|".join(f"(?:{p})" for p in patterns) if patterns else []
 
     def lora_target_parameters(self, groups: list[str]) -> list[str]:
         """Parameter names (not modules) that get LoRA, e.g. fused MoE expert weights; none by default."""

@@ -34,7 +34,7 @@ class DeepseekOcr2Family(OCRFamily):
     lora_patterns = {
         "attention": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
         "mlp": r".*language_model\.layers\.\d+\.mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj)",
-        "experts": r"(?!)",  # fused expert weights are parameters, not modules: see lora_target_parameters
+        "experts": None,  # fused expert weights are parameters, not modules: see lora_target_parameters
         "vision": (r".*vision_tower\.sam_encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.(lin1|lin2))"
                    r"|.*vision_tower\.vision_encoder\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
                    r"|.*multi_modal_projector"),

@@ -8,7 +8,6 @@ run means the same thing on either.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
@@ -173,20 +172,51 @@ def save_model(bundle: OCRModel, output: Path, *, base_model: str, merged: bool 
 
 def load_adapter(path: Path, card: dict, *, backend: str = "auto", device: str | None = None,
                  for_training: bool = False) -> OCRModel:
-    """Load a LoRA adapter saved by ocrloop on top of its base model."""
-    from peft import PeftModel
+    """Load a LoRA adapter saved by ocrloop on top of its base model.
+
+    The adapter's tensors are copied by name into a freshly wrapped model rather than through
+    ``PeftModel.from_pretrained``: with transformers 5 that path renames keys of some families
+    (DeepSeek-OCR-2's ``language_model``) and silently leaves the adapter at its initial zeros.
+    Every adapter tensor must land, or loading fails.
+    """
+    from peft import PeftConfig, get_peft_model
 
     from ocrloop.models import load_model
 
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{path}: adapter_model.safetensors is missing")
     base = load_model(card["base_model"], backend=backend, device=device)
     try:
-        base.model = PeftModel.from_pretrained(base.model, str(path), is_trainable=for_training)
+        config = PeftConfig.from_pretrained(str(path))
     except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot load the adapter ({str(error).splitlines()[0]})") from None
+        raise ModelError(f"{path}: cannot read adapter_config.json ({str(error).splitlines()[0]})") from None
+    config.inference_mode = not for_training
+    model = get_peft_model(base.model, config)
+    load_adapter_weights(model, weights, what=f"its base model {card['base_model']}")
+    model.to(base.device)
+    if not for_training:
+        model.requires_grad_(False)
     tokenizer, image_processor = base.family.load_processors(str(path))
-    return OCRModel(base.family, base.model, tokenizer, image_processor, source=str(path), backend=base.backend,
+    return OCRModel(base.family, model, tokenizer, image_processor, source=str(path), backend=base.backend,
                     extras={**base.extras, "adapter": str(path)})
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def load_adapter_weights(model: Any, weights: Path, what: str = "this model") -> None:
+    """Copy saved LoRA tensors into the live adapter of ``model`` by name; all must fit."""
+    from safetensors.torch import load_file
+
+    expected = {name for name, _ in model.named_parameters() if ".lora_" in name}
+    saved = {_adapter_key(name): tensor for name, tensor in load_file(str(weights)).items()}
+    missing, unexpected = expected - set(saved), set(saved) - expected
+    if missing or unexpected:
+        example = sorted(missing or unexpected)[0]
+        raise ModelError(f"{weights.parent}: adapter does not fit {what} ({example})")
+    model.load_state_dict(saved, strict=False)
+
+
+def _adapter_key(saved_name: str) -> str:
+    # peft saves "x.lora_A.weight"; the live module holds it as "x.lora_A.default.weight".
+    for part in (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B."):
+        saved_name = saved_name.replace(part, f"{part}default.")
+    return saved_name

@@ -34,7 +34,7 @@ class Qwen25VLFamily(OCRFamily):
     lora_patterns = {
         "attention": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
         "mlp": r".*language_model\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)",
-        "experts": r"(?!)",  # dense model: no experts
+        "experts": None,  # dense model: no experts
         "vision": r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))|.*visual\.merger\.mlp\.(0|2)",
     }
 

@@ -29,7 +29,7 @@ from ocrloop.errors import DatasetError, OcrloopError
 from ocrloop.evaluate.evaluator import evaluate_model
 from ocrloop.models import MODEL_CARD, load_model
 from ocrloop.models.base import EncodedExample, ExampleTooLong, ModelError, OCRModel, collate
-from ocrloop.models.loading import attach_lora, save_model, trainable_parameters
+from ocrloop.models.loading import attach_lora, load_adapter_weights, save_model, trainable_parameters
 from ocrloop.registry import Registry
 
 RUN_CARD = "run_card.json"
@@ -234,7 +234,17 @@ class FineTuner:
                     if metrics:
                         fine_tuner.history["validation"].append({"step": state.global_step, **metrics})
 
-        trainer = Trainer(
+        class AdapterSafeTrainer(Trainer):
+            """Resumes LoRA checkpoints through ``load_adapter_weights`` (see ``models.loading``)."""
+
+            def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+                weights = Path(resume_from_checkpoint) / "adapter_model.safetensors"
+                if weights.is_file():
+                    load_adapter_weights(model or self.model, weights, what="the model being trained")
+                    return
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+        trainer = AdapterSafeTrainer(
             model=self.bundle.model,
             args=args,
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),

@@ -1,0 +1,120 @@
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from ocrloop.models import FAMILIES, build_preset, detect_family, load_model
+from ocrloop.models.base import IGNORE_INDEX, ModelError
+from ocrloop.models.loading import attach_lora, trainable_parameters
+from tests.conftest import FAST_RESOLUTION
+
+PRESETS = list(FAST_RESOLUTION)
+
+
+@pytest.fixture(scope="module")
+def page():
+    image = Image.new("RGB", (340, 440), "white")
+    return image
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_labels_cover_only_the_answer(tiny_presets, preset, page):
+    bundle = load_model(preset)
+    encoded = bundle.encode(page, "markdown", "**Total:** $5.00", FAST_RESOLUTION[preset])
+    image_token_id = bundle.tokenizer.convert_tokens_to_ids(bundle.tokenizer.image_token)
+    assert encoded.input_ids.count(image_token_id) == encoded.image_tokens > 0
+    answer_positions = [i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX]
+    assert answer_positions == list(range(len(encoded) - len(answer_positions), len(encoded)))
+    answer = [encoded.labels[i] for i in answer_positions]
+    assert bundle.tokenizer.decode(answer, skip_special_tokens=True) == "**Total:** $5.00"
+    assert answer[-1] in bundle.family.stop_token_ids(bundle.tokenizer)
+    # No image token is ever a learning target.
+    assert image_token_id not in answer
+
+
+def test_family_is_detected_from_config_not_name(tiny_presets, tmp_path):
+    renamed = tmp_path / "qwen-looking-name"
+    shutil.copytree(tiny_presets["tiny-deepseek-ocr-2"], renamed)
+    assert load_model(str(renamed)).family.name == "deepseek-ocr-2"
+    with pytest.raises(ModelError, match="cannot tell the model family from model_type='llama'"):
+        detect_family({"model_type": "llama"})
+
+
+@pytest.mark.parametrize(
+    ("remove", "message"),
+    [("config.json", "missing config.json"), ("model.safetensors", "no weights"), ("tokenizer.json", "no tokenizer files")],
+)
+def test_model_folder_with_missing_files_is_a_clear_error(tiny_presets, tmp_path, remove, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_presets["tiny-qwen2.5-vl"], broken)
+    (broken / remove).unlink()
+    if remove == "tokenizer.json":
+        (broken / "tokenizer_config.json").unlink()
+    with pytest.raises(ModelError, match=message):
+        load_model(str(broken))
+
+
+def test_unknown_source_says_how_to_get_it(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="huggingface-cli download"):
+        load_model("no-such-org/no-such-model")
+
+
+def test_quantized_modes_need_cuda(tiny_presets):
+    with pytest.raises(ModelError, match="needs a CUDA GPU"):
+        load_model("tiny-qwen2.5-vl", mode="qlora4", device="cpu")
+
+
+def test_unsupported_resolution_is_named(tiny_presets, page):
+    bundle = load_model("tiny-deepseek-ocr-2")
+    with pytest.raises(ModelError, match="resolution 'tiny' is not available for deepseek-ocr-2"):
+        bundle.encode(page, "markdown", "x", "tiny")
+
+
+def test_presets_are_deterministic(tiny_presets, tmp_path):
+    again = build_preset("tiny-qwen2.5-vl", destination=tmp_path / "again")
+    first = load_model(str(tiny_presets["tiny-qwen2.5-vl"])).model.state_dict()
+    second = load_model(str(again)).model.state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize(
+    ("preset", "groups", "must_train", "must_not_train"),
+    [
+        ("tiny-deepseek-ocr-2", ["attention"], "self_attn", "vision_tower"),
+        ("tiny-deepseek-ocr-2", ["experts"], "experts", "self_attn"),
+        ("tiny-deepseek-ocr-2", ["vision"], "vision_tower", "language_model"),
+        ("tiny-qwen2.5-vl", ["mlp"], "mlp", "visual"),
+        ("tiny-qwen2.5-vl", ["vision"], "visual", "language_model"),
+    ],
+)
+def test_lora_targets(tiny_presets, preset, groups, must_train, must_not_train):
+    bundle = load_model(preset)
+    attach_lora(bundle, rank=4, alpha=8, dropout=0.0, groups=groups, seed=0, gradient_checkpointing=False)
+    names = [n for n, p in bundle.model.named_parameters() if p.requires_grad]
+    assert names and all("lora" in n for n in names)
+    assert any(must_train in n for n in names)
+    assert not any(must_not_train in n for n in names)
+    trainable, total = trainable_parameters(bundle.model)
+    assert 0 < trainable < total
+
+
+def test_every_family_is_one_dict_line():
+    assert set(FAMILIES) == {"deepseek-ocr-2", "qwen2.5-vl"}
+    for name, family in FAMILIES.items():
+        assert family.name == name and family.model_types
+
+
+def test_adapter_card_points_to_its_base(tiny_presets, tmp_path):
+    from ocrloop.models.loading import save_model
+
+    bundle = load_model("tiny-qwen2.5-vl")
+    attach_lora(bundle, rank=2, alpha=4, dropout=0.0, groups=["attention"], seed=0, gradient_checkpointing=False)
+    save_model(bundle, tmp_path / "adapter", base_model="tiny-qwen2.5-vl")
+    card = json.loads((tmp_path / "adapter" / "ocrloop_model.json").read_text())
+    assert card["kind"] == "adapter" and card["base_model"] == "tiny-qwen2.5-vl" and card["family"] == "qwen2.5-vl"
+    reloaded = load_model(str(tmp_path / "adapter"))
+    assert reloaded.extras["adapter"] == str(tmp_path / "adapter")
