@@ -321,7 +321,7 @@ def train_command(
 def _print_report(report, title: str) -> None:
     table = Table(title=title)
     for column in ("group", "pages", "CER", "WER", "accuracy"):
-        table.add_column(column, justify="left" if column == "group" else "right")
+        table.add_column(column, justify="left" if column == "group" else "right", no_wrap=column == "group")
     rows = [("overall", report.overall)]
     rows += [(f"category={k}", v) for k, v in sorted(report.by_category.items())]
     rows += [(f"business={k}", v) for k, v in sorted(report.by_business.items())]
@@ -333,7 +333,7 @@ def _print_report(report, title: str) -> None:
 def _print_comparison(rows, before_name: str, after_name: str) -> None:
     table = Table(title=f"before ({before_name}) -> after ({after_name})")
     for column in ("group", "pages", "CER before", "CER after", "change", "WER before", "WER after"):
-        table.add_column(column, justify="left" if column == "group" else "right")
+        table.add_column(column, justify="left" if column == "group" else "right", no_wrap=column == "group")
     for row in rows:
         change = "n/a" if row.cer_change == float("inf") else f"{row.cer_change:+.1%}"
         table.add_row(row.group, str(row.pages), f"{row.cer_before:.2%}", f"{row.cer_after:.2%}", change,
@@ -343,6 +343,10 @@ def _print_comparison(rows, before_name: str, after_name: str) -> None:
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 1."""
+    from transformers.utils import logging as transformers_logging
+
+    # Weight-loading bars from transformers clutter the CLI's own progress output.
+    transformers_logging.disable_progress_bar()
     try:
         app()
     except OcrloopError as error:
