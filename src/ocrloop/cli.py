@@ -281,6 +281,10 @@ def train_command(
     eval_steps: Annotated[Optional[int], typer.Option(help="training.eval_steps")] = None,
     max_seq_length: Annotated[Optional[int], typer.Option(help="training.max_seq_length")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="training.max_new_tokens")] = None,
+    eval_max_pages: Annotated[Optional[int], typer.Option(help="training.eval_max_pages")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="training.weight_decay")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="training.max_grad_norm")] = None,
+    logging_steps: Annotated[Optional[int], typer.Option(help="training.logging_steps")] = None,
     report_to: Annotated[Optional[str], typer.Option(help="training.report_to: none, tensorboard, mlflow, wandb")] = None,
     seed: Annotated[Optional[int], typer.Option(help="training.seed")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
@@ -303,7 +307,9 @@ def train_command(
         "training.lora_alpha": lora_alpha, "training.lora_dropout": lora_dropout,
         "training.lora_targets": [g.strip() for g in lora_targets.split(",")] if lora_targets else None,
         "training.save_steps": save_steps, "training.eval_steps": eval_steps, "training.max_seq_length": max_seq_length,
-        "training.max_new_tokens": max_new_tokens, "training.report_to": report_to, "training.seed": seed,
+        "training.max_new_tokens": max_new_tokens, "training.eval_max_pages": eval_max_pages,
+        "training.weight_decay": weight_decay, "training.max_grad_norm": max_grad_norm,
+        "training.logging_steps": logging_steps, "training.report_to": report_to, "training.seed": seed,
         "training.gradient_checkpointing": gradient_checkpointing, "training.merge": merge,
         "training.skip_invalid": skip_invalid,
     }
@@ -316,6 +322,30 @@ def train_command(
     if final:
         console.print(f"validation CER {final['cer']:.2%}, WER {final['wer']:.2%}", markup=False)
     console.print(f"{speed['steps']} steps in {speed['train_seconds']:.1f}s", markup=False)
+
+
+@app.command()
+def doctor(
+    model: Annotated[Optional[str], typer.Option(help="Model to check (default: base_model of the workspace).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="training.backend")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="Resolution for the test steps (default: the family's smallest).")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Check the set-up: Python, torch, CUDA, unsloth, the model loads, LoRA attaches, a few steps train."""
+    from ocrloop.doctor import run_checks
+
+    config = _config(workspace, {"base_model": model, "training.backend": backend})
+    marks = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]", "skip": "[yellow]skip[/yellow]"}
+
+    def show(check) -> None:
+        console.print(f"{marks[check.status]} {check.name:<16}", end=" ")
+        console.print(check.detail + (f"  (hint: {check.hint})" if check.hint and check.status == "fail" else ""),
+                      markup=False, highlight=False)
+
+    checks = run_checks(config.base_model, backend=config.training.backend, resolution=resolution, report=show)
+    failed = [c.name for c in checks if c.status == "fail"]
+    if failed:
+        raise OcrloopError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
 
 
 def _print_report(report, title: str) -> None:

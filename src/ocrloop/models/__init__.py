@@ -43,7 +43,7 @@ def build_preset(name: str, destination: Path | None = None) -> Path:
             import shutil
 
             shutil.rmtree(staging, ignore_errors=True)
-            family.build_tiny(staging)
+            family.build_random(staging, size="tiny")
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)  # a preset folder is complete or absent
     return target

@@ -87,7 +87,7 @@ class OCRModel:
             if key in batch and batch[key].is_floating_point():
                 batch[key] = batch[key].to(dtype)
         was_training = self.model.training
-        self.model.eval()
+        self._inference_mode(True)
         try:
             output = self.model.generate(
                 **batch,
@@ -97,10 +97,21 @@ class OCRModel:
                 eos_token_id=self.family.stop_token_ids(self.tokenizer),
             )
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self._inference_mode(False)
         new_tokens = output[:, batch["input_ids"].shape[1]:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [self.family.clean_output(text) for text in texts]
+
+
+    def _inference_mode(self, on: bool) -> None:
+        # Unsloth swaps kernels between training and generation; plain models only switch mode.
+        if self.backend == "unsloth":
+            from unsloth import FastVisionModel
+
+            (FastVisionModel.for_inference if on else FastVisionModel.for_training)(self.model)
+        else:
+            self.model.train(not on)
 
 
 def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
@@ -201,11 +212,44 @@ class OCRFamily:
         """Attribute paths (from the top model) of the vision tower and projector."""
         return ()
 
-    # --- presets ------------------------------------------------------------------------------
+    # --- random-weight checkpoints ------------------------------------------------------------------
 
-    def build_tiny(self, path: Path, seed: int = 0) -> Path:
-        """Write a randomly initialized model of a few MB with a project-built tokenizer to ``path``."""
+    def random_config(self, size: str, tokenizer: Any) -> Any:
+        """The architecture config for ``size``: ``tiny`` (a few MB, for CPUs) or ``full`` (the published one)."""
         raise NotImplementedError
+
+    def special_tokens(self) -> dict[str, str]:
+        """Tokens the family's prompts need, as tokenizer attributes (``image_token`` first)."""
+        raise NotImplementedError
+
+    def save_random_processors(self, tokenizer: Any, path: Path) -> None:
+        raise NotImplementedError
+
+    def build_random(self, path: Path, size: str = "tiny", seed: int = 0) -> Path:
+        """Write a randomly initialized checkpoint of ``size`` with a project-built tokenizer to ``path``.
+
+        Random weights measure speed and memory honestly and say nothing about accuracy. ``full``
+        is built on the GPU in bf16 when one is present; ``tiny`` always in fp32 on the CPU.
+        """
+        from ocrloop.models.tokenizer import build_tiny_tokenizer
+
+        if size not in ("tiny", "full"):
+            raise ModelError(f"unknown size {size!r}; use tiny or full")
+        tokenizer = build_tiny_tokenizer(self.special_tokens(), seed=seed)
+        config = self.random_config(size, tokenizer)
+        torch.manual_seed(seed)
+        on_gpu = size == "full" and torch.cuda.is_available()
+        with torch.device("cuda" if on_gpu else "cpu"):
+            model = self.model_class()(config)
+        if size == "full":
+            model.to(torch.bfloat16)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = self.stop_token_ids(tokenizer)[0]
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        self.save_random_processors(tokenizer, path)
+        return path
 
 
 def ceil_div(value: int, divisor: int) -> int:

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from ocrloop.models.base import EncodedExample, OCRFamily, OCRModel, ceil_div
-from ocrloop.models.tokenizer import build_tiny_tokenizer
 
 _MODES = {
     "small": {"crop_to_patches": False, "size": 768, "tile_size": 768},
@@ -79,32 +78,36 @@ class DeepseekOcr2Family(OCRFamily):
     def clean_output(self, text: str) -> str:
         return _GROUNDING.sub("", text).strip()
 
-    def build_tiny(self, path: Path, seed: int = 0) -> Path:
-        from transformers import DeepseekOcr2Config
+    def special_tokens(self) -> dict[str, str]:
+        return {"image_token": "<image>"}
+
+    def save_random_processors(self, tokenizer: Any, path: Path) -> None:
+        from transformers import DeepseekOcr2Processor
         from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
 
-        tokenizer = build_tiny_tokenizer({"image_token": "<image>"}, seed=seed)
-        config = DeepseekOcr2Config(
-            vision_config={
-                "sam_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "global_attn_indexes": [1],
-                               "output_channels": 16, "downsample_channels": [32, 64], "mlp_dim": 64},
-                "encoder_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 16},
-            },
-            text_config={
-                "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 4, "n_shared_experts": 1,
-                "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_layer_types": ["dense", "sparse"],
-                "max_position_embeddings": 4096, "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-            },
-            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        )
-        torch.manual_seed(seed)
-        model = self.model_class()(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        DeepseekOcr2ImageProcessorPil().save_pretrained(path)
-        return path
+        DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessorPil(), tokenizer=tokenizer).save_pretrained(path)
+
+    def random_config(self, size: str, tokenizer: Any) -> Any:
+        from transformers import DeepseekOcr2Config
+
+        if size == "full":  # the published DeepSeek-OCR-2 architecture (3.39 B parameters)
+            sam = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "global_attn_indexes": [2, 5, 8, 11],
+                   "downsample_channels": [512, 896]}
+            encoder = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                       "num_key_value_heads": 2}
+            text = {"vocab_size": 129280, "hidden_size": 1280, "intermediate_size": 6848, "num_hidden_layers": 12,
+                    "num_attention_heads": 10, "num_key_value_heads": 10, "n_routed_experts": 64, "n_shared_experts": 2,
+                    "num_experts_per_tok": 6, "moe_intermediate_size": 896, "mlp_layer_types": ["dense"] + ["sparse"] * 11,
+                    "max_position_embeddings": 8192}
+        else:
+            sam = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "global_attn_indexes": [1],
+                   "output_channels": 16, "downsample_channels": [32, 64], "mlp_dim": 64}
+            encoder = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "num_key_value_heads": 2, "vocab_size": 16}
+            text = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 4, "n_shared_experts": 1,
+                    "num_experts_per_tok": 2, "moe_intermediate_size": 32, "mlp_layer_types": ["dense", "sparse"],
+                    "max_position_embeddings": 4096}
+        text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        return DeepseekOcr2Config(vision_config={"sam_config": sam, "encoder_config": encoder}, text_config=text,
+                                  image_token_id=tokenizer.convert_tokens_to_ids("<image>"))

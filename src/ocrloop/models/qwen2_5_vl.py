@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from ocrloop.models.base import RESOLUTIONS, EncodedExample, OCRFamily, OCRModel
-from ocrloop.models.tokenizer import build_tiny_tokenizer
 
 _MIN_PIXELS = 4 * 28 * 28
 _SPECIALS = {
@@ -69,30 +68,33 @@ class Qwen25VLFamily(OCRFamily):
         vision = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
         return self._join(bundle, prompt_ids, target, vision, image_tokens)
 
-    def build_tiny(self, path: Path, seed: int = 0) -> Path:
-        from transformers import Qwen2_5_VLConfig
+    def special_tokens(self) -> dict[str, str]:
+        return dict(_SPECIALS)
+
+    def save_random_processors(self, tokenizer: Any, path: Path) -> None:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        tokenizer = build_tiny_tokenizer(_SPECIALS, seed=seed)
+        Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(path)
+
+    def random_config(self, size: str, tokenizer: Any) -> Any:
+        from transformers import Qwen2_5_VLConfig
+
         ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIALS.items()}
-        config = Qwen2_5_VLConfig(
-            vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-                           "fullatt_block_indexes": [1], "window_size": 112},
-            text_config={
-                "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192,
-                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": ids["im_end_token"], "pad_token_id": tokenizer.pad_token_id,
-            },
+        if size == "full":  # the published Qwen2.5-VL-7B architecture
+            vision = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 3584,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112}
+            text = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                    "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 128000,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}
+        else:
+            vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                      "fullatt_block_indexes": [1], "window_size": 112}
+            text = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 8192,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}}
+        text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=ids["im_end_token"], pad_token_id=tokenizer.pad_token_id)
+        return Qwen2_5_VLConfig(
+            vision_config=vision, text_config=text,
             image_token_id=ids["image_token"], video_token_id=ids["video_token"],
             vision_start_token_id=ids["vision_start_token"], vision_end_token_id=ids["vision_end_token"],
         )
-        torch.manual_seed(seed)
-        model = self.model_class()(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = ids["im_end_token"]
-        path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(path)
-        return path
