@@ -73,13 +73,17 @@ def main() -> None:
             "status": "succeeded", "command": " ".join(command[1:]), "wall_seconds": wall, "backend": card["backend"],
             "steps": speed["steps"], "train_seconds": speed["train_seconds"],
             "steps_per_second": speed["steps"] / speed["train_seconds"], "samples_per_second": speed["samples_per_second"],
-            "tokens_per_second": speed["tokens_per_second"],
+            "tokens_per_second": speed["tokens_per_second"], "first_step_seconds": speed["step_seconds"][0],
+            "steady_seconds_per_step": speed["steady_seconds_per_step"],
+            "steady_samples_per_second": speed["steady_samples_per_second"],
+            "steady_tokens_per_second": speed["steady_tokens_per_second"],
             "peak_vram_allocated_gib": memory["peak_vram_allocated_bytes"] / 2**30,
             "peak_vram_reserved_gib": memory["peak_vram_reserved_bytes"] / 2**30,
             "trainable_parameters": card["parameters"]["trainable"], "total_parameters": card["parameters"]["total"],
             "train_loss_by_epoch": card["metrics"]["train_loss_by_epoch"], "device": card["device"], "versions": card["versions"],
         }
-        print(f"{name}: {results[name]['steps_per_second']:.2f} steps/s, {results[name]['peak_vram_allocated_gib']:.1f} GiB", flush=True)
+        print(f"{name}: {results[name]['steady_seconds_per_step']:.2f} s/step after warm-up "
+              f"(first step {results[name]['first_step_seconds']:.0f}s), {results[name]['peak_vram_allocated_gib']:.1f} GiB", flush=True)
         (args.out / "gpu_train_check.json").write_text(json.dumps(results, indent=2))  # after each run: partial results survive
 
 

@@ -191,6 +191,10 @@ def evaluate(
     dataset: DatasetOption = None,
 ) -> None:
     """CER/WER overall, per category and per business; with --compare, the before/after table."""
+    if model is not None:
+        from ocrloop.models.loading import prepare_backend
+
+        prepare_backend(backend or "auto")
     from ocrloop.atomic import atomic_write_json
     from ocrloop.data.dataset import Dataset
     from ocrloop.evaluate.metrics import Normalization, compare_reports
@@ -295,6 +299,9 @@ def train_command(
     dataset: DatasetOption = None,
 ) -> None:
     """Fine-tune a model on the dataset: LoRA by default, Unsloth on CUDA, plain transformers + peft elsewhere."""
+    from ocrloop.models.loading import prepare_backend
+
+    prepare_backend(backend or "auto")
     from ocrloop.registry import Registry
     from ocrloop.train.finetune import train
 
@@ -332,6 +339,9 @@ def doctor(
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Check the set-up: Python, torch, CUDA, unsloth, the model loads, LoRA attaches, a few steps train."""
+    from ocrloop.models.loading import prepare_backend
+
+    prepare_backend(backend or "auto")
     from ocrloop.doctor import run_checks
 
     config = _config(workspace, {"base_model": model, "training.backend": backend})
@@ -373,10 +383,6 @@ def _print_comparison(rows, before_name: str, after_name: str) -> None:
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 1."""
-    from transformers.utils import logging as transformers_logging
-
-    # Weight-loading bars from transformers clutter the CLI's own progress output.
-    transformers_logging.disable_progress_bar()
     try:
         app()
     except OcrloopError as error:

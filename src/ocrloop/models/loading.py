@@ -27,6 +27,21 @@ def unsloth_available() -> bool:
     return cuda_available() and importlib.util.find_spec("unsloth") is not None
 
 
+def prepare_backend(backend: str) -> None:
+    """Import Unsloth before anything imports transformers when it will be the backend.
+
+    Unsloth patches transformers at import time; imported later it warns and leaves
+    optimizations out. Call this first in any process that loads a model.
+    """
+    if backend in ("auto", "unsloth") and unsloth_available():
+        import unsloth  # noqa: F401
+
+    from transformers.utils import logging as transformers_logging
+
+    # Weight-loading bars from transformers clutter ocrloop's own progress output.
+    transformers_logging.disable_progress_bar()
+
+
 def pick_backend(backend: str) -> str:
     """Resolve ``auto`` and check that the requested backend can run here."""
     if backend not in ("auto", "unsloth", "hf"):

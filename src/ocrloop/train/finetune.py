@@ -234,6 +234,22 @@ class FineTuner:
                     if metrics:
                         fine_tuner.history["validation"].append({"step": state.global_step, **metrics})
 
+        step_seconds: list[float] = self.history.setdefault("step_seconds", [])
+        cuda = self.device_is_cuda
+
+        class StepTimer(TrainerCallback):
+            """Wall time of every optimizer step (synchronized on CUDA), so warm-up can be told apart."""
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                if cuda:
+                    torch.cuda.synchronize()
+                self.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if cuda:
+                    torch.cuda.synchronize()
+                step_seconds.append(time.perf_counter() - self.started)
+
         class AdapterSafeTrainer(Trainer):
             """Resumes LoRA checkpoints through ``load_adapter_weights`` (see ``models.loading``)."""
 
@@ -249,7 +265,7 @@ class FineTuner:
             args=args,
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),
             data_collator=PageCollator(self.bundle, next(self.bundle.model.parameters()).dtype),
-            callbacks=[ValidationCER()],
+            callbacks=[StepTimer(), ValidationCER()],
         )
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -310,7 +326,9 @@ class FineTuner:
                 "merged_validation": merged,
             },
             "speed": {"steps": steps, "train_seconds": train_seconds, "samples_per_second": samples,
-                      "tokens_per_second": tokens / train_seconds if train_seconds else None},
+                      "tokens_per_second": tokens / train_seconds if train_seconds else None,
+                      **_steady_speed(self.history.get("step_seconds", []), t.batch_size * t.gradient_accumulation_steps,
+                                      sum(self.lengths) / max(len(self.lengths), 1))},
             "memory": {"peak_vram_allocated_bytes": peak_allocated, "peak_vram_reserved_bytes": peak_reserved},
             "cost": {"gpu_hours": gpu_hours, "gpu_price_per_hour_usd": self.config.gpu_price_per_hour_usd,
                      "cost_usd": gpu_hours * self.config.gpu_price_per_hour_usd},
@@ -322,6 +340,23 @@ class FineTuner:
         self.bundle = None
         if self.device_is_cuda:
             torch.cuda.empty_cache()
+
+
+def _steady_speed(step_seconds: list[float], samples_per_step: int, mean_tokens: float) -> dict[str, Any]:
+    """Speed after warm-up: the median step once the first two (compilation, autotuning) are past.
+
+    Validation generation runs between steps, not inside them, so it is not counted.
+    """
+    if not step_seconds:
+        return {}
+    steady = sorted(step_seconds[2:] if len(step_seconds) > 3 else step_seconds)
+    median = steady[len(steady) // 2]
+    return {
+        "step_seconds": step_seconds,
+        "steady_seconds_per_step": median,
+        "steady_samples_per_second": samples_per_step / median,
+        "steady_tokens_per_second": samples_per_step * mean_tokens / median,
+    }
 
 
 def _loss_by_epoch(log_history: list[dict]) -> list[dict[str, float]]:
