@@ -37,7 +37,7 @@ def test_workspace_init_synth_validate_stats_eval(tmp_path):
     result = run_cli("eval", "--predictions", str(perfect), "--compare", str(empty), "--output", str(tmp_path / "r.json"),
                      "-w", str(tmp_path), check=True)
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["report"]["overall"]["cer"] == 0.0 and report["before"]["overall"]["cer"] == 1.0
+    assert report["report"]["overall"]["cer"] == 0.0 and report["before"]["report"]["overall"]["cer"] == 1.0
     assert "-100.0%" in result.stdout
 
 
@@ -88,3 +88,60 @@ def test_add_with_sidecar_text_and_duplicate_refusal(tmp_path):
     args = ("data", "add", str(tmp_path / "r.png"), "--category", "receipt", "--business", "ecommerce", "-w", str(tmp_path / "ws"))
     assert "1 added" in run_cli(*args, check=True).stdout
     assert "0 added, 1 refused" in run_cli(*args, check=True).stdout
+
+
+def test_train_refuses_a_dataset_that_fails_validation_and_leaves_no_finished_model(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "annotations.json").write_text(json.dumps([{"image": "train/nope.png", "text": "x"}]))
+    result = run_cli("train", "-d", str(root), "--model", "tiny-qwen2.5-vl", "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "validation error" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out" / "ocrloop_model.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--mode", "qlora4"], "needs a CUDA GPU"),
+        (["--mode", "lora3"], "training.mode"),
+        (["--model", "/no/such/folder"], "no such folder"),
+        (["--backend", "unsloth"], "needs a CUDA GPU and the unsloth package"),
+        (["--resolution", "tiny", "--model", "tiny-deepseek-ocr-2"], "resolution 'tiny' is not available for deepseek-ocr-2"),
+    ],
+)
+def test_train_bad_options_are_one_line(synthetic_dataset, tmp_path, flags, fragment):
+    args = ["train", "-d", str(synthetic_dataset), "--output", str(tmp_path / "out"), "--max-steps", "1"]
+    if "--model" not in flags:
+        args += ["--model", "tiny-qwen2.5-vl"]
+    result = run_cli(*args, *flags, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and lines[-1].startswith("error:") and fragment in lines[-1], lines[-1]
+
+
+def test_undetectable_family_is_named(tmp_path):
+    folder = tmp_path / "weird-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (folder / "model.safetensors").write_bytes(b"x")
+    (folder / "tokenizer.json").write_text("{}")
+    result = run_cli("doctor", "--model", str(folder), cwd=tmp_path)
+    assert result.returncode == 1 and "cannot tell the model family from model_type='bert'" in result.stdout
+
+
+def test_train_then_eval_through_the_cli(tmp_path):
+    run_cli("init", str(tmp_path), "--base-model", "tiny-qwen2.5-vl", check=True)
+    run_cli("data", "synth", "--n", "6", "--seed", "2", "--scale", "0.3", "--categories", "receipt", "-w", str(tmp_path), check=True)
+    trained = run_cli("train", "-w", str(tmp_path), "--output", str(tmp_path / "models/v1"), "--max-steps", "2",
+                      "--batch-size", "2", "--resolution", "tiny", "--max-new-tokens", "8", check=True)
+    assert "saved" in trained.stdout
+    result = run_cli("eval", "-w", str(tmp_path), "--model", str(tmp_path / "models/v1"), "--compare", "tiny-qwen2.5-vl",
+                     "--resolution", "tiny", "--max-new-tokens", "8", "--output", str(tmp_path / "report.json"), check=True)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["report"]["overall"]["pages"] >= 1 and "before" in report
+    from ocrloop.registry import Registry
+
+    with Registry(tmp_path / "ocrloop.db") as registry:
+        assert [r["status"] for r in registry.runs()] == ["succeeded"]
+        assert registry.evaluations()[-1]["model_name"] == "v1"

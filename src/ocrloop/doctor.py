@@ -86,16 +86,12 @@ def _training_steps(bundle, resolution: str, steps: int) -> Check:
     import torch
 
     from ocrloop.data.synth import SynthOptions, generate_documents
-    from ocrloop.models.base import collate
+    from ocrloop.models.base import collate, to_device
 
     documents = generate_documents(SynthOptions(n=2, seed=0, categories=("receipt",), scale=0.5))
     encoded = [bundle.encode(d.pages[0], "markdown", d.texts[0], resolution) for d in documents]
-    batch = collate(encoded, bundle.tokenizer.pad_token_id)
-    dtype = next(p for p in bundle.model.parameters()).dtype
-    batch = {k: (v.to(bundle.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    for key in bundle.family.pixel_keys:
-        if key in batch:
-            batch[key] = batch[key].to(dtype)
+    batch = to_device(collate(encoded, bundle.tokenizer.pad_token_id, family=bundle.family, tokenizer=bundle.tokenizer,
+                              dtype=bundle.dtype), bundle.device)
     optimizer = torch.optim.AdamW([p for p in bundle.model.parameters() if p.requires_grad], lr=1e-4)
     cuda = bundle.device.type == "cuda"
     if cuda:

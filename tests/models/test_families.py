@@ -103,7 +103,7 @@ def test_lora_targets(tiny_presets, preset, groups, must_train, must_not_train):
 
 
 def test_every_family_is_one_dict_line():
-    assert set(FAMILIES) == {"deepseek-ocr-2", "qwen2.5-vl"}
+    assert set(FAMILIES) == {"deepseek-ocr", "deepseek-ocr-2", "qwen2.5-vl"}
     for name, family in FAMILIES.items():
         assert family.name == name and family.model_types
 

@@ -13,10 +13,12 @@ from typing import Any
 
 from ocrloop.locking import file_lock
 from ocrloop.models.base import PROMPT_TEMPLATES, RESOLUTIONS, ModelError, OCRFamily, OCRModel
+from ocrloop.models.deepseek_ocr import DeepseekOcrFamily
 from ocrloop.models.deepseek_ocr2 import DeepseekOcr2Family
 from ocrloop.models.qwen2_5_vl import Qwen25VLFamily
 
 FAMILIES: dict[str, type[OCRFamily]] = {
+    "deepseek-ocr": DeepseekOcrFamily,
     "deepseek-ocr-2": DeepseekOcr2Family,
     "qwen2.5-vl": Qwen25VLFamily,
 }

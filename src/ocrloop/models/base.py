@@ -71,6 +71,11 @@ class OCRModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype pixels must have: the first floating-point parameter's (quantized weights are not)."""
+        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+
     def encode(self, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         return self.family.encode(self, image, prompt, target, resolution)
 
@@ -79,13 +84,10 @@ class OCRModel:
                  max_new_tokens: int = 512) -> list[str]:
         """Greedy OCR of ``images``: one cleaned text per image."""
         encoded = [self.encode(image, prompt, None, resolution) for image in images]
-        batch = collate(encoded, self.tokenizer.pad_token_id, padding_side="left")
+        batch = collate(encoded, self.tokenizer.pad_token_id, padding_side="left", family=self.family,
+                        tokenizer=self.tokenizer, dtype=self.dtype)
         batch.pop("labels")
-        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        dtype = next(self.model.parameters()).dtype
-        for key in self.family.pixel_keys:
-            if key in batch and batch[key].is_floating_point():
-                batch[key] = batch[key].to(dtype)
+        batch = to_device(batch, self.device)
         was_training = self.model.training
         self._inference_mode(True)
         try:
@@ -114,8 +116,13 @@ class OCRModel:
             self.model.train(not on)
 
 
-def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
-    """Pad ids/labels/attention to the longest example and concatenate the vision tensors."""
+def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str = "right",
+            family: "OCRFamily | None" = None, tokenizer: Any = None, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Pad ids/labels/attention to the longest example and batch the vision inputs.
+
+    Vision tensors are concatenated along the first dimension unless ``family`` batches them
+    its own way; pixel tensors are cast to ``dtype`` when given.
+    """
     longest = max(len(e) for e in examples)
     ids, labels, mask = [], [], []
     for example in examples:
@@ -133,8 +140,15 @@ def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str
         "labels": torch.tensor(labels, dtype=torch.long),
         "attention_mask": torch.tensor(mask, dtype=torch.long),
     }
+    if family is not None and type(family).collate_vision is not OCRFamily.collate_vision:
+        family.collate_vision([e.vision for e in examples], batch, tokenizer, dtype)
+        return batch
     for key in examples[0].vision:
         batch[key] = torch.cat([e.vision[key] for e in examples], dim=0)
+    if family is not None and dtype is not None:
+        for key in family.pixel_keys:
+            if key in batch and batch[key].is_floating_point():
+                batch[key] = batch[key].to(dtype)
     return batch
 
 
@@ -195,6 +209,11 @@ class OCRFamily:
 
     # --- training -----------------------------------------------------------------------------
 
+    def collate_vision(self, visions: list[dict[str, torch.Tensor]], batch: dict[str, Any], tokenizer: Any,
+                       dtype: torch.dtype | None) -> None:
+        """Put the vision inputs of a padded batch into ``batch``; override when concatenation is not it."""
+        raise NotImplementedError
+
     def lora_target_regex(self, groups: list[str]) -> str | list[str]:
         """A regex over module names selecting the linear layers of the chosen target groups
         (an empty list when the groups only name parameters, such as fused MoE experts)."""
@@ -250,6 +269,19 @@ class OCRFamily:
         tokenizer.save_pretrained(path)
         self.save_random_processors(tokenizer, path)
         return path
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a batch (also inside lists of tuples) to ``device``."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, (list, tuple)):
+            return type(value)(move(item) for item in value)
+        return value
+
+    return {key: move(value) for key, value in batch.items()}
 
 
 def ceil_div(value: int, divisor: int) -> int:

@@ -53,17 +53,12 @@ class PageDataset(torch.utils.data.Dataset):
 class PageCollator:
     """Pads a list of encoded pages into a batch, pixels cast to the model's dtype."""
 
-    def __init__(self, bundle: OCRModel, dtype: torch.dtype):
-        self.pad_token_id = bundle.tokenizer.pad_token_id
-        self.pixel_keys = bundle.family.pixel_keys
-        self.dtype = dtype
+    def __init__(self, bundle: OCRModel):
+        self.bundle = bundle
 
     def __call__(self, examples: list[EncodedExample]) -> dict[str, Any]:
-        batch = collate(examples, self.pad_token_id)
-        for key in self.pixel_keys:
-            if key in batch:
-                batch[key] = batch[key].to(self.dtype)
-        return batch
+        b = self.bundle
+        return collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer, dtype=b.dtype)
 
 
 @dataclass
@@ -132,7 +127,10 @@ class FineTuner:
         self.manifest = self.dataset.manifest()
 
     def _setup_model(self) -> None:
+        from transformers import set_seed
+
         t = self.training
+        set_seed(t.seed)  # LoRA weights are initialized from the global generator: same seed, same run
         self.bundle = load_model(self.config.base_model, backend=t.backend, mode=t.mode, for_training=True)
         self.bundle.family.check_resolution(t.resolution)
         if t.mode == "full":
@@ -264,7 +262,7 @@ class FineTuner:
             model=self.bundle.model,
             args=args,
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),
-            data_collator=PageCollator(self.bundle, next(self.bundle.model.parameters()).dtype),
+            data_collator=PageCollator(self.bundle),
             callbacks=[StepTimer(), ValidationCER()],
         )
         if self.device_is_cuda:
