@@ -20,6 +20,10 @@ app = typer.Typer(help="Fine-tune OCR vision-language models on your own documen
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Validate, inspect, import and synthesize document datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+loop_app = typer.Typer(help="The repeatable fine-tune loop: retrain when data arrives, promote only winners.", no_args_is_help=True)
+app.add_typer(loop_app, name="loop")
+models_app = typer.Typer(help="Model versions and champions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 console = Console()
 
@@ -356,6 +360,229 @@ def doctor(
     failed = [c.name for c in checks if c.status == "fail"]
     if failed:
         raise OcrloopError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+def _workspace(workspace: Path):
+    from ocrloop.workspace import Workspace
+
+    return Workspace.load(workspace)
+
+
+@loop_app.command("run")
+def loop_run(
+    business: Annotated[Optional[str], typer.Option(help="Run the loop for this business type's documents only.")] = None,
+    all_businesses: Annotated[bool, typer.Option("--all-businesses", help="One loop per business type of the plan.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say whether and why it would retrain; change nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even if no trigger fires.")] = False,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Decide whether to retrain (and say why), train a challenger, promote it only if it beats the champion."""
+    ws = _workspace(workspace)
+    from ocrloop.models.loading import prepare_backend
+
+    prepare_backend(ws.config.training.backend)
+    from ocrloop.config import BUSINESS_TYPES
+    from ocrloop.loop.recipe import FineTuneLoop
+
+    if all_businesses and business:
+        raise OcrloopError("give --business or --all-businesses, not both")
+    targets = list(BUSINESS_TYPES) if all_businesses else [business]
+    for target in targets:
+        result = FineTuneLoop(ws, business=target, dry_run=dry_run, force=force, console=console).run()
+        label = target or "all businesses"
+        for trigger in result.triggers if dry_run or not result.ran else []:
+            console.print(f"trigger {trigger.name}: {trigger.reason}", markup=False)
+        if not result.ran:
+            console.print(f"{label}: {result.reason}", markup=False)
+        elif result.promoted:
+            console.print(f"{label}: promoted {result.challenger} over {result.champion}: {result.reason}", markup=False)
+        else:
+            console.print(f"{label}: kept {result.champion}; {result.challenger} rejected: {result.reason}", markup=False)
+
+
+@loop_app.command("status")
+def loop_status(workspace: WorkspaceOption = Path(".")) -> None:
+    """Champions per business, the last run, and what would trigger a run now."""
+    from ocrloop.models.loading import prepare_backend
+
+    ws = _workspace(workspace)
+    prepare_backend(ws.config.training.backend)
+    from ocrloop.config import BUSINESS_TYPES
+    from ocrloop.loop.recipe import FineTuneLoop, serving_model
+    from ocrloop.registry import Registry
+
+    table = Table(title="who serves OCR")
+    for column in ("business", "model", "from"):
+        table.add_column(column)
+    with Registry(ws.config.registry_path) as registry:
+        for business in (None, *BUSINESS_TYPES):
+            serving = serving_model(registry, ws.config.base_model, business)
+            table.add_row(business or "(general)", serving.name, serving.key)
+        runs = registry.runs("loop")
+    console.print(table)
+    if runs:
+        last = runs[-1]
+        console.print(f"last loop run {last['id']} ({last['business']}): {last['status']}", markup=False)
+    result = FineTuneLoop(ws, dry_run=True, console=console).run()
+    for trigger in result.triggers:
+        console.print(f"would trigger {trigger.name}: {trigger.reason}", markup=False)
+    console.print(f"now: {result.reason}", markup=False)
+
+
+@loop_app.command("history")
+def loop_history(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the history as JSON.")] = False,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Every loop run: triggers, document mix, metrics per version and category, decision, duration, VRAM, cost."""
+    from ocrloop.loop.history import loop_history as history
+
+    ws = _workspace(workspace)
+    rows = history(ws.config.registry_path)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        console.print(f"[bold]{row['started_at'][:19]}[/bold] {row['business']} {row['status']} "
+                      f"triggers={','.join(row['triggers'])} documents={row['documents']}", highlight=False)
+        if row["challenger"]:
+            console.print(f"  challenger {row['challenger']} test CER {_pct(row['challenger_test_cer'])} vs champion "
+                          f"{row['champion']} {_pct(row['champion_test_cer'])}: {row['decision']} ({row['reason']})",
+                          markup=False, highlight=False)
+            for category, cer in sorted(row["challenger_cer_by_category"].items()):
+                console.print(f"    {category}: {_pct(cer)} vs {_pct(row['champion_cer_by_category'].get(category))}",
+                              markup=False, highlight=False)
+        vram = f", peak VRAM {row['peak_vram_gib']:.1f} GiB" if row["peak_vram_gib"] is not None else ""
+        error = f", {row['error']}" if row["error"] else ""
+        console.print(f"  {(row['wall_seconds'] or 0) / 60:.1f} min{vram}, ${row['cost_usd'] or 0:.2f}{error}",
+                      markup=False, highlight=False)
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.2%}"
+
+
+@models_app.command("list")
+def models_list(workspace: WorkspaceOption = Path(".")) -> None:
+    """Every model version with its latest test CER and where it is champion."""
+    from ocrloop.registry import Registry
+
+    ws = _workspace(workspace)
+    with Registry(ws.config.registry_path) as registry:
+        champions: dict[str, list[str]] = {}
+        for key in {p["business"] for p in registry.promotions()}:
+            name = registry.champion(key)
+            if name:
+                champions.setdefault(name, []).append("general" if key == "*" else key)
+        table = Table(title="models")
+        for column in ("name", "family", "business", "test CER", "champion of", "created"):
+            table.add_column(column, no_wrap=column == "name")
+        for row in registry.models():
+            tests = [e for e in registry.evaluations(row["name"]) if e["split"] == "test"]
+            table.add_row(row["name"], row["family"], row["business"] or "", _pct(tests[-1]["cer"]) if tests else "",
+                          ", ".join(sorted(champions.get(row["name"], []))), row["created_at"][:19])
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(help="Model name from `models list`.")],
+                workspace: WorkspaceOption = Path(".")) -> None:
+    """One model: where it is, what it came from, every evaluation and promotion decision."""
+    from ocrloop.registry import Registry
+
+    ws = _workspace(workspace)
+    with Registry(ws.config.registry_path) as registry:
+        row = registry.model(name)
+        if row is None:
+            raise OcrloopError(f"no model named {name!r}; see `ocrloop models list`")
+        payload = {"model": row, "evaluations": [{k: e[k] for k in ("split", "cer", "wer", "created_at")} for e in registry.evaluations(name)],
+                   "promotions": [p for p in registry.promotions() if p["model_name"] == name]}
+    print(json.dumps(payload, indent=2, default=str))
+
+
+@models_app.command("promote")
+def models_promote(name: Annotated[str, typer.Argument(help="Model to make champion.")],
+                   business: Annotated[Optional[str], typer.Option(help="Champion for this business (default: general).")] = None,
+                   workspace: WorkspaceOption = Path(".")) -> None:
+    """Make a model the champion by hand."""
+    from ocrloop.registry import Registry
+    from ocrloop.registry.store import GENERAL
+
+    ws = _workspace(workspace)
+    with Registry(ws.config.registry_path) as registry:
+        if registry.model(name) is None:
+            raise OcrloopError(f"no model named {name!r}; see `ocrloop models list`")
+        registry.record_promotion(name, "manual", "promoted by hand", business=business or GENERAL)
+    console.print(f"{name} is now the champion for {business or 'all businesses'}", markup=False)
+
+
+@models_app.command("rollback")
+def models_rollback(business: Annotated[Optional[str], typer.Option(help="Business whose champion to roll back.")] = None,
+                    workspace: WorkspaceOption = Path(".")) -> None:
+    """Make the previous champion the champion again."""
+    from ocrloop.registry import Registry
+    from ocrloop.registry.store import GENERAL
+
+    ws = _workspace(workspace)
+    key = business or GENERAL
+    with Registry(ws.config.registry_path) as registry:
+        current = registry.champion(key)
+        earlier = [p["model_name"] for p in registry.promotions(key) if p["decision"] != "rejected" and p["model_name"] != current]
+        if current is None or not earlier:
+            raise OcrloopError(f"nothing to roll back to for {business or 'all businesses'}")
+        registry.record_promotion(earlier[-1], "rollback", f"rolled back from {current}", business=key)
+    console.print(f"{earlier[-1]} is the champion for {business or 'all businesses'} again (was {current})", markup=False)
+
+
+@app.command("ocr")
+def ocr_command(
+    paths: Annotated[list[Path], typer.Argument(help="Images, PDFs or folders of them.")],
+    business: Annotated[Optional[str], typer.Option(help="Use this business's champion.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Use this model instead of a champion.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="training.prompt")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="training.resolution")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="md or json")] = "md",
+    out: Annotated[Optional[Path], typer.Option(help="Write one file per document here; finished files are skipped on rerun.")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """OCR files with the champion (of --business, else general, else the base model)."""
+    from ocrloop.atomic import atomic_write_json, atomic_write_text
+    from ocrloop.data.files import SUPPORTED_SUFFIXES
+
+    if output_format not in ("md", "json"):
+        raise OcrloopError(f"--format must be md or json, not {output_format!r}")
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise OcrloopError(f"{path}: no such file or folder")
+    target = {f: (out / f"{f.stem}.{output_format}") if out else None for f in files}
+    todo = [f for f in files if target[f] is None or not target[f].exists()]
+    if out and len(todo) < len(files):
+        console.print(f"{len(files) - len(todo)} already done in {out}, skipped", markup=False)
+    if not todo:
+        return
+    ws = _workspace(workspace)
+    from ocrloop.models.loading import prepare_backend
+
+    prepare_backend(ws.config.training.backend)
+    from ocrloop.agent import OCRAgent
+
+    agent = OCRAgent.load(workspace, business=business, model=model)
+    with _progress() as progress:
+        task = progress.add_task(f"OCR with {agent.model_name}", total=len(todo))
+        for path in todo:
+            document = agent.read_file(path, prompt=prompt, resolution=resolution)
+            if target[path] is None:
+                print(json.dumps(document.to_json(), ensure_ascii=False) if output_format == "json" else document.markdown)
+            elif output_format == "json":
+                atomic_write_json(target[path], document.to_json())
+            else:
+                atomic_write_text(target[path], document.markdown + "\n")
+            progress.advance(task)
 
 
 def _print_report(report, title: str) -> None:

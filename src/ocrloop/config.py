@@ -78,7 +78,10 @@ class LoopConfig(_Section):
     max_validation_cer: float | None = Field(None, gt=0, description="Retrain when the champion's validation CER exceeds this.")
     retrain_on_new_category: bool = True
     schedule: Literal["none", "monthly", "weekly"] = "monthly"
-    promotion_margin: float = Field(0.0, ge=0, description="A challenger must beat the champion's CER by at least this.")
+    drift_tolerance: float = Field(0.02, ge=0, description="Retrain when the champion's validation CER is this much worse than at promotion.")
+    check_drift: bool = Field(True, description="Re-read the validation split with the champion to detect drift.")
+    train_from: Literal["base", "champion"] = Field("base", description="Start each challenger from the base model or the champion.")
+    promotion_margin: float = Field(0.0, ge=0, description="A challenger must beat the champion's test CER by at least this.")
     category_regression_tolerance: float = Field(0.01, ge=0, description="No category may get worse by more than this.")
 
 

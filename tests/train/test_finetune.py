@@ -138,3 +138,13 @@ def test_the_same_seed_gives_the_same_adapter(tiny_presets, receipts, tmp_path):
     first = load_file(tmp_path / "a" / "adapter_model.safetensors")
     second = load_file(tmp_path / "b" / "adapter_model.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_checkpoint_cut_off_by_a_crash_is_skipped_on_resume(tiny_presets, receipts, tmp_path):
+    config = _config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=4, save_steps=2)
+    train(config, tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # half-written
+    (tmp_path / "run" / "ocrloop_model.json").unlink()
+    result = train(config, tmp_path / "run", resume=True)
+    assert result.card["speed"]["steps"] == 4
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text().startswith("{")

@@ -170,13 +170,13 @@ class Dataset:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "warning"]
 
-    def examples(self, split: str | None = None) -> list[PageExample]:
-        """Every valid page of ``split`` (or of all splits), in annotation order."""
+    def examples(self, split: str | None = None, business: str | None = None) -> list[PageExample]:
+        """Every valid page of ``split`` (or of all splits), of ``business`` if given, in annotation order."""
         if split is not None and split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         pages: list[PageExample] = []
         for record in self.records:
-            if split is not None and record.split != split:
+            if (split is not None and record.split != split) or (business is not None and record.business != business):
                 continue
             info = self.files[record.source]
             for page, text in enumerate(record.texts):
@@ -197,8 +197,8 @@ class Dataset:
             except DatasetError as error:
                 self.problems.append(Problem(example.source, f"skipped: {error}", "warning"))
 
-    def manifest(self) -> Manifest:
-        """The content-hash manifest of the valid documents."""
+    def manifest(self, business: str | None = None) -> Manifest:
+        """The content-hash manifest of the valid documents (of ``business`` only, if given)."""
         return Manifest(
             [
                 ManifestEntry(
@@ -211,13 +211,16 @@ class Dataset:
                     hashlib.sha256(json.dumps(list(r.texts), ensure_ascii=False).encode("utf-8")).hexdigest(),
                 )
                 for r in self.records
+                if business is None or r.business == business
             ]
         )
 
-    def mix(self) -> DocumentMix:
-        """Document and page counts by split x category x business."""
+    def mix(self, business: str | None = None) -> DocumentMix:
+        """Document and page counts by split x category x business (of ``business`` only, if given)."""
         mix = DocumentMix()
         for record in self.records:
+            if business is not None and record.business != business:
+                continue
             key = (record.split, record.category, record.business)
             mix.documents[key] += 1
             mix.pages[key] += len(record.texts)

@@ -84,11 +84,13 @@ def _versions() -> dict[str, str]:
 class FineTuner:
     """Fine-tunes ``config.base_model`` on ``config.dataset_dir`` into ``output_dir``."""
 
-    def __init__(self, config: OcrloopConfig, output_dir: Path, *, resume: bool = False, console: Console | None = None):
+    def __init__(self, config: OcrloopConfig, output_dir: Path, *, resume: bool = False, console: Console | None = None,
+                 business: str | None = None):
         self.config = config
         self.training = config.training
         self.output_dir = Path(output_dir)
         self.resume = resume
+        self.business = business  # train on this business type's documents only
         self.console = console or Console(stderr=True)
         self.device_is_cuda = torch.cuda.is_available()
         self.history: dict[str, list] = {"validation": [], "train_loss_by_epoch": []}
@@ -120,11 +122,12 @@ class FineTuner:
             )
         if errors:
             self.console.print(f"[yellow]skipping {len(errors)} invalid example(s)[/yellow]")
-        self.train_examples = self.dataset.examples("train")
-        self.val_examples = self.dataset.examples("val")[: self.training.eval_max_pages]
+        self.train_examples = self.dataset.examples("train", business=self.business)
+        self.val_examples = self.dataset.examples("val", business=self.business)[: self.training.eval_max_pages]
         if not self.train_examples:
-            raise DatasetError(f"{self.config.dataset_dir}: no valid training examples in the train split")
-        self.manifest = self.dataset.manifest()
+            where = f" for business {self.business!r}" if self.business else ""
+            raise DatasetError(f"{self.config.dataset_dir}: no valid training examples in the train split{where}")
+        self.manifest = self.dataset.manifest(business=self.business)
 
     def _setup_model(self) -> None:
         from transformers import set_seed
@@ -172,10 +175,22 @@ class FineTuner:
     # --- run -------------------------------------------------------------------------------------
 
     def _last_checkpoint(self) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
+        """The newest complete checkpoint. The Trainer writes ``trainer_state.json`` last, so a
+        checkpoint without a readable one was cut off by a crash: it is removed, the one before used."""
+        import json
+        import shutil
 
         folder = self.output_dir / "checkpoints"
-        return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        candidates = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
+                            reverse=True) if folder.is_dir() else []
+        for checkpoint in candidates:
+            try:
+                json.loads((checkpoint / "trainer_state.json").read_text())
+                return str(checkpoint)
+            except (OSError, ValueError):
+                self.console.print(f"removing incomplete checkpoint {checkpoint}", markup=False)
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        return None
 
     def _validate(self, label: str) -> dict[str, float] | None:
         if not self.val_examples:
@@ -314,7 +329,7 @@ class FineTuner:
             "backend": self.bundle.backend,
             "config": self.config.model_dump(mode="json"),
             "data": {"manifest_hash": self.manifest.manifest_hash, "train_pages": len(self.train_examples),
-                     "val_pages": len(self.val_examples), "mix": self.dataset.mix().to_json()},
+                     "val_pages": len(self.val_examples), "mix": self.dataset.mix(self.business).to_json()},
             "parameters": {"trainable": self.trainable, "total": self.total_parameters},
             "metrics": {
                 "train_loss": train_output.training_loss,
@@ -366,11 +381,12 @@ def _loss_by_epoch(log_history: list[dict]) -> list[dict[str, float]]:
 
 
 def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, registry: Registry | None = None,
-          console: Console | None = None) -> RunResult:
+          console: Console | None = None, business: str | None = None) -> RunResult:
     """Run the recipe and record it in ``registry``: ``running`` first, then ``succeeded`` or ``failed``."""
-    run_id = registry.start_run("train", config.model_dump(mode="json")) if registry else None
+    recorded = {"output_dir": str(Path(output_dir)), **config.model_dump(mode="json")}
+    run_id = registry.start_run("train", recorded, business=business) if registry else None
     started = time.perf_counter()
-    fine_tuner = FineTuner(config, output_dir, resume=resume, console=console)
+    fine_tuner = FineTuner(config, output_dir, resume=resume, console=console, business=business)
     try:
         fine_tuner.setup()
         result = fine_tuner.run()
@@ -394,6 +410,6 @@ def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, regi
                      "samples_per_second": card["speed"]["samples_per_second"], "dataset_id": dataset_id},
         )
         name = output_dir.name if registry.model(output_dir.name) is None else f"{output_dir.name}-{run_id}"
-        registry.add_model(name, str(output_dir.resolve()), card["family"], config.base_model, run_id=run_id)
+        registry.add_model(name, str(output_dir.resolve()), card["family"], config.base_model, run_id=run_id, business=business)
         result.run_id, result.model_name = run_id, name
     return result

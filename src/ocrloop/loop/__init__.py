@@ -1,0 +1,1 @@
+"""The repeatable fine-tune loop: triggers, champion/challenger promotion, history."""
