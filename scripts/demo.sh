@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The main job on a CPU, end to end: synthetic documents -> validate -> document mix ->
-# zero-shot evaluation -> fine-tune -> evaluation with the before/after table.
+# the loop's first run (challenger vs the base model) -> new documents arrive -> a second
+# run triggered by them -> the promotion decision -> OCR of a document with the champion.
 # Uses the tiny DeepSeek-OCR-2 preset (random weights, built locally: nothing is downloaded),
 # so the numbers show the machinery, not OCR quality.
 set -euo pipefail
 WORKSPACE="${1:-demo-workspace}"
-RUN="models/run-$(date +%Y%m%d-%H%M%S)"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONWARNINGS=ignore
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -13,6 +13,12 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "workspace"
 ocrloop init "$WORKSPACE" --base-model tiny-deepseek-ocr-2
 cd "$WORKSPACE"
+# CPU-sized training: a few full fine-tuning steps of the 0.4 M-parameter model.
+for setting in "training.mode full" "training.max_steps 30" "training.batch_size 2" "training.gradient_accumulation_steps 1" \
+               "training.warmup_steps 0" "training.learning_rate 0.003" "training.resolution small" \
+               "training.max_new_tokens 64" "training.gradient_checkpointing false" "loop.new_documents_threshold 10"; do
+  ocrloop config set $setting > /dev/null
+done
 
 step "synthetic receipts, invoices, contracts and tax forms"
 ocrloop data synth --n 24 --seed 1 --scale 0.5
@@ -23,16 +29,22 @@ ocrloop data validate
 step "document mix"
 ocrloop data stats
 
-step "zero-shot evaluation of the base model"
-ocrloop eval --model tiny-deepseek-ocr-2 --split test --resolution small --max-new-tokens 64 \
-  --save-predictions base-predictions.jsonl
+step "loop: would it retrain?"
+ocrloop loop run --dry-run
 
-step "fine-tuning ($RUN)"
-ocrloop train --output "$RUN" --max-steps 30 --batch-size 2 --gradient-accumulation-steps 1 --warmup-steps 0 \
-  --resolution small --mode full --learning-rate 3e-3 --eval-steps 15 --max-new-tokens 64 --no-gradient-checkpointing
+step "loop: first run (the base model's zero-shot scores are the champion to beat)"
+ocrloop loop run
 
-step "before / after on the test split"
-ocrloop eval --model "$RUN" --compare base-predictions.jsonl --split test --resolution small --max-new-tokens 64 \
-  --output "$RUN/test-report.json"
-echo
-echo "run card: $WORKSPACE/$RUN/run_card.json"
+step "new documents arrive"
+ocrloop data synth --n 12 --seed 2 --scale 0.5
+ocrloop loop run --dry-run
+
+step "loop: second run, triggered by the new documents"
+ocrloop loop run
+
+step "history"
+ocrloop loop history
+ocrloop models list
+
+step "OCR of a test document with the champion"
+ocrloop ocr "$(ls data/ocr_documents/test/* | head -n 1)"

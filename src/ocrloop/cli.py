@@ -24,6 +24,8 @@ loop_app = typer.Typer(help="The repeatable fine-tune loop: retrain when data ar
 app.add_typer(loop_app, name="loop")
 models_app = typer.Typer(help="Model versions and champions.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+config_app = typer.Typer(help="Read and change ocrloop.yaml.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 console = Console()
 
@@ -67,6 +69,27 @@ def init(
             console.print(f"created {item}", markup=False)
     else:
         console.print(f"{workspace.root} is already a complete workspace; nothing changed", markup=False)
+
+
+@config_app.command("set")
+def config_set(
+    key: Annotated[str, typer.Argument(help="Dotted setting, e.g. training.max_steps or loop.new_documents_threshold.")],
+    value: Annotated[str, typer.Argument(help="New value, read as YAML.")],
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Change one setting of the workspace's ocrloop.yaml (validated before it is written)."""
+    from ocrloop.config import set_config_value
+
+    set_config_value(workspace, key, value)
+    console.print(f"{key} = {value}", markup=False)
+
+
+@config_app.command("show")
+def config_show(workspace: WorkspaceOption = Path(".")) -> None:
+    """The resolved configuration: the file's values over the defaults."""
+    from ocrloop.config import dump_config
+
+    print(dump_config(_config(workspace)), end="")
 
 
 @data_app.command("validate")

@@ -178,6 +178,36 @@ def apply_overrides(config: OcrloopConfig, overrides: dict[str, Any]) -> Ocrloop
     return config_from_dict(merged, source="command-line flags")
 
 
+def set_config_value(path: str | Path, dotted: str, raw_value: str) -> OcrloopConfig:
+    """Set one setting in ``ocrloop.yaml`` (``training.max_steps`` = ``"30"``), validated, written atomically.
+
+    The value is read as YAML (``30`` is a number, ``[attention, mlp]`` a list, ``null`` unsets).
+    Other settings, and relative paths, are written back as they were.
+    """
+    config_path = Path(path)
+    if config_path.is_dir():
+        config_path = config_path / CONFIG_FILENAME
+    load_config(config_path)  # the file must be valid before it is changed
+    raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    try:
+        value = yaml.safe_load(raw_value)
+    except yaml.YAMLError:
+        raise ConfigError(f"{dotted}: cannot read {raw_value!r} as a value") from None
+    defaults = OcrloopConfig().model_dump(mode="json")
+    node, known = raw, defaults
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        if not isinstance(known, dict) or part not in known or not isinstance(known[part], dict):
+            raise ConfigError(f"unknown setting {dotted!r}")
+        node, known = node.setdefault(part, {}), known[part]
+    if leaf not in known:
+        raise ConfigError(f"unknown setting {dotted!r}")
+    node[leaf] = value
+    config = config_from_dict(raw, source=dotted)
+    atomic_write_text(config_path, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return config
+
+
 def dump_config(config: OcrloopConfig) -> str:
     """The YAML text of ``config`` (paths as strings), suitable for ``ocrloop.yaml`` and run cards."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
