@@ -136,7 +136,7 @@ def test_train_then_eval_through_the_cli(tmp_path):
     trained = run_cli("train", "-w", str(tmp_path), "--output", str(tmp_path / "models/v1"), "--max-steps", "2",
                       "--batch-size", "2", "--resolution", "tiny", "--max-new-tokens", "8", check=True)
     assert "saved" in trained.stdout
-    result = run_cli("eval", "-w", str(tmp_path), "--model", str(tmp_path / "models/v1"), "--compare", "tiny-qwen2.5-vl",
+    run_cli("eval", "-w", str(tmp_path), "--model", str(tmp_path / "models/v1"), "--compare", "tiny-qwen2.5-vl",
                      "--resolution", "tiny", "--max-new-tokens", "8", "--output", str(tmp_path / "report.json"), check=True)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["report"]["overall"]["pages"] >= 1 and "before" in report

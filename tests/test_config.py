@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 
@@ -51,3 +50,19 @@ def test_overrides_are_validated_and_none_keeps_value():
         apply_overrides(OcrloopConfig(), {"training.learning_rate": -1})
     with pytest.raises(ConfigError, match="unknown setting"):
         apply_overrides(OcrloopConfig(), {"training.nope": 1})
+
+
+def test_set_one_setting_validated_and_atomic(tmp_path):
+    from ocrloop.config import set_config_value
+
+    save_config(OcrloopConfig(), tmp_path / "ocrloop.yaml")
+    set_config_value(tmp_path, "training.max_steps", "30")
+    set_config_value(tmp_path, "training.lora_targets", "[attention, mlp]")
+    loaded = load_config(tmp_path)
+    assert loaded.training.max_steps == 30 and loaded.training.lora_targets == ["attention", "mlp"]
+    before = (tmp_path / "ocrloop.yaml").read_text()
+    with pytest.raises(ConfigError, match="training.batch_size"):
+        set_config_value(tmp_path, "training.batch_size", "-4")
+    with pytest.raises(ConfigError, match="unknown setting 'training.nope'"):
+        set_config_value(tmp_path, "training.nope", "1")
+    assert (tmp_path / "ocrloop.yaml").read_text() == before  # a refused change writes nothing

@@ -39,7 +39,7 @@ def test_ocr_command_uses_the_champion_and_resumes(tiny_presets, tmp_path):
     workspace = make_workspace(tmp_path / "ws", n=6)
     scans = workspace.config.dataset_dir / "test"
     out = tmp_path / "out"
-    first = run_cli("ocr", str(scans), "--format", "json", "--out", str(out), "-w", str(tmp_path / "ws"), check=True)
+    run_cli("ocr", str(scans), "--format", "json", "--out", str(out), "-w", str(tmp_path / "ws"), check=True)
     written = sorted(out.glob("*.json"))
     assert written and json.loads(written[0].read_text())["model"] == "base:tiny-qwen2.5-vl"
     again = run_cli("ocr", str(scans), "--format", "json", "--out", str(out), "-w", str(tmp_path / "ws"), check=True)

@@ -6,10 +6,8 @@ import importlib.metadata
 import importlib.util
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from ocrloop.errors import OcrloopError

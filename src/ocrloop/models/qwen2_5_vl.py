@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 from ocrloop.models.base import RESOLUTIONS, EncodedExample, OCRFamily, OCRModel
