@@ -26,6 +26,8 @@ models_app = typer.Typer(help="Model versions and champions.", no_args_is_help=T
 app.add_typer(models_app, name="models")
 config_app = typer.Typer(help="Read and change ocrloop.yaml.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+bench_app = typer.Typer(help="Benchmarks: measure and write JSON.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 
@@ -69,6 +71,34 @@ def init(
             console.print(f"created {item}", markup=False)
     else:
         console.print(f"{workspace.root} is already a complete workspace; nothing changed", markup=False)
+
+
+@bench_app.command("train")
+def bench_train_command(
+    out: Annotated[Path, typer.Option(help="JSON file to write (logs go beside it).")],
+    family: Annotated[str, typer.Option(help="Model family.")] = "deepseek-ocr-2",
+    size: Annotated[str, typer.Option(help="full (the published architecture) or tiny.")] = "full",
+    resolution: Annotated[str, typer.Option(help="Resolution mode of the pages.")] = "gundam",
+    batch_size: Annotated[int, typer.Option(help="Pages per step, the same for every variant.")] = 8,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per variant (the first two are warm-up).")] = 12,
+    variants: Annotated[str, typer.Option(help="Comma-separated: baseline, ocrloop.")] = "baseline,ocrloop",
+    work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint, pages and runs.")] = Path("/tmp/ocrloop-bench"),
+) -> None:
+    """Side-by-side training speed and memory: plain transformers + peft against ocrloop's path, same workload."""
+    from ocrloop.bench.train import bench_train
+
+    try:
+        results = bench_train(out, family=family, size=size, resolution=resolution, batch_size=batch_size, steps=steps,
+                              variants=[v.strip() for v in variants.split(",")], work=work)
+    except ValueError as error:
+        raise OcrloopError(str(error)) from None
+    for name, result in results["variants"].items():
+        if result["status"] != "succeeded":
+            console.print(f"{name}: FAILED {result['error']}", markup=False)
+            continue
+        ratio = f", {result['speedup_vs_baseline']:.2f}x the baseline" if "speedup_vs_baseline" in result else ""
+        vram = f", peak VRAM {result['peak_vram_allocated_gib']:.1f} GiB" if result["peak_vram_allocated_gib"] is not None else ""
+        console.print(f"{name} ({result['backend']}): {result['steady_samples_per_second']:.2f} samples/s{ratio}{vram}", markup=False)
 
 
 @config_app.command("set")
@@ -319,6 +349,7 @@ def train_command(
     report_to: Annotated[Optional[str], typer.Option(help="training.report_to: none, tensorboard, mlflow, wandb")] = None,
     seed: Annotated[Optional[int], typer.Option(help="training.seed")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch or adamw_8bit")] = None,
     merge: Annotated[Optional[bool], typer.Option("--merge/--no-merge", help="training.merge")] = None,
     skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="training.skip_invalid")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
@@ -344,7 +375,7 @@ def train_command(
         "training.max_new_tokens": max_new_tokens, "training.eval_max_pages": eval_max_pages,
         "training.weight_decay": weight_decay, "training.max_grad_norm": max_grad_norm,
         "training.logging_steps": logging_steps, "training.report_to": report_to, "training.seed": seed,
-        "training.gradient_checkpointing": gradient_checkpointing, "training.merge": merge,
+        "training.gradient_checkpointing": gradient_checkpointing, "training.optimizer": optimizer, "training.merge": merge,
         "training.skip_invalid": skip_invalid,
     }
     config = _config(workspace, overrides)

@@ -64,6 +64,9 @@ class TrainingConfig(_Section):
     seed: int = 3407
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA when installed, else hf.")
     gradient_checkpointing: bool = True
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit"] = Field(
+        "auto", description="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW."
+    )
     merge: bool = Field(False, description="Also save LoRA merged into the base weights (re-evaluated after merging).")
     report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
     eval_max_pages: int = Field(32, ge=1, description="Validation pages read to compute CER during training.")

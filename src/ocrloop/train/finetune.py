@@ -208,7 +208,9 @@ class FineTuner:
 
         t = self.training
         bf16 = self.device_is_cuda and torch.cuda.is_bf16_supported()
-        eight_bit_adam = self.device_is_cuda and importlib.util.find_spec("bitsandbytes") is not None
+        eight_bit_adam = t.optimizer == "adamw_8bit" or (
+            t.optimizer == "auto" and self.device_is_cuda and importlib.util.find_spec("bitsandbytes") is not None
+        )
         steps_per_epoch = math.ceil(len(self.train_examples) / (t.batch_size * t.gradient_accumulation_steps))
         eval_steps = t.eval_steps or steps_per_epoch
         args = TrainingArguments(
