@@ -82,6 +82,7 @@ def bench_train_command(
     batch_size: Annotated[int, typer.Option(help="Pages per step, the same for every variant.")] = 8,
     steps: Annotated[int, typer.Option(help="Optimizer steps per variant (the first two are warm-up).")] = 12,
     variants: Annotated[str, typer.Option(help="Comma-separated: baseline, ocrloop.")] = "baseline,ocrloop",
+    lora_targets: Annotated[str, typer.Option(help="LoRA target groups, the same for every variant.")] = "attention,mlp,experts",
     work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint, pages and runs.")] = Path("/tmp/ocrloop-bench"),
 ) -> None:
     """Side-by-side training speed and memory: plain transformers + peft against ocrloop's path, same workload."""
@@ -89,7 +90,7 @@ def bench_train_command(
 
     try:
         results = bench_train(out, family=family, size=size, resolution=resolution, batch_size=batch_size, steps=steps,
-                              variants=[v.strip() for v in variants.split(",")], work=work)
+                              variants=[v.strip() for v in variants.split(",")], work=work, lora_targets=lora_targets)
     except ValueError as error:
         raise OcrloopError(str(error)) from None
     for name, result in results["variants"].items():
@@ -97,6 +98,8 @@ def bench_train_command(
             console.print(f"{name}: FAILED {result['error']}", markup=False)
             continue
         ratio = f", {result['speedup_vs_baseline']:.2f}x the baseline" if "speedup_vs_baseline" in result else ""
+        if result.get("same_trainable_parameters_as_baseline") is False:
+            ratio += " (NOT like for like: different trainable parameters)"
         vram = f", peak VRAM {result['peak_vram_allocated_gib']:.1f} GiB" if result["peak_vram_allocated_gib"] is not None else ""
         console.print(f"{name} ({result['backend']}): {result['steady_samples_per_second']:.2f} samples/s{ratio}{vram}", markup=False)
 

@@ -118,3 +118,16 @@ def test_adapter_card_points_to_its_base(tiny_presets, tmp_path):
     assert card["kind"] == "adapter" and card["base_model"] == "tiny-qwen2.5-vl" and card["family"] == "qwen2.5-vl"
     reloaded = load_model(str(tmp_path / "adapter"))
     assert reloaded.extras["adapter"] == str(tmp_path / "adapter")
+
+
+def test_gundam_pages_with_and_without_local_tiles_batch_together(tiny_presets):
+    from ocrloop.models.base import collate
+
+    bundle = load_model("tiny-deepseek-ocr-2")
+    small = bundle.encode(Image.new("RGB", (500, 600), "white"), "markdown", "a", "gundam")  # fits one 768 tile: no crops
+    large = bundle.encode(Image.new("RGB", (1400, 1000), "white"), "markdown", "b", "gundam")
+    assert "pixel_values_local" not in small.vision and "pixel_values_local" in large.vision
+    for pages in ([small, large], [large, small]):
+        batch = collate(pages, bundle.tokenizer.pad_token_id, family=bundle.family, tokenizer=bundle.tokenizer)
+        assert batch["pixel_values_local"].shape[0] == int(batch["num_local_patches"].sum())
+        assert bundle.model(**batch).loss.isfinite()

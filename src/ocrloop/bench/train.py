@@ -73,7 +73,7 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
 
 
 def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "gundam",
-                batch_size: int = 8, steps: int = 12, lora_rank: int = 16, lora_targets: str = "attention,mlp",
+                batch_size: int = 8, steps: int = 12, lora_rank: int = 16, lora_targets: str = "attention,mlp,experts",
                 variants: list[str] | None = None, work: Path = Path("/tmp/ocrloop-bench"), pages: int = 48) -> dict[str, Any]:
     """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,7 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     workspace, checkpoint = prepare(work, family, size, pages, ("receipt", "invoice", "tax_form"))
     shared = ["--resolution", resolution, "--batch-size", str(batch_size), "--gradient-accumulation-steps", "1",
               "--max-steps", str(steps), "--warmup-steps", "0", "--lora-rank", str(lora_rank), "--lora-alpha", str(lora_rank),
-              "--lora-targets", lora_targets, "--mode", "lora16"]
+              "--lora-targets", lora_targets, "--lora-dropout", "0", "--mode", "lora16"]
     results: dict[str, Any] = {
         "command": "ocrloop bench train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "ocrloop bench train",
         "workload": {"family": family, "size": size, "resolution": resolution, "batch_size": batch_size, "steps": steps,
@@ -100,6 +100,8 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     if base.get("status") == "succeeded":
         for name, result in results["variants"].items():
             if name != "baseline" and result.get("status") == "succeeded":
+                # Unsloth adds LoRA on fused MoE experts when "mlp" is targeted: say when the variants differ.
+                result["same_trainable_parameters_as_baseline"] = result["trainable_parameters"] == base["trainable_parameters"]
                 result["speedup_vs_baseline"] = result["steady_samples_per_second"] / base["steady_samples_per_second"]
                 if base["peak_vram_allocated_gib"] and result["peak_vram_allocated_gib"]:
                     result["vram_reduction_vs_baseline"] = 1 - result["peak_vram_allocated_gib"] / base["peak_vram_allocated_gib"]

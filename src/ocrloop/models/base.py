@@ -143,8 +143,9 @@ def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str
     if family is not None and type(family).collate_vision is not OCRFamily.collate_vision:
         family.collate_vision([e.vision for e in examples], batch, tokenizer, dtype)
         return batch
-    for key in examples[0].vision:
-        batch[key] = torch.cat([e.vision[key] for e in examples], dim=0)
+    # Keys may differ between pages (a small page has no local tiles); each present tensor is concatenated.
+    for key in dict.fromkeys(key for e in examples for key in e.vision):
+        batch[key] = torch.cat([e.vision[key] for e in examples if key in e.vision], dim=0)
     if family is not None and dtype is not None:
         for key in family.pixel_keys:
             if key in batch and batch[key].is_floating_point():

@@ -121,16 +121,21 @@ def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, grou
     if bundle.backend == "unsloth":
         from unsloth import FastVisionModel
 
-        bundle.model = FastVisionModel.get_peft_model(
-            bundle.model,
-            r=rank,
-            lora_alpha=alpha,
-            lora_dropout=dropout,
-            bias="none",
-            target_modules=target_modules,
-            random_state=seed,
-            use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
-        )
+        try:
+            bundle.model = FastVisionModel.get_peft_model(
+                bundle.model,
+                r=rank,
+                lora_alpha=alpha,
+                lora_dropout=dropout,
+                bias="none",
+                target_modules=target_modules,
+                random_state=seed,
+                use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+            )
+        except ValueError as error:
+            # Unsloth also puts LoRA on fused MoE experts for "mlp"; peft's wrapper for those refuses dropout.
+            hint = "; use --lora-dropout 0" if "dropout" in str(error) else ""
+            raise ModelError(f"cannot attach LoRA to {groups} of {bundle.family.name}: {str(error).splitlines()[0]}{hint}") from None
         return
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
