@@ -6,7 +6,10 @@ import pytest
 
 from tests.conftest import run_cli
 
-COMMANDS = [["init"], ["data", "validate"], ["data", "stats"], ["data", "add"], ["data", "synth"], ["eval"]]
+COMMANDS = [["init"], ["data", "validate"], ["data", "stats"], ["data", "add"], ["data", "synth"], ["eval"], ["train"],
+            ["doctor"], ["ocr"], ["loop", "run"], ["loop", "status"], ["loop", "history"], ["models", "list"],
+            ["models", "show"], ["models", "promote"], ["models", "rollback"], ["config", "set"], ["config", "show"],
+            ["bench", "train"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

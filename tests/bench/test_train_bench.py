@@ -1,0 +1,26 @@
+"""The training benchmark's mechanics at tiny size (what it measures is for the GPU, not for tests)."""
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_bench_train_runs_each_variant_in_its_own_process_and_writes_ratios(tiny_presets, tmp_path):
+    out = tmp_path / "results" / "bench.json"
+    result = run_cli("bench", "train", "--out", str(out), "--family", "qwen2.5-vl", "--size", "tiny", "--resolution", "tiny",
+                     "--batch-size", "2", "--steps", "4", "--lora-targets", "attention,mlp", "--work", str(tmp_path / "work"),
+                     check=True)
+    payload = json.loads(out.read_text())
+    variants = payload["variants"]
+    assert set(variants) == {"baseline", "ocrloop"} and all(v["status"] == "succeeded" for v in variants.values())
+    assert "--optimizer adamw_torch" in variants["baseline"]["command"]
+    ocrloop = variants["ocrloop"]
+    assert ocrloop["same_trainable_parameters_as_baseline"] is True
+    assert ocrloop["speedup_vs_baseline"] > 0 and len(ocrloop["train_loss_by_epoch"]) >= 1
+    assert (tmp_path / "results" / "bench-baseline.log").is_file()
+    assert "baseline (hf)" in result.stdout
+
+
+def test_bench_train_refuses_unknown_variants(tmp_path):
+    result = run_cli("bench", "train", "--out", str(tmp_path / "b.json"), "--variants", "baseline,turbo", "--size", "tiny")
+    assert result.returncode == 1 and "unknown variants ['turbo']" in result.stderr
