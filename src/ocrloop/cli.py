@@ -353,6 +353,7 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help="training.seed")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch or adamw_8bit")] = None,
+    skip_frozen_vision_backward: Annotated[Optional[bool], typer.Option("--skip-frozen-vision-backward/--no-skip-frozen-vision-backward", help="training.skip_frozen_vision_backward")] = None,
     merge: Annotated[Optional[bool], typer.Option("--merge/--no-merge", help="training.merge")] = None,
     skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="training.skip_invalid")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
@@ -378,7 +379,8 @@ def train_command(
         "training.max_new_tokens": max_new_tokens, "training.eval_max_pages": eval_max_pages,
         "training.weight_decay": weight_decay, "training.max_grad_norm": max_grad_norm,
         "training.logging_steps": logging_steps, "training.report_to": report_to, "training.seed": seed,
-        "training.gradient_checkpointing": gradient_checkpointing, "training.optimizer": optimizer, "training.merge": merge,
+        "training.gradient_checkpointing": gradient_checkpointing, "training.optimizer": optimizer,
+        "training.skip_frozen_vision_backward": skip_frozen_vision_backward, "training.merge": merge,
         "training.skip_invalid": skip_invalid,
     }
     config = _config(workspace, overrides)

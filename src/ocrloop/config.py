@@ -64,6 +64,9 @@ class TrainingConfig(_Section):
     seed: int = 3407
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA when installed, else hf.")
     gradient_checkpointing: bool = True
+    skip_frozen_vision_backward: bool = Field(
+        True, description="Compute image features without autograd when no vision parameter is trained."
+    )
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit"] = Field(
         "auto", description="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW."
     )

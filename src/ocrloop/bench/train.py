@@ -27,9 +27,11 @@ from ocrloop.workspace import Workspace, init_workspace
 # What each variant changes; everything else is shared.
 VARIANTS = {
     # Plain transformers + peft as a user would run it: HF gradient checkpointing, SDPA, torch AdamW.
-    "baseline": ["--backend", "hf", "--optimizer", "adamw_torch"],
-    # ocrloop's defaults: Unsloth where available, 8-bit AdamW.
+    "baseline": ["--backend", "hf", "--optimizer", "adamw_torch", "--no-skip-frozen-vision-backward"],
+    # ocrloop's defaults: Unsloth where available, 8-bit AdamW, no backward through a frozen vision tower.
     "ocrloop": ["--backend", "auto", "--optimizer", "auto"],
+    # Unsloth as its notebook runs it, for telling its share from ocrloop's own.
+    "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--no-skip-frozen-vision-backward"],
 }
 
 
@@ -68,6 +70,7 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
         "peak_vram_allocated_gib": gib(memory["peak_vram_allocated_bytes"]),
         "peak_vram_reserved_gib": gib(memory["peak_vram_reserved_bytes"]),
         "trainable_parameters": card["parameters"]["trainable"], "total_parameters": card["parameters"]["total"],
+        "vision_without_autograd": card["parameters"].get("vision_without_autograd"),
         "train_loss_by_epoch": card["metrics"]["train_loss_by_epoch"], "device": card["device"], "versions": card["versions"],
     }
 

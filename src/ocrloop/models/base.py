@@ -228,9 +228,8 @@ class OCRFamily:
         """Parameter names (not modules) that get LoRA, e.g. fused MoE expert weights; none by default."""
         return []
 
-    def vision_module_names(self) -> tuple[str, ...]:
-        """Attribute paths (from the top model) of the vision tower and projector."""
-        return ()
+    # Substrings of parameter names that belong to the vision tower and projector.
+    vision_parameter_markers: ClassVar[tuple[str, ...]] = ()
 
     # --- random-weight checkpoints ------------------------------------------------------------------
 

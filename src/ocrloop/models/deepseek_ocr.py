@@ -62,6 +62,7 @@ class DeepseekOcrFamily(OCRFamily):
     model_types = ("deepseek_vl_v2",)
     trust_remote_code = True
     pixel_keys = ()  # pixels travel inside ``images`` and are cast by ``finish_batch``
+    vision_parameter_markers = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
     lora_patterns = {
         "attention": r".*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
         "mlp": r".*layers\.\d+\.mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj)",
@@ -86,9 +87,6 @@ class DeepseekOcrFamily(OCRFamily):
 
     def save_processors(self, bundle: OCRModel, path: Path) -> None:
         bundle.tokenizer.save_pretrained(path)
-
-    def vision_module_names(self) -> tuple[str, ...]:
-        return ("model.sam_model", "model.vision_model", "model.projector")
 
     def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         self.check_resolution(resolution)

@@ -30,6 +30,7 @@ class DeepseekOcr2Family(OCRFamily):
     model_types = ("deepseek_ocr2",)
     pixel_keys = ("pixel_values", "pixel_values_local")
     resolutions = tuple(_MODES)
+    vision_parameter_markers = ("vision_tower.", "multi_modal_projector.", "view_separator")
     lora_patterns = {
         "attention": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
         "mlp": r".*language_model\.layers\.\d+\.mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj)",
@@ -52,9 +53,6 @@ class DeepseekOcr2Family(OCRFamily):
 
     def lora_target_parameters(self, groups: list[str]) -> list[str]:
         return ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"] if "experts" in groups else []
-
-    def vision_module_names(self) -> tuple[str, ...]:
-        return ("model.vision_tower", "model.multi_modal_projector", "model.view_separator")
 
     def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         self.check_resolution(resolution)

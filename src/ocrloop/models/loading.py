@@ -152,6 +152,36 @@ def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, grou
         raise ModelError(f"cannot attach LoRA to {groups} of {bundle.family.name}: {str(error).splitlines()[0]}") from None
 
 
+def vision_is_frozen(bundle: OCRModel) -> bool:
+    """True when no parameter of the vision tower or projector will be trained."""
+    markers = bundle.family.vision_parameter_markers
+    return bool(markers) and not any(
+        p.requires_grad for name, p in bundle.model.named_parameters() if any(m in name for m in markers)
+    )
+
+
+def skip_frozen_vision_backward(bundle: OCRModel) -> bool:
+    """Compute image features without autograd when the vision side is frozen; return whether it applies.
+
+    peft and Unsloth call ``enable_input_require_grads()`` for gradient checkpointing, which hooks the
+    input embeddings of every nested model, the vision tower's too: its outputs then require grad and
+    backward runs through SAM and the vision encoder for nothing. Wrapping each ``get_image_features``
+    in ``torch.no_grad`` gives the same loss and the same LoRA gradients without that graph.
+    """
+    if not vision_is_frozen(bundle):
+        return False
+    owners = [m for m in bundle.model.modules() if callable(getattr(m, "get_image_features", None))]
+    for owner in owners:
+        original = owner.get_image_features
+
+        def without_autograd(*args, _original=original, **kwargs):
+            with torch.no_grad():
+                return _original(*args, **kwargs)
+
+        owner.get_image_features = without_autograd
+    return bool(owners)
+
+
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -29,6 +29,7 @@ class Qwen25VLFamily(OCRFamily):
     name = "qwen2.5-vl"
     model_types = ("qwen2_5_vl",)
     pixel_keys = ("pixel_values",)
+    vision_parameter_markers = ("visual.",)
     lora_patterns = {
         "attention": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
         "mlp": r".*language_model\.layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)",
@@ -46,9 +47,6 @@ class Qwen25VLFamily(OCRFamily):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         return AutoTokenizer.from_pretrained(path), Qwen2VLImageProcessorPil.from_pretrained(path)
-
-    def vision_module_names(self) -> tuple[str, ...]:
-        return ("model.visual",)
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         end = tokenizer.convert_tokens_to_ids("<|im_end|>")

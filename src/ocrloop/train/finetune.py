@@ -29,7 +29,13 @@ from ocrloop.errors import DatasetError, OcrloopError
 from ocrloop.evaluate.evaluator import evaluate_model
 from ocrloop.models import MODEL_CARD, load_model
 from ocrloop.models.base import EncodedExample, ExampleTooLong, ModelError, OCRModel, collate
-from ocrloop.models.loading import attach_lora, load_adapter_weights, save_model, trainable_parameters
+from ocrloop.models.loading import (
+    attach_lora,
+    load_adapter_weights,
+    save_model,
+    skip_frozen_vision_backward,
+    trainable_parameters,
+)
 from ocrloop.registry import Registry
 
 RUN_CARD = "run_card.json"
@@ -142,6 +148,7 @@ class FineTuner:
         else:
             attach_lora(self.bundle, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
                         groups=list(t.lora_targets), seed=t.seed, gradient_checkpointing=t.gradient_checkpointing)
+        self.vision_without_autograd = t.skip_frozen_vision_backward and skip_frozen_vision_backward(self.bundle)
         self.trainable, self.total_parameters = trainable_parameters(self.bundle.model)
         if self.trainable == 0:
             raise ModelError(f"no trainable parameters for lora_targets={t.lora_targets}")
@@ -332,7 +339,8 @@ class FineTuner:
             "config": self.config.model_dump(mode="json"),
             "data": {"manifest_hash": self.manifest.manifest_hash, "train_pages": len(self.train_examples),
                      "val_pages": len(self.val_examples), "mix": self.dataset.mix(self.business).to_json()},
-            "parameters": {"trainable": self.trainable, "total": self.total_parameters},
+            "parameters": {"trainable": self.trainable, "total": self.total_parameters,
+                           "vision_without_autograd": self.vision_without_autograd},
             "metrics": {
                 "train_loss": train_output.training_loss,
                 "train_loss_by_epoch": self.history["train_loss_by_epoch"],
