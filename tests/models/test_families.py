@@ -23,7 +23,7 @@ def page():
 def test_labels_cover_only_the_answer(tiny_presets, preset, page):
     bundle = load_model(preset)
     encoded = bundle.encode(page, "markdown", "**Total:** $5.00", FAST_RESOLUTION[preset])
-    image_token_id = bundle.tokenizer.convert_tokens_to_ids(bundle.tokenizer.image_token)
+    image_token_id = bundle.tokenizer.convert_tokens_to_ids(bundle.family.image_token)
     assert encoded.input_ids.count(image_token_id) == encoded.image_tokens > 0
     answer_positions = [i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX]
     assert answer_positions == list(range(len(encoded) - len(answer_positions), len(encoded)))

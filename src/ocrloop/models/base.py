@@ -157,7 +157,8 @@ class OCRFamily:
     """Base class of the model families. Subclasses set the class attributes and the hooks."""
 
     name: ClassVar[str]
-    model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values this family loads
+    model_types: ClassVar[tuple[str, ...]]
+    image_token: ClassVar[str] = "<image>"  # the placeholder token its prompts expand per image feature  # config.json "model_type" values this family loads
     pixel_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
     trust_remote_code: ClassVar[bool] = False

@@ -79,7 +79,7 @@ class DeepseekOcrFamily(OCRFamily):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        if tokenizer.convert_tokens_to_ids("<image>") in (None, tokenizer.unk_token_id):
+        if tokenizer.convert_tokens_to_ids(self.image_token) in (None, tokenizer.unk_token_id):
             raise ModelError(f"{path}: the tokenizer has no <image> token")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -109,7 +109,7 @@ class DeepseekOcrFamily(OCRFamily):
             image_tokens += (tile_side * down) * (tile_side * across + 1)
         tokenizer = bundle.tokenizer
         before, after = self.format_prompt(prompt, "<image>").split("<image>", 1)
-        image_id = tokenizer.convert_tokens_to_ids("<image>")
+        image_id = tokenizer.convert_tokens_to_ids(self.image_token)
         prompt_ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + \
             tokenizer(before, add_special_tokens=False)["input_ids"] + [image_id] * image_tokens + \
             tokenizer(after, add_special_tokens=False)["input_ids"]
@@ -117,7 +117,7 @@ class DeepseekOcrFamily(OCRFamily):
         return self._join(bundle, prompt_ids, target, vision, image_tokens)
 
     def collate_vision(self, visions: list[dict[str, torch.Tensor]], batch: dict[str, Any], tokenizer: Any, dtype: torch.dtype | None) -> None:
-        image_id = tokenizer.convert_tokens_to_ids("<image>")
+        image_id = tokenizer.convert_tokens_to_ids(self.image_token)
         cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
         batch["images"] = [(cast(v["tiles"]), cast(v["global_view"])) for v in visions]
         batch["images_spatial_crop"] = torch.cat([v["images_spatial_crop"] for v in visions])

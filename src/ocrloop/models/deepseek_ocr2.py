@@ -63,8 +63,7 @@ class DeepseekOcr2Family(OCRFamily):
         local_tiles = int(pixels["num_local_patches"][0])
         patch, downsample = 16, 4  # SAM patch size and the neck's downsampling
         image_tokens = ceil_div(size, patch * downsample) ** 2 + ceil_div(tile, patch * downsample) ** 2 * local_tiles + 1
-        image_token = bundle.tokenizer.image_token
-        text = self.format_prompt(prompt, "<image>").replace("<image>", image_token * image_tokens, 1)
+        text = self.format_prompt(prompt, "<image>").replace("<image>", self.image_token * image_tokens, 1)
         prompt_ids = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
         if bundle.tokenizer.bos_token_id is not None:
             prompt_ids = [bundle.tokenizer.bos_token_id] + prompt_ids

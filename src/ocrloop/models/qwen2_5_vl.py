@@ -27,6 +27,7 @@ _SPECIALS = {
 
 class Qwen25VLFamily(OCRFamily):
     name = "qwen2.5-vl"
+    image_token = "<|image_pad|>"
     model_types = ("qwen2_5_vl",)
     pixel_keys = ("pixel_values",)
     vision_parameter_markers = ("visual.",)

@@ -155,7 +155,7 @@ class FineTuner:
 
     def _check_examples(self) -> None:
         """Encode every example once before the first step: too-long or inconsistent examples fail here, named."""
-        image_token_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.tokenizer.image_token)
+        image_token_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.family.image_token)
         self.lengths: list[int] = []
         kept: dict[str, list[PageExample]] = {"train": [], "val": []}
         for split, examples in (("train", self.train_examples), ("val", self.val_examples)):
