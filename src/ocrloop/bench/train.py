@@ -22,6 +22,7 @@ from ocrloop.atomic import atomic_write_json
 from ocrloop.config import DataConfig
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
 from ocrloop.models import FAMILIES
+from ocrloop.train.finetune import RUN_CARD
 from ocrloop.workspace import Workspace, init_workspace
 
 # What each variant changes; everything else is shared.
@@ -58,7 +59,7 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
     if process.returncode != 0:
         return {"status": "failed", "command": " ".join(command[1:]), "wall_seconds": wall,
                 "error": (process.stderr.strip().splitlines() or ["?"])[-1]}
-    card = json.loads((output / "run_card.json").read_text())
+    card = json.loads((output / RUN_CARD).read_text())
     speed, memory = card["speed"], card["memory"]
     gib = lambda value: value / 2**30 if value is not None else None  # noqa: E731
     return {

@@ -29,7 +29,7 @@ from ocrloop.loop.triggers import Trigger, data_triggers, drift_trigger, schedul
 from ocrloop.models import MODEL_CARD, load_model, read_model_card
 from ocrloop.registry import Registry
 from ocrloop.registry.store import GENERAL
-from ocrloop.train.finetune import train
+from ocrloop.train.finetune import RUN_CARD, card_measurements, failure_message, train
 from ocrloop.workspace import Workspace
 
 LOCK_NAME = ".ocrloop-loop.lock"
@@ -232,15 +232,12 @@ class FineTuneLoop:
             metrics = {"challenger": challenger_name, "champion": champion.name, "promoted": promoted, "reason": reason,
                        "challenger_test": new_test.to_json(), "champion_test": old_test.to_json(),
                        "challenger_val": new_val.to_json() if new_val else None}
-            card = json.loads((output / "run_card.json").read_text())
+            card = json.loads((output / RUN_CARD).read_text())
             self.registry.finish_run(
-                run_id, "succeeded", wall_seconds=time.perf_counter() - started,
-                peak_vram_bytes=card["memory"]["peak_vram_allocated_bytes"], gpu_hours=card["cost"]["gpu_hours"],
-                cost_usd=card["cost"]["cost_usd"], metrics=metrics,
+                run_id, "succeeded", wall_seconds=time.perf_counter() - started, **card_measurements(card), metrics=metrics,
             )
         except BaseException as error:
-            message = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
-            self.registry.finish_run(run_id, "failed", wall_seconds=time.perf_counter() - started, error=message)
+            self.registry.finish_run(run_id, "failed", wall_seconds=time.perf_counter() - started, error=failure_message(error))
             raise
         return LoopResult(self.key, triggers, True, reason, run_id, challenger_name, champion.name, promoted, metrics)
 
@@ -261,7 +258,3 @@ class FineTuneLoop:
                        console=self.console, business=self.business)
         return result.model_name
 
-
-def run_all_businesses(workspace: Workspace, businesses: list[str], **options: Any) -> list[LoopResult]:
-    """The loop once per business type, each over its own documents with its own champion."""
-    return [FineTuneLoop(workspace, business=business, **options).run() for business in businesses]

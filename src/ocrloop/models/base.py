@@ -105,7 +105,6 @@ class OCRModel:
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [self.family.clean_output(text) for text in texts]
 
-
     def _inference_mode(self, on: bool) -> None:
         # Unsloth swaps kernels between training and generation; plain models only switch mode.
         if self.backend == "unsloth":
@@ -157,13 +156,15 @@ class OCRFamily:
     """Base class of the model families. Subclasses set the class attributes and the hooks."""
 
     name: ClassVar[str]
-    model_types: ClassVar[tuple[str, ...]]
-    image_token: ClassVar[str] = "<image>"  # the placeholder token its prompts expand per image feature  # config.json "model_type" values this family loads
+    model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values this family loads
+    image_token: ClassVar[str] = "<image>"  # the placeholder token its prompts expand per image feature
     pixel_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
     trust_remote_code: ClassVar[bool] = False
     # Module-name patterns (regex alternatives over the full module path) per LoRA target group.
     lora_patterns: ClassVar[dict[str, str | None]] = {}  # None: the group has no modules in this family
+    # Substrings of parameter names that belong to the vision tower and projector.
+    vision_parameter_markers: ClassVar[tuple[str, ...]] = ()
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -228,9 +229,6 @@ class OCRFamily:
     def lora_target_parameters(self, groups: list[str]) -> list[str]:
         """Parameter names (not modules) that get LoRA, e.g. fused MoE expert weights; none by default."""
         return []
-
-    # Substrings of parameter names that belong to the vision tower and projector.
-    vision_parameter_markers: ClassVar[tuple[str, ...]] = ()
 
     # --- random-weight checkpoints ------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import math
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,9 +186,6 @@ class FineTuner:
     def _last_checkpoint(self) -> str | None:
         """The newest complete checkpoint. The Trainer writes ``trainer_state.json`` last, so a
         checkpoint without a readable one was cut off by a crash: it is removed, the one before used."""
-        import json
-        import shutil
-
         folder = self.output_dir / "checkpoints"
         candidates = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1,
                             reverse=True) if folder.is_dir() else []
@@ -390,6 +389,17 @@ def _loss_by_epoch(log_history: list[dict]) -> list[dict[str, float]]:
     return [{"epoch": epoch + 1, "loss": sum(v) / len(v)} for epoch, v in sorted(by_epoch.items())]
 
 
+def card_measurements(card: dict[str, Any]) -> dict[str, Any]:
+    """The run card's figures that a registry run row keeps (``Registry.finish_run`` keywords)."""
+    return {"peak_vram_bytes": card["memory"]["peak_vram_allocated_bytes"], "gpu_hours": card["cost"]["gpu_hours"],
+            "cost_usd": card["cost"]["cost_usd"]}
+
+
+def failure_message(error: BaseException) -> str:
+    """How a failed run's error is recorded in the registry."""
+    return "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+
+
 def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, registry: Registry | None = None,
           console: Console | None = None, business: str | None = None) -> RunResult:
     """Run the recipe and record it in ``registry``: ``running`` first, then ``succeeded`` or ``failed``."""
@@ -402,8 +412,7 @@ def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, regi
         result = fine_tuner.run()
     except BaseException as error:
         if registry:
-            message = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
-            registry.finish_run(run_id, "failed", wall_seconds=time.perf_counter() - started, error=message)
+            registry.finish_run(run_id, "failed", wall_seconds=time.perf_counter() - started, error=failure_message(error))
         raise
     finally:
         fine_tuner.cleanup()
@@ -413,9 +422,7 @@ def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, regi
                                              fine_tuner.manifest.to_json())
         final = card["metrics"]["final_validation"] or {}
         registry.finish_run(
-            run_id, "succeeded", wall_seconds=time.perf_counter() - started,
-            peak_vram_bytes=card["memory"]["peak_vram_allocated_bytes"], gpu_hours=card["cost"]["gpu_hours"],
-            cost_usd=card["cost"]["cost_usd"],
+            run_id, "succeeded", wall_seconds=time.perf_counter() - started, **card_measurements(card),
             metrics={"val_cer": final.get("cer"), "val_wer": final.get("wer"), "train_loss": card["metrics"]["train_loss"],
                      "samples_per_second": card["speed"]["samples_per_second"], "dataset_id": dataset_id},
         )
