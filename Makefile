@@ -5,9 +5,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-workspace
 
-.PHONY: demo test venv clean
+SYSTEM_PACKAGES := prometheus tesseract-ocr
+
+.PHONY: demo test venv clean system-packages
 
 venv: $(STAMP)
+
+# Real Prometheus (scrape test) and Tesseract (the OCR yardstick) come from Debian; installed once.
+system-packages:
+	@command -v prometheus >/dev/null && command -v tesseract >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }
 
 # The CPU build of torch goes in first so the range in pyproject.toml is already met
 # and pip never reaches for a multi-GB CUDA build.
@@ -17,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q -n 2
 
 demo: $(STAMP)

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ocrloop.config import DataConfig
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
+from ocrloop.workspace import Workspace, init_workspace
 
 SMALL_PAGES = DataConfig(pdf_dpi=40)  # letter pages become 340x440 px: fast to rasterize
 # Resolution per tiny preset that keeps CPU steps fast.
@@ -64,3 +66,42 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subproc
     if check and result.returncode != 0:
         raise AssertionError(f"ocrloop {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+FAST_TRAINING = {"resolution": "tiny", "max_steps": 3, "batch_size": 2, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+                 "max_new_tokens": 8, "gradient_checkpointing": False, "save_steps": 1}
+
+
+def make_workspace(root: Path, n: int = 10, seed: int = 1, **loop) -> Workspace:
+    workspace, _ = init_workspace(root)
+    config_path = root / "ocrloop.yaml"
+    values = yaml.safe_load(config_path.read_text())
+    values["base_model"] = "tiny-qwen2.5-vl"
+    values["data"]["pdf_dpi"] = SMALL_PAGES.pdf_dpi
+    values["training"].update(FAST_TRAINING)
+    values["loop"].update({"new_documents_threshold": 5, "check_drift": False, **loop})
+    config_path.write_text(yaml.safe_dump(values))
+    workspace = Workspace.load(root)
+    synthesize_dataset(workspace.config.dataset_dir, SynthOptions(n=n, seed=seed, scale=0.3, categories=("receipt", "invoice")),
+                       workspace.config.data)
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def looped_workspace(tiny_presets, tmp_path_factory) -> Path:
+    """A read-only workspace after two real loop runs (tiny Qwen2.5-VL) and a champion: datasets, runs,
+    models, evaluations and decisions in its registry. Copy it before writing."""
+    from ocrloop.loop.recipe import FineTuneLoop
+    from ocrloop.registry import Registry
+
+    root = tmp_path_factory.mktemp("looped") / "ws"
+    workspace = make_workspace(root, n=8)
+    FineTuneLoop(workspace).run()
+    synthesize_dataset(workspace.config.dataset_dir, SynthOptions(n=6, seed=2, scale=0.3, categories=("receipt",)),
+                       workspace.config.data)
+    second = FineTuneLoop(Workspace.load(root)).run()
+    assert second.ran
+    if not second.promoted:  # random tiny models rarely win: promote by hand, as `ocrloop models promote` does
+        with Registry(workspace.config.registry_path) as registry:
+            registry.record_promotion(second.challenger, "manual", "promoted by hand for the tests")
+    return root

@@ -5,7 +5,7 @@ import json
 
 from ocrloop.plan_api import DeepSeekOCRFineTuner, OCRAgent, OCRFineTuneLoop
 from tests.conftest import run_cli
-from tests.loop.test_loop import make_workspace
+from tests.conftest import make_workspace
 
 
 def test_the_plans_fine_tuner_trains_and_the_agent_reads(tiny_presets, tmp_path):

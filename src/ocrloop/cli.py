@@ -84,13 +84,18 @@ def bench_train_command(
     variants: Annotated[str, typer.Option(help="Comma-separated: baseline, ocrloop.")] = "baseline,ocrloop",
     lora_targets: Annotated[str, typer.Option(help="LoRA target groups, the same for every variant.")] = "attention,mlp,experts",
     work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint, pages and runs.")] = Path("/tmp/ocrloop-bench"),
+    workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Side-by-side training speed and memory: plain transformers + peft against ocrloop's path, same workload."""
+    """Side-by-side training speed and memory: plain transformers + peft against ocrloop's path, same workload.
+
+    Run inside a workspace, ocrloop's ratios are also recorded in its registry (and so reach /metrics)."""
     from ocrloop.bench.train import bench_train
 
+    registry_path = _config(workspace).registry_path if (workspace / CONFIG_FILENAME).is_file() else None
     try:
         results = bench_train(out, family=family, size=size, resolution=resolution, batch_size=batch_size, steps=steps,
-                              variants=[v.strip() for v in variants.split(",")], work=work, lora_targets=lora_targets)
+                              variants=[v.strip() for v in variants.split(",")], work=work, lora_targets=lora_targets,
+                              registry_path=registry_path)
     except ValueError as error:
         raise OcrloopError(str(error)) from None
     for name, result in results["variants"].items():
@@ -599,14 +604,16 @@ def ocr_command(
     business: Annotated[Optional[str], typer.Option(help="Use this business's champion.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Use this model instead of a champion.")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="training.prompt")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="training.resolution")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", "--resolution", help="training.resolution")] = None,
     output_format: Annotated[str, typer.Option("--format", help="md or json")] = "md",
+    pii_policy: Annotated[Optional[str], typer.Option(help="serve.pii_policy: allow, redact or reject")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write one file per document here; finished files are skipped on rerun.")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """OCR files with the champion (of --business, else general, else the base model)."""
     from ocrloop.atomic import atomic_write_json, atomic_write_text
     from ocrloop.data.files import SUPPORTED_SUFFIXES
+    from ocrloop.serve.pii import PiiRejected, apply_pii_policy
 
     if output_format not in ("md", "json"):
         raise OcrloopError(f"--format must be md or json, not {output_format!r}")
@@ -624,17 +631,26 @@ def ocr_command(
         console.print(f"{len(files) - len(todo)} already done in {out}, skipped", markup=False)
     if not todo:
         return
-    ws = _workspace(workspace)
+    config = _config(workspace, {"serve.pii_policy": pii_policy})
     from ocrloop.models.loading import prepare_backend
 
-    prepare_backend(ws.config.training.backend)
+    prepare_backend(config.training.backend)
     from ocrloop.agent import OCRAgent
 
     agent = OCRAgent.load(workspace, business=business, model=model)
+    refused = 0
     with _progress() as progress:
         task = progress.add_task(f"OCR with {agent.model_name}", total=len(todo))
         for path in todo:
-            document = agent.read_file(path, prompt=prompt, resolution=resolution)
+            document = agent.read_file(path, prompt=prompt, resolution=mode)
+            try:
+                for page in document.pages:
+                    page.text, _ = apply_pii_policy(page.text, config.serve.pii_policy)
+            except PiiRejected as rejected:
+                refused += 1
+                progress.console.print(f"{path}: refused, {rejected} (pii_policy=reject)", markup=False)
+                progress.advance(task)
+                continue
             if target[path] is None:
                 print(json.dumps(document.to_json(), ensure_ascii=False) if output_format == "json" else document.markdown)
             elif output_format == "json":
@@ -642,6 +658,43 @@ def ocr_command(
             else:
                 atomic_write_text(target[path], document.markdown + "\n")
             progress.advance(task)
+    if refused:
+        raise OcrloopError(f"{refused} of {len(todo)} documents refused for personal data")
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[Optional[str], typer.Option(help="serve.host")] = None,
+    port: Annotated[Optional[int], typer.Option(help="serve.port")] = None,
+    pii_policy: Annotated[Optional[str], typer.Option(help="serve.pii_policy: allow, redact or reject")] = None,
+    max_batch_pages: Annotated[Optional[int], typer.Option(help="serve.max_batch_pages")] = None,
+    max_concurrent_requests: Annotated[Optional[int], typer.Option(help="serve.max_concurrent_requests")] = None,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """The OCR service: POST /v1/ocr, GET /v1/models, /healthz and /metrics (Prometheus)."""
+    _workspace(workspace)
+    config = _config(workspace, {"serve.host": host, "serve.port": port, "serve.pii_policy": pii_policy,
+                                 "serve.max_batch_pages": max_batch_pages,
+                                 "serve.max_concurrent_requests": max_concurrent_requests})
+    from ocrloop.models.loading import prepare_backend
+
+    prepare_backend(config.training.backend)
+    from ocrloop.serve.app import serve
+
+    serve(config)
+
+
+@app.command("report")
+def report_command(
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("ocrloop-report.html"),
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """One self-contained HTML page: document mix, runs, CER/WER per version and category, duration, VRAM, cost."""
+    from ocrloop.loop.report import write_report
+
+    ws = _workspace(workspace)
+    write_report(ws.config.registry_path, out)
+    console.print(f"wrote {out}", markup=False)
 
 
 def _print_report(report, title: str) -> None:

@@ -91,6 +91,23 @@ class LoopConfig(_Section):
     category_regression_tolerance: float = Field(0.01, ge=0, description="No category may get worse by more than this.")
 
 
+class ServeConfig(_Section):
+    """The OCR service (``ocrloop serve``) and what every OCR answer passes through."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port (printed at start).")
+    pii_policy: Literal["allow", "redact", "reject"] = Field(
+        "redact", description="What happens to OCR text with PII: kept, replaced by [KIND] placeholders, or refused."
+    )
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Larger uploads are answered 413.")
+    max_pages: int = Field(20, ge=1, description="Documents with more pages are answered 413.")
+    max_image_pixels: int = Field(25_000_000, ge=10_000, description="Pages with more pixels are answered 413.")
+    max_concurrent_requests: int = Field(16, ge=1, description="Requests beyond this are answered 429.")
+    max_batch_pages: int = Field(8, ge=1, description="Pages of concurrent requests read in one GPU batch.")
+    batch_wait_ms: float = Field(10, ge=0, description="How long the first page of a batch waits for others.")
+    champion_check_seconds: float = Field(2.0, gt=0, description="How often a promotion is looked for; the new champion is loaded, then swapped in.")
+
+
 class OcrloopConfig(_Section):
     """Everything ocrloop needs to know about a workspace."""
 
@@ -105,6 +122,7 @@ class OcrloopConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _paths_are_distinct(self) -> "OcrloopConfig":

@@ -2,14 +2,16 @@
 
 import json
 
+from ocrloop.serve.metrics import ServiceMetrics
 from tests.conftest import run_cli
 
 
 def test_bench_train_runs_each_variant_in_its_own_process_and_writes_ratios(tiny_presets, tmp_path):
     out = tmp_path / "results" / "bench.json"
+    run_cli("init", str(tmp_path / "ws"), check=True)
     result = run_cli("bench", "train", "--out", str(out), "--family", "qwen2.5-vl", "--size", "tiny", "--resolution", "tiny",
                      "--batch-size", "2", "--steps", "4", "--lora-targets", "attention,mlp", "--work", str(tmp_path / "work"),
-                     check=True)
+                     "-w", str(tmp_path / "ws"), check=True)
     payload = json.loads(out.read_text())
     variants = payload["variants"]
     assert set(variants) == {"baseline", "ocrloop"} and all(v["status"] == "succeeded" for v in variants.values())
@@ -19,6 +21,9 @@ def test_bench_train_runs_each_variant_in_its_own_process_and_writes_ratios(tiny
     assert ocrloop["speedup_vs_baseline"] > 0 and len(ocrloop["train_loss_by_epoch"]) >= 1
     assert (tmp_path / "results" / "bench-baseline.log").is_file()
     assert "baseline (hf)" in result.stdout
+    # Recorded in the workspace's registry, so the service's /metrics shows the measured ratios.
+    exposition = ServiceMetrics(tmp_path / "ws" / "ocrloop.db", "tiny-qwen2.5-vl").exposition().decode()
+    assert f"ocr_training_speed_multiplier {ocrloop['speedup_vs_baseline']}" in exposition
 
 
 def test_bench_train_refuses_unknown_variants(tmp_path):

@@ -19,26 +19,7 @@ from ocrloop.loop.recipe import FineTuneLoop, compare, serving_model
 from ocrloop.loop.triggers import data_triggers, drift_trigger, schedule_trigger
 from ocrloop.registry import Registry
 from ocrloop.workspace import Workspace, init_workspace
-from tests.conftest import SMALL_PAGES, run_cli
-
-FAST_TRAINING = {"resolution": "tiny", "max_steps": 3, "batch_size": 2, "gradient_accumulation_steps": 1, "warmup_steps": 0,
-                 "max_new_tokens": 8, "gradient_checkpointing": False, "save_steps": 1}
-
-
-def make_workspace(root: Path, n: int = 10, seed: int = 1, **loop) -> Workspace:
-    workspace, _ = init_workspace(root)
-    config_path = root / "ocrloop.yaml"
-    values = yaml.safe_load(config_path.read_text())
-    values["base_model"] = "tiny-qwen2.5-vl"
-    values["data"]["pdf_dpi"] = SMALL_PAGES.pdf_dpi
-    values["training"].update(FAST_TRAINING)
-    values["loop"].update({"new_documents_threshold": 5, "check_drift": False, **loop})
-    config_path.write_text(yaml.safe_dump(values))
-    workspace = Workspace.load(root)
-    synthesize_dataset(workspace.config.dataset_dir, SynthOptions(n=n, seed=seed, scale=0.3, categories=("receipt", "invoice")),
-                       workspace.config.data)
-    return workspace
-
+from tests.conftest import make_workspace, run_cli
 
 def _report(category_cers: dict[str, tuple[str, str]]):
     return evaluate_pairs([ScoredPair(ref, hyp, category) for category, (ref, hyp) in category_cers.items()])

@@ -78,8 +78,12 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
 
 def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "gundam",
                 batch_size: int = 8, steps: int = 12, lora_rank: int = 16, lora_targets: str = "attention,mlp,experts",
-                variants: list[str] | None = None, work: Path = Path("/tmp/ocrloop-bench"), pages: int = 48) -> dict[str, Any]:
-    """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline."""
+                variants: list[str] | None = None, work: Path = Path("/tmp/ocrloop-bench"), pages: int = 48,
+                registry_path: Path | None = None) -> dict[str, Any]:
+    """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline.
+
+    With ``registry_path``, ocrloop's ratios to the baseline are also recorded there as a ``bench`` run,
+    which the service exports as ``ocr_training_speed_multiplier`` and ``ocr_vram_reduction_percent``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     variants = variants or list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
@@ -110,4 +114,25 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
                 if base["peak_vram_allocated_gib"] and result["peak_vram_allocated_gib"]:
                     result["vram_reduction_vs_baseline"] = 1 - result["peak_vram_allocated_gib"] / base["peak_vram_allocated_gib"]
     atomic_write_json(out, results)
+    if registry_path is not None:
+        record_benchmark(registry_path, results)
     return results
+
+
+def record_benchmark(registry_path: Path, results: dict[str, Any]) -> str | None:
+    """Record ocrloop's speed-up and VRAM saving over the baseline as a ``bench`` run; None if not measured."""
+    from ocrloop.registry import Registry
+
+    ours = results["variants"].get("ocrloop", {})
+    if "speedup_vs_baseline" not in ours:
+        return None
+    with Registry(registry_path) as registry:
+        run_id = registry.start_run("bench", {"command": results["command"], **results["workload"]})
+        vram = ours["peak_vram_allocated_gib"]
+        registry.finish_run(run_id, "succeeded", wall_seconds=sum(v.get("wall_seconds", 0) for v in results["variants"].values()),
+                            peak_vram_bytes=int(vram * 2**30) if vram else None,
+                            metrics={"speedup_vs_baseline": ours["speedup_vs_baseline"],
+                                     "vram_reduction_vs_baseline": ours.get("vram_reduction_vs_baseline"),
+                                     "samples_per_second": ours["steady_samples_per_second"],
+                                     "baseline_samples_per_second": results["variants"]["baseline"]["steady_samples_per_second"]})
+    return run_id

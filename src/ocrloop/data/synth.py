@@ -434,3 +434,100 @@ def synthesize_dataset(root: Path, options: SynthOptions, data: DataConfig | Non
             if progress:
                 progress(count)
         return add_documents(root, incoming, data)
+
+
+@dataclass
+class PlantedPiiDocument:
+    """A document text with personal data planted in it, and look-alikes that are not personal data."""
+
+    text: str
+    planted: list[tuple[str, str]]  # (kind, exact value as written in the text)
+    look_alikes: list[str]
+
+
+_AREA_CODES = (212, 312, 415, 617, 206, 303, 512, 646, 713, 404)
+
+
+def _luhn_number(rng: random.Random, prefix: str, length: int) -> str:
+    from stdnum import luhn
+
+    body = prefix + "".join(str(rng.randrange(10)) for _ in range(length - len(prefix) - 1))
+    return body + luhn.calc_check_digit(body)
+
+
+def _planted_value(kind: str, rng: random.Random) -> str:
+    from stdnum import iban
+
+    if kind == "ssn":
+        area = rng.choice([n for n in range(1, 900) if n != 666])
+        return f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"
+    if kind == "credit_card":
+        prefix, length = rng.choice([("4", 16), ("51", 16), ("55", 16), ("37", 15), ("6011", 16), ("2221", 16)])
+        digits = _luhn_number(rng, prefix, length)
+        separator = rng.choice([" ", "-", ""])
+        groups = [digits[:4], digits[4:10], digits[10:]] if length == 15 else [digits[i:i + 4] for i in range(0, 16, 4)]
+        return separator.join(groups)
+    if kind == "iban":
+        country, bban = rng.choice([("DE", "".join(str(rng.randrange(10)) for _ in range(18))),
+                                    ("GB", "NWBK" + "".join(str(rng.randrange(10)) for _ in range(14))),
+                                    ("FR", "".join(str(rng.randrange(10)) for _ in range(23)))])
+        compact = country + iban.calc_check_digits(country + "00" + bban) + bban
+        return " ".join(compact[i:i + 4] for i in range(0, len(compact), 4)) if rng.random() < 0.5 else compact
+    if kind == "email":
+        first, last = rng.choice(_PEOPLE).lower().split()
+        return f"{first}.{last}{rng.randint(1, 99)}@{rng.choice(['example.com', 'mail.acme.io', 'clientabc.org'])}"
+    if kind == "phone":
+        area, exchange, line = rng.choice(_AREA_CODES), rng.randint(201, 999), rng.randint(0, 9999)
+        if exchange == 555:
+            exchange = 556
+        return rng.choice([f"({area}) {exchange}-{line:04d}", f"{area}-{exchange}-{line:04d}", f"+1 {area} {exchange} {line:04d}",
+                           f"{area}.{exchange}.{line:04d}", f"+44 20 7946 {rng.randint(0, 9999):04d}"])
+    if kind == "secret":
+        alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+        token = "".join(rng.choice(alphabet) for _ in range(32))
+        return rng.choice([token[:12] + "!", "sk-" + token, "AKIA" + token[:16].upper(), "ghp_" + token + "abcd"])
+    raise ValueError(kind)
+
+
+_SECRET_LABELS = ("Password: ", "API key: ", "password=", "Access token: ")
+_PII_LABELS = {"ssn": "SSN: ", "credit_card": "Card: ", "iban": "IBAN: ", "email": "Email: ", "phone": "Phone: "}
+
+
+def _look_alike(rng: random.Random) -> str:
+    year = rng.choice([2024, 2025])
+    return rng.choice([
+        f"Order ORD-{year}-{rng.randint(100000, 999999)}",
+        f"Invoice ID: INV-{year}-{rng.randint(1, 99999):05d}",
+        f"Date: {_date(rng).isoformat()}",
+        f"Date: {rng.randint(1, 12):02d}/{rng.randint(1, 28):02d}/{year}",
+        f"Tracking: 1Z{rng.randint(100, 999)}AA1{rng.randint(10**9, 10**10 - 1)}",
+        f"Account no. {rng.randint(10**9, 10**10 - 1)}",
+        f"EIN: {rng.randint(10, 99)}-{rng.randint(1000000, 9999999)}",
+        f"SKU {rng.randint(1000, 9999)}-{rng.randint(100, 999)}-{rng.randint(1000, 9999)}",
+        f"Reference {rng.randint(10**8, 10**9 - 1)}",
+        f"Total: {_money(rng.uniform(10, 99999))}",
+        f"Order number: {rng.choice('1789')}{rng.randint(10**14, 10**15 - 1)}",  # 16 digits, no card issuer starts so
+        f"Password reset instructions were sent on {_date(rng).isoformat()}.",
+    ])
+
+
+def planted_pii_documents(n: int, seed: int = 0) -> list[PlantedPiiDocument]:
+    """``n`` synthetic document texts, each with 1-4 pieces of personal data and 2-5 look-alikes planted."""
+    from ocrloop.serve.pii import PII_KINDS
+
+    rng = random.Random(seed)
+    documents = []
+    for text in sample_texts(n, seed):
+        lines = text.split("\n")
+        planted, look_alikes = [], []
+        for kind in rng.sample(PII_KINDS, k=rng.randint(1, 4)):
+            value = _planted_value(kind, rng)
+            label = rng.choice(_SECRET_LABELS) if kind == "secret" else _PII_LABELS[kind]
+            lines.insert(rng.randint(1, len(lines)), f"**{label.strip()}** {value}" if rng.random() < 0.3 and label.endswith(": ") else label + value)
+            planted.append((kind, value))
+        for _ in range(rng.randint(2, 5)):
+            look_alike = _look_alike(rng)
+            lines.insert(rng.randint(1, len(lines)), look_alike)
+            look_alikes.append(look_alike)
+        documents.append(PlantedPiiDocument("\n".join(lines), planted, look_alikes))
+    return documents

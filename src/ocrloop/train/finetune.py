@@ -421,10 +421,13 @@ def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, regi
         dataset_id = registry.record_dataset(card["data"]["manifest_hash"], str(config.dataset_dir), card["data"]["mix"],
                                              fine_tuner.manifest.to_json())
         final = card["metrics"]["final_validation"] or {}
+        speed = card["speed"]
         registry.finish_run(
             run_id, "succeeded", wall_seconds=time.perf_counter() - started, **card_measurements(card),
             metrics={"val_cer": final.get("cer"), "val_wer": final.get("wer"), "train_loss": card["metrics"]["train_loss"],
-                     "samples_per_second": card["speed"]["samples_per_second"], "dataset_id": dataset_id},
+                     "samples_per_second": speed.get("steady_samples_per_second") or speed["samples_per_second"],
+                     "tokens_per_second": speed.get("steady_tokens_per_second") or speed["tokens_per_second"],
+                     "peak_vram_reserved_bytes": card["memory"]["peak_vram_reserved_bytes"], "dataset_id": dataset_id},
         )
         name = output_dir.name if registry.model(output_dir.name) is None else f"{output_dir.name}-{run_id}"
         registry.add_model(name, str(output_dir.resolve()), card["family"], config.base_model, run_id=run_id, business=business)

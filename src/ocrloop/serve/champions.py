@@ -1,0 +1,90 @@
+"""The models a running service answers with, swapped when the registry names a new champion.
+
+Each business key maps to a loaded ``OCRAgent``; businesses served by the same model share it. A
+watcher thread looks at the registry every ``champion_check_seconds``; when a champion changes it
+loads the new model first and only then swaps the mapping, so requests never wait for a load
+and pages already queued finish on the model they were accepted with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from ocrloop.agent import OCRAgent
+from ocrloop.config import OcrloopConfig
+from ocrloop.loop.recipe import serving_model
+from ocrloop.models import load_model
+from ocrloop.registry.store import GENERAL, Registry
+
+log = logging.getLogger("ocrloop.serve")
+
+
+class ChampionModels:
+    """Loaded champions by business key (``GENERAL`` for requests that name none)."""
+
+    def __init__(self, config: OcrloopConfig, on_swap: Callable[[str, str, str], None] | None = None):
+        self.config = config
+        self.on_swap = on_swap  # called with (business key, old model, new model)
+        self._serving: dict[str, OCRAgent] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _resolve(self, key: str):
+        with Registry(self.config.registry_path) as registry:
+            return serving_model(registry, self.config.base_model, None if key == GENERAL else key)
+
+    def _load(self, name: str, path: str) -> OCRAgent:
+        for agent in list(self._serving.values()):
+            if agent.model_name == name:
+                return agent
+        log.info("loading %s from %s", name, path)
+        return OCRAgent(load_model(path, backend=self.config.training.backend), name, self.config)
+
+    def agent(self, business: str | None) -> OCRAgent:
+        """The model serving ``business`` now (loaded on the first request for that business)."""
+        key = business or GENERAL
+        agent = self._serving.get(key)
+        if agent is None:
+            with self._lock:
+                agent = self._serving.get(key)
+                if agent is None:
+                    champion = self._resolve(key)
+                    agent = self._serving[key] = self._load(champion.name, champion.path)
+        return agent
+
+    def serving(self) -> dict[str, str]:
+        """Business key -> name of the model answering it."""
+        return {key: agent.model_name for key, agent in sorted(self._serving.items())}
+
+    def check(self) -> None:
+        """Swap in any champion promoted since the last check (loaded before it is swapped in)."""
+        for key in list(self._serving):
+            champion = self._resolve(key)
+            current = self._serving[key]
+            if champion.name == current.model_name:
+                continue
+            with self._lock:
+                replacement = self._load(champion.name, champion.path)
+                self._serving[key] = replacement
+            log.info("%s now served by %s (was %s)", key, champion.name, current.model_name)
+            if self.on_swap:
+                self.on_swap(key, current.model_name, champion.name)
+
+    def start_watching(self, interval_seconds: float) -> None:
+        def watch() -> None:
+            while not self._stop.wait(interval_seconds):
+                try:
+                    self.check()
+                except Exception as error:  # noqa: BLE001 - keep serving the current champion
+                    log.warning("champion check failed, still serving the current models: %s", error)
+
+        self._watcher = threading.Thread(target=watch, name="ocrloop-champions", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher:
+            self._watcher.join(timeout=5)
