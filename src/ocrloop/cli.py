@@ -81,9 +81,12 @@ def bench_train_command(
     resolution: Annotated[str, typer.Option(help="Resolution mode of the pages.")] = "gundam",
     batch_size: Annotated[int, typer.Option(help="Pages per step, the same for every variant.")] = 8,
     steps: Annotated[int, typer.Option(help="Optimizer steps per variant (the first two are warm-up).")] = 12,
-    variants: Annotated[str, typer.Option(help="Comma-separated: baseline, ocrloop.")] = "baseline,ocrloop",
+    variants: Annotated[str, typer.Option(help="Comma-separated: baseline, unsloth, ocrloop.")] = "baseline,ocrloop",
     lora_targets: Annotated[str, typer.Option(help="LoRA target groups, the same for every variant.")] = "attention,mlp,experts",
     work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint, pages and runs.")] = Path("/tmp/ocrloop-bench"),
+    epochs: Annotated[Optional[float], typer.Option(help="Run mode: train --pages pages for this many epochs, timed end to end.")] = None,
+    pages: Annotated[int, typer.Option(help="Synthetic pages (run mode: exactly this many training pages).")] = 48,
+    mode: Annotated[str, typer.Option(help="Training mode of every variant: lora16 or qlora4 (training.mode).")] = "lora16",
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Side-by-side training speed and memory: plain transformers + peft against ocrloop's path, same workload.
@@ -95,18 +98,45 @@ def bench_train_command(
     try:
         results = bench_train(out, family=family, size=size, resolution=resolution, batch_size=batch_size, steps=steps,
                               variants=[v.strip() for v in variants.split(",")], work=work, lora_targets=lora_targets,
-                              registry_path=registry_path)
+                              epochs=epochs, pages=pages, mode=mode, registry_path=registry_path)
     except ValueError as error:
         raise OcrloopError(str(error)) from None
     for name, result in results["variants"].items():
         if result["status"] != "succeeded":
             console.print(f"{name}: FAILED {result['error']}", markup=False)
             continue
+        rate = result.get("whole_run_samples_per_second", result["steady_samples_per_second"])
         ratio = f", {result['speedup_vs_baseline']:.2f}x the baseline" if "speedup_vs_baseline" in result else ""
         if result.get("same_trainable_parameters_as_baseline") is False:
             ratio += " (NOT like for like: different trainable parameters)"
         vram = f", peak VRAM {result['peak_vram_allocated_gib']:.1f} GiB" if result["peak_vram_allocated_gib"] is not None else ""
-        console.print(f"{name} ({result['backend']}): {result['steady_samples_per_second']:.2f} samples/s{ratio}{vram}", markup=False)
+        mfu = f", MFU {result['mfu']:.1%}" if result.get("mfu") is not None else ""
+        console.print(f"{name} ({result['backend']}): {rate:.2f} samples/s{ratio}{vram}{mfu}", markup=False)
+
+
+@bench_app.command("ocr")
+def bench_ocr_command(
+    out: Annotated[Path, typer.Option(help="JSON file to write.")],
+    family: Annotated[str, typer.Option(help="Model family.")] = "deepseek-ocr-2",
+    size: Annotated[str, typer.Option(help="full (the published architecture) or tiny.")] = "full",
+    resolution: Annotated[str, typer.Option(help="Resolution mode of the pages.")] = "base",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to measure.")] = "1,8,32",
+    pages: Annotated[int, typer.Option(help="Pages read per batch size above 1.")] = 32,
+    cache: Annotated[str, typer.Option(help="KV cache: static (compiled decode) or dynamic.")] = "static",
+    work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint and pages.")] = Path("/tmp/ocrloop-bench"),
+) -> None:
+    """OCR generation speed: pages/s and seconds per page, one by one and batched, output lengths like real pages."""
+    from ocrloop.bench.ocr import bench_ocr
+
+    if cache not in ("static", "dynamic"):
+        raise OcrloopError(f"--cache must be static or dynamic, not {cache!r}")
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        raise OcrloopError(f"--batch-sizes must be comma-separated integers, not {batch_sizes!r}") from None
+    bench_ocr(out, family=family, size=size, resolution=resolution, batch_sizes=sizes, pages=pages,
+              cache_implementation="static" if cache == "static" else None, work=work,
+              progress=lambda line: console.print(line, markup=False))
 
 
 @config_app.command("set")
@@ -316,14 +346,18 @@ def _registered_name(registry, model: str) -> str:
 def _read_with_model(model: str, config: OcrloopConfig, data, examples) -> list[str]:
     from ocrloop.evaluate.evaluator import read_pages
     from ocrloop.models import load_model
+    from ocrloop.train.feature_cache import open_saved_cache
 
     t = config.training
     with console.status(f"loading {model}"):
         bundle = load_model(model, backend=t.backend)
+        cache = open_saved_cache(bundle, Path(model), t.resolution, pdf_dpi=config.data.pdf_dpi)
     with _progress() as progress:
         task = progress.add_task(f"reading with {Path(model).name}", total=len(examples))
         read, texts = read_pages(bundle, data, examples, prompt=t.prompt, resolution=t.resolution, batch_size=t.batch_size,
                                  max_new_tokens=t.max_new_tokens, progress=lambda done: progress.update(task, completed=done))
+    if cache is not None and cache.stats.hits:
+        console.print(f"{cache.stats.hits} page(s) read with image features cached by the training run", markup=False)
     by_id = {(e.source, e.page): text for e, text in zip(read, texts)}
     return [by_id.get((e.source, e.page), "") for e in examples]
 
@@ -359,6 +393,7 @@ def train_command(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch or adamw_8bit")] = None,
     skip_frozen_vision_backward: Annotated[Optional[bool], typer.Option("--skip-frozen-vision-backward/--no-skip-frozen-vision-backward", help="training.skip_frozen_vision_backward")] = None,
+    feature_cache: Annotated[Optional[bool], typer.Option("--feature-cache/--no-feature-cache", help="training.feature_cache")] = None,
     merge: Annotated[Optional[bool], typer.Option("--merge/--no-merge", help="training.merge")] = None,
     skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="training.skip_invalid")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
@@ -386,6 +421,7 @@ def train_command(
         "training.logging_steps": logging_steps, "training.report_to": report_to, "training.seed": seed,
         "training.gradient_checkpointing": gradient_checkpointing, "training.optimizer": optimizer,
         "training.skip_frozen_vision_backward": skip_frozen_vision_backward, "training.merge": merge,
+        "training.feature_cache": feature_cache,
         "training.skip_invalid": skip_invalid,
     }
     config = _config(workspace, overrides)

@@ -67,6 +67,12 @@ class TrainingConfig(_Section):
     skip_frozen_vision_backward: bool = Field(
         True, description="Compute image features without autograd when no vision parameter is trained."
     )
+    feature_cache: bool = Field(
+        True, description="Compute each page's image features once and reuse them every epoch (when the vision tower is frozen)."
+    )
+    feature_cache_device_bytes: int = Field(
+        4 * 2**30, ge=0, description="Cached features kept on the GPU; the rest are read from disk ahead of each step."
+    )
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit"] = Field(
         "auto", description="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW."
     )

@@ -28,19 +28,27 @@ from ocrloop.workspace import Workspace, init_workspace
 # What each variant changes; everything else is shared.
 VARIANTS = {
     # Plain transformers + peft as a user would run it: HF gradient checkpointing, SDPA, torch AdamW.
-    "baseline": ["--backend", "hf", "--optimizer", "adamw_torch", "--no-skip-frozen-vision-backward"],
-    # ocrloop's defaults: Unsloth where available, 8-bit AdamW, no backward through a frozen vision tower.
+    "baseline": ["--backend", "hf", "--optimizer", "adamw_torch", "--no-skip-frozen-vision-backward", "--no-feature-cache"],
+    # ocrloop's defaults: Unsloth where available, 8-bit AdamW, no backward through a frozen vision tower,
+    # image features computed once per page.
     "ocrloop": ["--backend", "auto", "--optimizer", "auto"],
     # Unsloth as its notebook runs it, for telling its share from ocrloop's own.
-    "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--no-skip-frozen-vision-backward"],
+    "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--no-skip-frozen-vision-backward", "--no-feature-cache"],
 }
 
 
-def prepare(work: Path, family: str, size: str, pages: int, categories: tuple[str, ...]) -> tuple[Workspace, Path]:
-    """A workspace with synthetic pages and a random-weight checkpoint, both reused when present."""
-    workspace, _ = init_workspace(work / "workspace")
+def prepare(work: Path, family: str, size: str, pages: int, categories: tuple[str, ...],
+            exact_train_pages: bool = False) -> tuple[Workspace, Path]:
+    """A workspace with synthetic pages and a random-weight checkpoint, both reused when present.
+
+    With ``exact_train_pages`` the train split holds exactly ``pages`` single-page documents
+    (one more each for val and test), for whole-run timing."""
+    name = f"workspace-run-{pages}" if exact_train_pages else "workspace"
+    workspace, _ = init_workspace(work / name)
     if not any((workspace.config.dataset_dir / "train").iterdir()):
-        synthesize_dataset(workspace.config.dataset_dir, SynthOptions(n=pages, seed=1, categories=categories), DataConfig())
+        options = (SynthOptions(n=pages + 2, seed=1, categories=categories, split_fractions=(1.0, 0.0, 0.0)) if exact_train_pages
+                   else SynthOptions(n=pages, seed=1, categories=categories))
+        synthesize_dataset(workspace.config.dataset_dir, options, DataConfig())
     checkpoint = work / "checkpoints" / f"{family}-{size}"
     if not (checkpoint / "config.json").is_file():
         FAMILIES[family]().build_random(checkpoint, size=size)
@@ -73,57 +81,150 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
         "trainable_parameters": card["parameters"]["trainable"], "total_parameters": card["parameters"]["total"],
         "vision_without_autograd": card["parameters"].get("vision_without_autograd"),
         "train_loss_by_epoch": card["metrics"]["train_loss_by_epoch"], "device": card["device"], "versions": card["versions"],
+        "prepare_seconds": speed.get("prepare_seconds"), "train_seconds": speed["train_seconds"],
+        "epoch_seconds": speed.get("epoch_seconds", []), "feature_cache": card.get("feature_cache"),
+        "train_pages": card["data"]["train_pages"],
     }
 
 
 def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "gundam",
                 batch_size: int = 8, steps: int = 12, lora_rank: int = 16, lora_targets: str = "attention,mlp,experts",
                 variants: list[str] | None = None, work: Path = Path("/tmp/ocrloop-bench"), pages: int = 48,
-                registry_path: Path | None = None) -> dict[str, Any]:
+                epochs: float | None = None, mode: str = "lora16", registry_path: Path | None = None) -> dict[str, Any]:
     """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline.
+
+    Step mode (``epochs`` None): ``steps`` optimizer steps, speed from the median step after warm-up.
+    Run mode: ``pages`` training pages x ``epochs``, timed from the first page to the last step: for
+    ocrloop that includes computing every page's image features; for the others only their steps
+    (their own page checks are not counted, which favours them).
 
     With ``registry_path``, ocrloop's ratios to the baseline are also recorded there as a ``bench`` run,
     which the service exports as ``ocr_training_speed_multiplier`` and ``ocr_vram_reduction_percent``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     variants = variants or list(VARIANTS)
-    unknown = [v for v in variants if v not in VARIANTS]
+    # "ocrloop:qlora4" runs a variant in another training mode (e.g. QLoRA against the 16-bit baseline).
+    unknown = [v for v in variants if v.split(":")[0] not in VARIANTS or v.count(":") > 1]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    workspace, checkpoint = prepare(work, family, size, pages, ("receipt", "invoice", "tax_form"))
-    shared = ["--resolution", resolution, "--batch-size", str(batch_size), "--gradient-accumulation-steps", "1",
-              "--max-steps", str(steps), "--warmup-steps", "0", "--lora-rank", str(lora_rank), "--lora-alpha", str(lora_rank),
-              "--lora-targets", lora_targets, "--lora-dropout", "0", "--mode", "lora16"]
+    workspace, checkpoint = prepare(work, family, size, pages, ("receipt", "invoice", "tax_form"), exact_train_pages=epochs is not None)
+    length = ["--epochs", str(epochs)] if epochs is not None else ["--max-steps", str(steps)]
+    shared = ["--resolution", resolution, "--batch-size", str(batch_size), "--gradient-accumulation-steps", "1", *length,
+              "--warmup-steps", "0", "--lora-rank", str(lora_rank), "--lora-alpha", str(lora_rank), "--save-steps", "100000",
+              "--lora-targets", lora_targets, "--lora-dropout", "0"]
     results: dict[str, Any] = {
         "command": "ocrloop bench train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "ocrloop bench train",
-        "workload": {"family": family, "size": size, "resolution": resolution, "batch_size": batch_size, "steps": steps,
-                     "lora_rank": lora_rank, "lora_targets": lora_targets, "pages": pages},
-        "host": platform.node(), "variants": {},
+        "workload": {"family": family, "size": size, "resolution": resolution, "batch_size": batch_size, "mode": mode,
+                     "steps": None if epochs is not None else steps, "epochs": epochs, "lora_rank": lora_rank,
+                     "lora_targets": lora_targets, "pages": pages},
+        "host": platform.node(), "device_bf16_matmul_tflops": measured_matmul_tflops(),
+        "model_flops": language_model_flops(checkpoint), "variants": {},
     }
     for variant in variants:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        results["variants"][variant] = run_variant(workspace, checkpoint, work / "runs" / f"{variant}-{stamp}",
-                                                   shared + VARIANTS[variant], out.parent / f"{out.stem}-{variant}.log")
+        name, _, variant_mode = variant.partition(":")
+        flags = shared + VARIANTS[name] + ["--mode", variant_mode or mode]
+        result = run_variant(workspace, checkpoint, work / "runs" / f"{name}-{variant_mode or mode}-{stamp}", flags,
+                             out.parent / f"{out.stem}-{variant.replace(':', '-')}.log")
+        result["mode"] = variant_mode or mode
+        if result["status"] == "succeeded":
+            _add_rates(result, results, whole_run=epochs is not None)
+        results["variants"][variant] = result
         atomic_write_json(out, results)  # after each variant: partial results survive
-    base = results["variants"].get("baseline", {})
-    if base.get("status") == "succeeded":
+    speed_key = "whole_run_samples_per_second" if epochs is not None else "steady_samples_per_second"
+    for reference in ("baseline", "unsloth"):
+        base = results["variants"].get(reference, {})
+        if base.get("status") != "succeeded":
+            continue
         for name, result in results["variants"].items():
-            if name != "baseline" and result.get("status") == "succeeded":
+            if name == reference or result.get("status") != "succeeded":
+                continue
+            result[f"speedup_vs_{reference}"] = result[speed_key] / base[speed_key]
+            if base["peak_vram_allocated_gib"] and result["peak_vram_allocated_gib"]:
+                result[f"vram_reduction_vs_{reference}"] = 1 - result["peak_vram_allocated_gib"] / base["peak_vram_allocated_gib"]
+            if reference == "baseline":
                 # Unsloth adds LoRA on fused MoE experts when "mlp" is targeted: say when the variants differ.
                 result["same_trainable_parameters_as_baseline"] = result["trainable_parameters"] == base["trainable_parameters"]
-                result["speedup_vs_baseline"] = result["steady_samples_per_second"] / base["steady_samples_per_second"]
-                if base["peak_vram_allocated_gib"] and result["peak_vram_allocated_gib"]:
-                    result["vram_reduction_vs_baseline"] = 1 - result["peak_vram_allocated_gib"] / base["peak_vram_allocated_gib"]
     atomic_write_json(out, results)
     if registry_path is not None:
         record_benchmark(registry_path, results)
     return results
 
 
+def _add_rates(result: dict[str, Any], results: dict[str, Any], whole_run: bool) -> None:
+    """Whole-run and per-epoch rates (run mode) and model FLOPs utilization."""
+    pages = result["train_pages"]
+    if whole_run:
+        cached = bool((result.get("feature_cache") or {}).get("enabled"))
+        seconds = result["train_seconds"] + (result["prepare_seconds"] or 0 if cached else 0)
+        epochs = results["workload"]["epochs"]
+        result["whole_run_seconds"] = seconds
+        result["whole_run_samples_per_second"] = pages * epochs / seconds
+        result["epoch_samples_per_second"] = [pages / e for e in result["epoch_seconds"]]
+    flops, peak = results["model_flops"], results["device_bf16_matmul_tflops"]
+    if flops and peak:
+        rate = result["whole_run_samples_per_second"] if whole_run else result["steady_samples_per_second"]
+        tokens_per_sample = result["steady_tokens_per_second"] / result["steady_samples_per_second"]
+        achieved = rate * flops["training_flops_per_token"] * tokens_per_sample
+        result["model_tflops_per_second"] = achieved / 1e12
+        result["mfu"] = achieved / (peak * 1e12)
+
+
+def measured_matmul_tflops(size: int = 8192, repeats: int = 20) -> float | None:
+    """The device's measured dense bf16 matrix-multiply rate (best of ``repeats``), or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / 1000)
+    return 2 * size**3 / best / 1e12
+
+
+def language_model_flops(checkpoint: Path) -> dict[str, Any] | None:
+    """Training FLOPs per token of the language model, counted from the architecture.
+
+    Forward: 2 x the matrix parameters a token passes through (routed experts scaled by
+    ``num_experts_per_tok / n_routed_experts``, the output head included, embeddings excluded).
+    Training counts forward + backward to the activations (2x forward): LoRA computes no gradient
+    for the frozen weights, and the adapters' own FLOPs are negligible. Attention scores are left
+    out (short sequences), and so is the vision tower, so MFU here is a lower bound."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    import torch
+
+    try:
+        config = AutoConfig.from_pretrained(checkpoint)
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+    except Exception as error:  # noqa: BLE001 - remote-code or unknown architectures: no MFU, say why
+        return {"error": f"cannot count FLOPs: {error}"}
+    text = getattr(config, "text_config", config)
+    routed, active = getattr(text, "n_routed_experts", None), getattr(text, "num_experts_per_tok", None)
+    total = float(model.get_output_embeddings().weight.numel())  # the head, even when tied to the embeddings
+    for name, parameter in model.named_parameters():
+        if "language_model" not in name or "embed_tokens" in name or parameter.dim() < 2:
+            continue
+        share = active / routed if routed and active and ".experts." in name else 1.0
+        total += parameter.numel() * share
+    forward = 2 * total
+    return {"active_matrix_parameters": total, "forward_flops_per_token": forward, "training_flops_per_token": 2 * forward}
+
+
 def record_benchmark(registry_path: Path, results: dict[str, Any]) -> str | None:
     """Record ocrloop's speed-up and VRAM saving over the baseline as a ``bench`` run; None if not measured."""
     from ocrloop.registry import Registry
 
-    ours = results["variants"].get("ocrloop", {})
+    ours = next((v for k, v in results["variants"].items() if k.split(":")[0] == "ocrloop"), {})
     if "speedup_vs_baseline" not in ours:
         return None
     with Registry(registry_path) as registry:

@@ -26,7 +26,10 @@ def read_pages(bundle: OCRModel, dataset: Dataset, examples: list[PageExample], 
     pending = list(dataset.iter_images(examples))
     for start in range(0, len(pending), batch_size):
         chunk = pending[start:start + batch_size]
-        texts += bundle.generate([image for _, image in chunk], prompt=prompt, resolution=resolution, max_new_tokens=max_new_tokens)
+        cache = bundle.feature_cache
+        keys = [cache.key(example) for example, _ in chunk] if cache is not None and cache.resolution == resolution else None
+        texts += bundle.generate([image for _, image in chunk], prompt=prompt, resolution=resolution, max_new_tokens=max_new_tokens,
+                                 feature_keys=keys)
         read_examples += [example for example, _ in chunk]
         if progress:
             progress(len(read_examples))

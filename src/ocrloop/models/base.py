@@ -9,6 +9,7 @@ Shared mechanics (padding, batching, generation) live here once.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,6 +51,7 @@ class EncodedExample:
     labels: list[int]
     vision: dict[str, torch.Tensor]
     image_tokens: int
+    feature_key: str | None = None  # set when the page's image features come from a FeatureCache
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -66,6 +68,7 @@ class OCRModel:
     source: str
     backend: str = "hf"
     extras: dict = field(default_factory=dict)
+    feature_cache: Any = None  # a train.feature_cache.FeatureCache answering get_image_features, if any
 
     @property
     def device(self) -> torch.device:
@@ -81,8 +84,13 @@ class OCRModel:
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], prompt: str = "markdown", resolution: str = "base",
-                 max_new_tokens: int = 512) -> list[str]:
-        """Greedy OCR of ``images``: one cleaned text per image."""
+                 max_new_tokens: int = 512, feature_keys: list[str] | None = None, min_new_tokens: int = 0,
+                 cache_implementation: str | None = None) -> list[str]:
+        """Greedy OCR of ``images``: one cleaned text per image.
+
+        With ``feature_keys`` (one per image) and a ``feature_cache`` holding them all, the image
+        features come from the cache instead of the vision tower. ``min_new_tokens`` forces output
+        lengths (benchmarks of random weights); ``cache_implementation="static"`` compiles the decode."""
         encoded = [self.encode(image, prompt, None, resolution) for image in images]
         batch = collate(encoded, self.tokenizer.pad_token_id, padding_side="left", family=self.family,
                         tokenizer=self.tokenizer, dtype=self.dtype)
@@ -90,14 +98,18 @@ class OCRModel:
         batch = to_device(batch, self.device)
         was_training = self.model.training
         self._inference_mode(True)
+        serving = self.feature_cache.serving(feature_keys) if self.feature_cache is not None and feature_keys else nullcontext()
         try:
-            output = self.model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.family.stop_token_ids(self.tokenizer),
-            )
+            with serving:
+                output = self.model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=min_new_tokens or None,
+                    cache_implementation=cache_implementation,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.family.stop_token_ids(self.tokenizer),
+                )
         finally:
             if was_training:
                 self._inference_mode(False)
@@ -142,6 +154,8 @@ def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str
     if family is not None and type(family).collate_vision is not OCRFamily.collate_vision:
         family.collate_vision([e.vision for e in examples], batch, tokenizer, dtype)
         return batch
+    if all(e.feature_key for e in examples):
+        batch["feature_keys"] = [e.feature_key for e in examples]
     # Keys may differ between pages (a small page has no local tiles); each present tensor is concatenated.
     for key in dict.fromkeys(key for e in examples for key in e.vision):
         batch[key] = torch.cat([e.vision[key] for e in examples if key in e.vision], dim=0)
@@ -159,6 +173,8 @@ class OCRFamily:
     model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values this family loads
     image_token: ClassVar[str] = "<image>"  # the placeholder token its prompts expand per image feature
     pixel_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    # Batch keys that get_image_features takes (pixels and their layout); empty: no such method.
+    feature_input_keys: ClassVar[tuple[str, ...]] = ()
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
     trust_remote_code: ClassVar[bool] = False
     # Module-name patterns (regex alternatives over the full module path) per LoRA target group.

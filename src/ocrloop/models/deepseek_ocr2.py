@@ -29,6 +29,7 @@ class DeepseekOcr2Family(OCRFamily):
     name = "deepseek-ocr-2"
     model_types = ("deepseek_ocr2",)
     pixel_keys = ("pixel_values", "pixel_values_local")
+    feature_input_keys = ("pixel_values", "pixel_values_local", "num_local_patches")
     resolutions = tuple(_MODES)
     vision_parameter_markers = ("vision_tower.", "multi_modal_projector.", "view_separator")
     lora_patterns = {

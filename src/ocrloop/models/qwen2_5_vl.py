@@ -30,6 +30,7 @@ class Qwen25VLFamily(OCRFamily):
     image_token = "<|image_pad|>"
     model_types = ("qwen2_5_vl",)
     pixel_keys = ("pixel_values",)
+    feature_input_keys = ("pixel_values", "image_grid_thw")
     vision_parameter_markers = ("visual.",)
     lora_patterns = {
         "attention": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",

@@ -37,7 +37,10 @@ from ocrloop.models.loading import (
     save_model,
     skip_frozen_vision_backward,
     trainable_parameters,
+    vision_is_frozen,
 )
+from ocrloop.train.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
+from ocrloop.train.feature_cache import FeatureCache, image_feature_owner
 from ocrloop.registry import Registry
 
 RUN_CARD = "run_card.json"
@@ -55,18 +58,27 @@ class PageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> EncodedExample:
         example = self.examples[index]
+        cache = self.bundle.feature_cache
+        if cache is not None:  # features cached: no image to load, no pixels to process
+            template = cache.template(cache.key(example))
+            if template is not None:
+                return template
         return self.bundle.encode(self.dataset.load_image(example), self.prompt, example.text, self.resolution)
 
 
 class PageCollator:
-    """Pads a list of encoded pages into a batch, pixels cast to the model's dtype."""
+    """Pads a list of encoded pages into a batch, pixels cast to the model's dtype; starts reading
+    cached features kept on disk for the batch (the Trainer collates one batch ahead)."""
 
     def __init__(self, bundle: OCRModel):
         self.bundle = bundle
 
     def __call__(self, examples: list[EncodedExample]) -> dict[str, Any]:
         b = self.bundle
-        return collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer, dtype=b.dtype)
+        batch = collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer, dtype=b.dtype)
+        if b.feature_cache is not None and "feature_keys" in batch:
+            b.feature_cache.prefetch(batch["feature_keys"])
+        return batch
 
 
 @dataclass
@@ -112,7 +124,9 @@ class FineTuner:
         self._check_output_dir()
         self._setup_data()
         self._setup_model()
-        self._check_examples()
+        started = time.perf_counter()
+        self._check_examples()  # with the feature cache on, this pass also computes every page's features
+        self.prepare_seconds = time.perf_counter() - started
 
     def _check_output_dir(self) -> None:
         if (self.output_dir / MODEL_CARD).exists() and not self.resume:
@@ -154,12 +168,34 @@ class FineTuner:
         self.trainable, self.total_parameters = trainable_parameters(self.bundle.model)
         if self.trainable == 0:
             raise ModelError(f"no trainable parameters for lora_targets={t.lora_targets}")
+        self._setup_feature_cache()
+
+    def _setup_feature_cache(self) -> None:
+        """Cache image features when nothing changes them between epochs; say in one line why not otherwise."""
+        t = self.training
+        self.feature_cache_off = None
+        if not t.feature_cache:
+            self.feature_cache_off = "turned off (training.feature_cache = false)"
+        elif not vision_is_frozen(self.bundle):
+            self.feature_cache_off = "off: the vision tower is trained, so its features change every step"
+        elif image_feature_owner(self.bundle) is None:
+            self.feature_cache_off = f"off: {self.bundle.family.name} computes image features inside its forward"
+        if self.feature_cache_off:
+            self.console.print(f"image-feature cache {self.feature_cache_off}", markup=False)
+            return
+        started = time.perf_counter()
+        self.bundle.feature_cache = FeatureCache(
+            self.bundle, self.output_dir / FEATURE_CACHE_FOLDER, t.resolution, device_budget_bytes=t.feature_cache_device_bytes,
+            page_settings=f"pdf_dpi={self.config.data.pdf_dpi}", warn=lambda message: self.console.print(f"warning: {message}", markup=False))
+        self.feature_cache_setup_seconds = time.perf_counter() - started
 
     def _check_examples(self) -> None:
         """Encode every example once before the first step: too-long or inconsistent examples fail here, named."""
         image_token_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.family.image_token)
         self.lengths: list[int] = []
         kept: dict[str, list[PageExample]] = {"train": [], "val": []}
+        cache = self.bundle.feature_cache
+        missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
         for split, examples in (("train", self.train_examples), ("val", self.val_examples)):
             for example, image in self.dataset.iter_images(examples):
                 encoded = self.bundle.encode(image, self.training.prompt, example.text, self.training.resolution)
@@ -176,6 +212,15 @@ class FineTuner:
                 if split == "train":
                     self.lengths.append(len(encoded))
                 kept[split].append(example)
+                if cache is not None:
+                    key = cache.key(example)
+                    if cache.add(key, encoded) and key not in dict(missing):
+                        missing.append((key, encoded))
+                    if len(missing) >= self.training.batch_size:
+                        cache.compute(missing)
+                        missing = []
+        if cache is not None:
+            cache.compute(missing)
         skipped = [p for p in self.dataset.warnings if p.message.startswith("skipped")]
         for problem in skipped:
             self.console.print(f"[yellow]{problem}[/yellow]", markup=True, highlight=False)
@@ -271,8 +316,32 @@ class FineTuner:
                     torch.cuda.synchronize()
                 step_seconds.append(time.perf_counter() - self.started)
 
+        epoch_seconds: list[float] = self.history.setdefault("epoch_seconds", [])
+
+        class EpochTimer(TrainerCallback):
+            """Wall time of every epoch, data loading included (what a whole run is made of)."""
+
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                if cuda:
+                    torch.cuda.synchronize()
+                self.started = time.perf_counter()
+
+            def on_epoch_end(self, args, state, control, **kwargs):
+                if cuda:
+                    torch.cuda.synchronize()
+                epoch_seconds.append(time.perf_counter() - self.started)
+
         class AdapterSafeTrainer(Trainer):
-            """Resumes LoRA checkpoints through ``load_adapter_weights`` (see ``models.loading``)."""
+            """Resumes LoRA checkpoints through ``load_adapter_weights`` (see ``models.loading``) and
+            answers image features from the cache for the batch's pages."""
+
+            def compute_loss(self, model, inputs, *args, **kwargs):
+                keys = inputs.pop("feature_keys", None)
+                cache = fine_tuner.bundle.feature_cache
+                if cache is None:
+                    return super().compute_loss(model, inputs, *args, **kwargs)
+                with cache.serving(keys):
+                    return super().compute_loss(model, inputs, *args, **kwargs)
 
             def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
                 weights = Path(resume_from_checkpoint) / "adapter_model.safetensors"
@@ -286,7 +355,7 @@ class FineTuner:
             args=args,
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),
             data_collator=PageCollator(self.bundle),
-            callbacks=[StepTimer(), ValidationCER()],
+            callbacks=[StepTimer(), EpochTimer(), ValidationCER()],
         )
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -298,6 +367,9 @@ class FineTuner:
         final = self._validate("final")
         if final:
             self.history["validation"].append({"step": trainer.state.global_step, **final})
+        if self.bundle.feature_cache is not None:
+            self.feature_cache_summary = {**self.bundle.feature_cache.summary(), "setup_seconds": self.feature_cache_setup_seconds}
+            self.bundle.feature_cache.close()
         save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, mark_complete=False)
         merged_metrics = self._save_merged(final) if t.merge else None
 
@@ -340,6 +412,7 @@ class FineTuner:
                      "val_pages": len(self.val_examples), "mix": self.dataset.mix(self.business).to_json()},
             "parameters": {"trainable": self.trainable, "total": self.total_parameters,
                            "vision_without_autograd": self.vision_without_autograd},
+            "feature_cache": getattr(self, "feature_cache_summary", None) or {"enabled": False, "reason": self.feature_cache_off},
             "metrics": {
                 "train_loss": train_output.training_loss,
                 "train_loss_by_epoch": self.history["train_loss_by_epoch"],
@@ -347,7 +420,8 @@ class FineTuner:
                 "final_validation": final,
                 "merged_validation": merged,
             },
-            "speed": {"steps": steps, "train_seconds": train_seconds, "samples_per_second": samples,
+            "speed": {"steps": steps, "prepare_seconds": getattr(self, "prepare_seconds", None),
+                      "epoch_seconds": self.history.get("epoch_seconds", []), "train_seconds": train_seconds, "samples_per_second": samples,
                       "tokens_per_second": tokens / train_seconds if train_seconds else None,
                       **_steady_speed(self.history.get("step_seconds", []), t.batch_size * t.gradient_accumulation_steps,
                                       sum(self.lengths) / max(len(self.lengths), 1))},
@@ -359,6 +433,8 @@ class FineTuner:
         }
 
     def cleanup(self) -> None:
+        if getattr(self, "bundle", None) is not None and self.bundle.feature_cache is not None:
+            self.bundle.feature_cache.close()
         self.bundle = None
         if self.device_is_cuda:
             torch.cuda.empty_cache()

@@ -1,0 +1,299 @@
+"""Image features computed once per page and reused every epoch.
+
+When the vision tower and projector are frozen, a page's projected image features are the same at
+every step, so they are computed once, batched and without autograd, while the examples are
+checked before training. The model's ``get_image_features`` is then answered from the cache for
+the pages of each batch (``FeatureCache.serving``), and the training batch carries a 1-value
+placeholder instead of pixels, so neither the vision tower nor the image processor runs again.
+
+A page's key is the hash of its image content and page number, the model family, the resolution
+mode, how pages are rasterized (PDF dpi) and the image processor's settings, and a fingerprint of
+the vision weights: a cache made
+for anything else is never used. Features stay on the device up to a byte budget; every entry is
+also written to ``<run>/feature_cache/<key>.safetensors`` (atomically, with a checksum), read back
+memory-mapped beyond the budget, ahead of the step that needs it, and reused on resume and by
+``ocrloop eval`` on the same pages. A file that is truncated or fails its checksum is recomputed
+with a warning, never read as features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ocrloop.data.records import PageExample
+from ocrloop.models.base import EncodedExample, OCRModel, collate, to_device
+
+log = logging.getLogger("ocrloop.train")
+
+FOLDER = "feature_cache"
+
+
+def image_feature_owner(bundle: OCRModel) -> Any | None:
+    """The innermost module whose ``get_image_features`` the model's forward calls, or None."""
+    owners = [m for m in bundle.model.modules() if callable(getattr(type(m), "get_image_features", None))]
+    return owners[-1] if owners else None
+
+
+def vision_fingerprint(bundle: OCRModel) -> str:
+    """A hash of every vision tower and projector weight (names, shapes, dtypes and bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    markers = bundle.family.vision_parameter_markers
+    for name, tensor in sorted(bundle.model.state_dict().items()):
+        if any(marker in name for marker in markers) and "lora_" not in name:
+            cpu = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}:{tuple(cpu.shape)}:{cpu.dtype}".encode())
+            digest.update(cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b"")
+    return digest.hexdigest()
+
+
+def _checksum(tensor: torch.Tensor) -> str:
+    return hashlib.blake2b(tensor.contiguous().view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()
+
+
+class _Features:
+    """The object ``get_image_features`` returns; the models' forward reads only ``pooler_output``."""
+
+    def __init__(self, per_page: list[torch.Tensor]):
+        self.pooler_output = per_page
+
+
+@dataclass
+class CacheStats:
+    entries: int = 0
+    computed: int = 0
+    loaded_from_disk: int = 0
+    recomputed_corrupt: int = 0
+    hits: int = 0
+    device_bytes: int = 0
+    disk_bytes: int = 0
+    compute_seconds: float = 0.0
+    bytes_per_page: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class FeatureCache:
+    """Per-page image features of one model at one resolution mode, on the device and on disk."""
+
+    def __init__(self, bundle: OCRModel, folder: Path, resolution: str, *, device_budget_bytes: int,
+                 page_settings: str = "", warn: Callable[[str], None] | None = None):
+        self.bundle, self.folder, self.resolution = bundle, Path(folder), resolution
+        self.device_budget_bytes = device_budget_bytes
+        self.warn = warn or log.warning
+        self.owner = image_feature_owner(bundle)
+        if self.owner is None:
+            raise ValueError(f"{bundle.family.name} computes image features inside its forward")
+        settings = bundle.image_processor.to_json_string() if hasattr(bundle.image_processor, "to_json_string") else repr(bundle.image_processor)
+        self.fingerprint = hashlib.blake2b(
+            f"{bundle.family.name}|{resolution}|{page_settings}|{settings}|{vision_fingerprint(bundle)}".encode(), digest_size=16
+        ).hexdigest()
+        self.templates: dict[str, EncodedExample] = {}
+        self.stats = CacheStats()
+        self._on_device: dict[str, torch.Tensor] = {}
+        self._on_disk: set[str] = set()
+        self._prefetched: dict[str, Future] = {}
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="ocrloop-features")
+        self._active: list[str] | None = None
+        self._installed_before = self.owner.__dict__.get("get_image_features")  # e.g. the no-autograd wrapper
+        self._compute = self.owner.get_image_features
+
+        def answer(*args, **kwargs):  # a plain function: deep copies of the model (merging) stay copyable
+            return self._answer(*args, **kwargs)
+
+        self.owner.get_image_features = answer
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    # --- keys and lookups -------------------------------------------------------------------------
+
+    def key(self, example: PageExample) -> str:
+        return hashlib.blake2b(f"{example.example_id}|{self.fingerprint}".encode(), digest_size=20).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def holds(self, keys: list[str]) -> bool:
+        """Whether every key has features; entries on disk not seen yet (a saved run's) are read and checked."""
+        for key in keys:
+            if key in self._on_device or key in self._on_disk:
+                continue
+            features = self._read(key)
+            if features is None:
+                return False
+            self.stats.loaded_from_disk += 1
+            self._keep(key, features)
+        return True
+
+    @contextmanager
+    def serving(self, keys: list[str] | None) -> Iterator[None]:
+        """While inside, ``get_image_features`` answers with the cached features of ``keys`` (in order);
+        if any key is missing, the vision tower computes them all as usual."""
+        self._active = keys if keys and self.holds(keys) else None
+        try:
+            yield
+        finally:
+            self._active = None
+
+    def _answer(self, *args, **kwargs):
+        keys = self._active
+        if keys is None:
+            return self._compute(*args, **kwargs)
+        self.stats.hits += len(keys)
+        device = self.bundle.device
+        return _Features([self._on_device[k] if k in self._on_device else self._from_disk(k).to(device, non_blocking=True)
+                          for k in keys])
+
+    # --- disk -------------------------------------------------------------------------------------
+
+    def _read(self, key: str) -> torch.Tensor | None:
+        """The entry's features, or None if the file is missing, truncated or fails its checksum."""
+        path = self._path(key)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                expected = (handle.metadata() or {}).get("checksum")
+                features = handle.get_tensor("features")
+        except FileNotFoundError:
+            return None
+        except Exception as error:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            self._corrupt(path, f"unreadable ({str(error).splitlines()[0][:80]})")
+            return None
+        if expected != _checksum(features):
+            self._corrupt(path, "checksum mismatch")
+            return None
+        return features
+
+    def _corrupt(self, path: Path, why: str) -> None:
+        if not path.exists():
+            return
+        message = f"feature cache entry {path.name} is {why}: recomputing it"
+        self.stats.warnings.append(message)
+        self.warn(message)
+        self.stats.recomputed_corrupt += 1
+        path.unlink(missing_ok=True)
+
+    def _write(self, key: str, features: torch.Tensor) -> None:
+        cpu = features.detach().to("cpu").contiguous()
+        path = self._path(key)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"features": cpu}, str(temporary), metadata={"checksum": _checksum(cpu)})
+        os.replace(temporary, path)  # a run killed mid-write leaves no entry, only a temp file
+        self.stats.disk_bytes += path.stat().st_size
+
+    def prefetch(self, keys: list[str]) -> None:
+        """Start reading the disk-only entries of an upcoming batch."""
+        for key in keys:
+            if key not in self._on_device and key not in self._prefetched:
+                self._prefetched[key] = self._reader.submit(self._read_pinned, key)
+
+    def _read_pinned(self, key: str) -> torch.Tensor:
+        features = self._read(key)
+        if features is None:
+            raise RuntimeError(f"feature cache entry {key} vanished or was damaged during training; rerun to recompute it")
+        return features.pin_memory() if torch.cuda.is_available() else features
+
+    def _from_disk(self, key: str) -> torch.Tensor:
+        future = self._prefetched.pop(key, None) or self._reader.submit(self._read_pinned, key)
+        return future.result()
+
+    # --- filling ----------------------------------------------------------------------------------
+
+    def _keep(self, key: str, features: torch.Tensor) -> None:
+        size = features.numel() * features.element_size()
+        self.stats.bytes_per_page = self.stats.bytes_per_page or size
+        if self.stats.device_bytes + size <= self.device_budget_bytes:
+            # A copy, not a view: a memory-mapped read must not tie the entry to its file.
+            self._on_device[key] = features.to(self.bundle.device, copy=True)
+            self.stats.device_bytes += size
+        self._on_disk.add(key)
+        self.stats.entries += 1
+
+    def add(self, key: str, encoded: EncodedExample) -> bool:
+        """Record ``encoded``'s token layout for ``key``; True if its features must still be computed."""
+        self.templates[key] = replace(encoded, vision=_without_pixels(encoded.vision, self.bundle.family.pixel_keys),
+                                      feature_key=key)
+        if key in self._on_device or key in self._on_disk:
+            return False
+        features = self._read(key)
+        if features is None:
+            return True
+        self.stats.loaded_from_disk += 1
+        self._keep(key, features)
+        return False
+
+    @torch.no_grad()
+    def compute(self, pending: list[tuple[str, EncodedExample]]) -> None:
+        """Compute the features of ``pending`` pages in one batch, keep and persist them."""
+        if not pending:
+            return
+        started = time.perf_counter()
+        b = self.bundle
+        batch = to_device(collate([e for _, e in pending], b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
+                                  dtype=b.dtype), b.device)
+        inputs = {k: batch[k] for k in b.family.feature_input_keys if k in batch}
+        was_training = b.model.training
+        b.model.eval()
+        try:
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if b.device.type == "cuda" and b.dtype == torch.bfloat16 \
+                else torch.autocast("cpu", enabled=False)
+            with autocast:
+                per_page = self._compute(**inputs, return_dict=True).pooler_output
+        finally:
+            b.model.train(was_training)
+        for (key, _), features in zip(pending, per_page):
+            features = features.detach()
+            self._write(key, features)
+            self._keep(key, features)
+        self.stats.computed += len(pending)
+        if b.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.stats.compute_seconds += time.perf_counter() - started
+
+    def template(self, key: str) -> EncodedExample | None:
+        return self.templates.get(key)
+
+    def summary(self) -> dict[str, Any]:
+        s = self.stats
+        return {"enabled": True, "entries": s.entries, "computed": s.computed, "loaded_from_disk": s.loaded_from_disk,
+                "recomputed_corrupt": s.recomputed_corrupt, "hits": s.hits, "bytes_per_page": s.bytes_per_page,
+                "device_bytes": s.device_bytes, "disk_bytes": s.disk_bytes, "on_device": len(self._on_device),
+                "compute_seconds": s.compute_seconds, "folder": str(self.folder)}
+
+    def close(self) -> None:
+        """Give ``get_image_features`` back and free the device copies."""
+        if self._installed_before is None:
+            del self.owner.get_image_features
+        else:
+            self.owner.get_image_features = self._installed_before
+        self.bundle.feature_cache = None
+        self._on_device.clear()
+        self._reader.shutdown(wait=True)
+
+
+def _without_pixels(vision: dict[str, torch.Tensor], pixel_keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    # The forward only checks that pixels are present; one value per page stands in for them.
+    kept = {k: v for k, v in vision.items() if k not in pixel_keys}
+    kept["pixel_values"] = torch.zeros(1, 1)
+    return kept
+
+
+def open_saved_cache(bundle: OCRModel, model_dir: Path, resolution: str, *, pdf_dpi: int,
+                     device_budget_bytes: int = 2 * 2**30) -> FeatureCache | None:
+    """Attach the feature cache a training run left in ``model_dir`` (for reading its pages again), if any.
+
+    Keys carry the vision weights' fingerprint, so a cache made by other weights or settings simply misses."""
+    folder = Path(model_dir) / FOLDER
+    if not folder.is_dir() or image_feature_owner(bundle) is None:
+        return None
+    bundle.feature_cache = FeatureCache(bundle, folder, resolution, device_budget_bytes=device_budget_bytes,
+                                        page_settings=f"pdf_dpi={pdf_dpi}")
+    return bundle.feature_cache
