@@ -18,7 +18,7 @@ from ocrloop.evaluate.metrics import ScoredPair, evaluate_pairs
 from ocrloop.loop.recipe import FineTuneLoop, compare, serving_model
 from ocrloop.loop.triggers import data_triggers, drift_trigger, schedule_trigger
 from ocrloop.registry import Registry
-from ocrloop.workspace import Workspace, init_workspace
+from ocrloop.workspace import Workspace
 from tests.conftest import make_workspace, run_cli
 
 def _report(category_cers: dict[str, tuple[str, str]]):
