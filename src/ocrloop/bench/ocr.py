@@ -59,14 +59,15 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
         return time.perf_counter() - started, tokens
 
     for batch_size in batch_sizes:
-        count = single_pages if batch_size == 1 else pages
-        chunks = [images[i:i + batch_size] for i in range(0, min(count, len(images)) + batch_size, batch_size)]
-        chunks = [c for c in chunks if len(c) == batch_size][: max(1, count // batch_size) + 1]
+        count = single_pages if batch_size == 1 else math.ceil(pages / batch_size) * batch_size
+        # A warm-up batch, then count pages; pages are reused in turn when there are fewer.
+        order = [images[i % len(images)] for i in range(count + batch_size)]
+        chunks = [order[i:i + batch_size] for i in range(0, count + batch_size, batch_size)]
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         try:
             read(chunks[0])  # warm-up: compilation and autotuning
-            timed = [read(chunk) for chunk in chunks[1:]] or [read(chunks[0])]
+            timed = [read(chunk) for chunk in chunks[1:]]
         except torch.OutOfMemoryError as error:
             results["batch_sizes"][str(batch_size)] = {"status": "out of memory", "error": str(error).splitlines()[0]}
             torch.cuda.empty_cache()

@@ -32,6 +32,9 @@ VARIANTS = {
     # ocrloop's defaults: Unsloth where available, 8-bit AdamW, no backward through a frozen vision tower,
     # image features computed once per page.
     "ocrloop": ["--backend", "auto", "--optimizer", "auto"],
+    # ocrloop's path on plain transformers + peft: no Unsloth compilation to amortize.
+    "ocrloop-hf": ["--backend", "hf", "--optimizer", "auto"],
+    "ocrloop-hf-nockpt": ["--backend", "hf", "--optimizer", "auto", "--no-gradient-checkpointing"],
     # Unsloth as its notebook runs it, for telling its share from ocrloop's own.
     "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--no-skip-frozen-vision-backward", "--no-feature-cache"],
 }

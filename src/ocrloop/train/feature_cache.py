@@ -80,6 +80,7 @@ class CacheStats:
     disk_bytes: int = 0
     compute_seconds: float = 0.0
     bytes_per_page: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -240,15 +241,12 @@ class FeatureCache:
         batch = to_device(collate([e for _, e in pending], b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
                                   dtype=b.dtype), b.device)
         inputs = {k: batch[k] for k in b.family.feature_input_keys if k in batch}
-        was_training = b.model.training
-        b.model.eval()
-        try:
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if b.device.type == "cuda" and b.dtype == torch.bfloat16 \
-                else torch.autocast("cpu", enabled=False)
-            with autocast:
-                per_page = self._compute(**inputs, return_dict=True).pooler_output
-        finally:
-            b.model.train(was_training)
+        # The model's current mode (no eval() toggle: compiled modules would recompile for it); the
+        # frozen towers have no dropout, so these are the features a training step would compute.
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if b.device.type == "cuda" and b.dtype == torch.bfloat16 \
+            else torch.autocast("cpu", enabled=False)
+        with autocast:
+            per_page = self._compute(**inputs, return_dict=True).pooler_output
         for (key, _), features in zip(pending, per_page):
             features = features.detach()
             self._write(key, features)
@@ -257,6 +255,7 @@ class FeatureCache:
         if b.device.type == "cuda":
             torch.cuda.synchronize()
         self.stats.compute_seconds += time.perf_counter() - started
+        self.stats.batch_seconds.append(round(time.perf_counter() - started, 4))
 
     def template(self, key: str) -> EncodedExample | None:
         return self.templates.get(key)
@@ -266,7 +265,7 @@ class FeatureCache:
         return {"enabled": True, "entries": s.entries, "computed": s.computed, "loaded_from_disk": s.loaded_from_disk,
                 "recomputed_corrupt": s.recomputed_corrupt, "hits": s.hits, "bytes_per_page": s.bytes_per_page,
                 "device_bytes": s.device_bytes, "disk_bytes": s.disk_bytes, "on_device": len(self._on_device),
-                "compute_seconds": s.compute_seconds, "folder": str(self.folder)}
+                "compute_seconds": s.compute_seconds, "compute_batch_seconds": s.batch_seconds, "folder": str(self.folder)}
 
     def close(self) -> None:
         """Give ``get_image_features`` back and free the device copies."""
