@@ -271,7 +271,8 @@ def data_synth(
 def evaluate(
     model: Annotated[Optional[str], typer.Option(help="Model to evaluate: folder, preset or hub id.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(help="Or: a JSONL of {image, page, text} to score.")] = None,
-    compare: Annotated[Optional[str], typer.Option(help="Baseline (before) to compare against: a model or a predictions .jsonl.")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Or: an off-the-shelf OCR engine to score (tesseract).")] = None,
+    compare: Annotated[Optional[str], typer.Option(help="Baseline (before) to compare against: a model, a predictions .jsonl, or tesseract.")] = None,
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     resolution: Annotated[Optional[str], typer.Option(help="training.resolution used to read pages.")] = None,
     prompt: Annotated[Optional[str], typer.Option(help="training.prompt used to read pages.")] = None,
@@ -295,8 +296,12 @@ def evaluate(
     from ocrloop.evaluate.metrics import Normalization, compare_reports
     from ocrloop.evaluate.predictions import read_predictions, score_predictions, write_predictions
 
-    if (model is None) == (predictions is None):
-        raise OcrloopError("give exactly one of --model or --predictions")
+    from ocrloop.evaluate.tesseract import ENGINE, read_with_tesseract, tesseract_name
+
+    if sum(x is not None for x in (model, predictions, engine)) != 1:
+        raise OcrloopError("give exactly one of --model, --predictions or --engine")
+    if engine is not None and engine != ENGINE:
+        raise OcrloopError(f"unknown --engine {engine!r}; the one available is {ENGINE}")
     config = _config(workspace, {"dataset_dir": dataset, "training.resolution": resolution, "training.prompt": prompt,
                                  "training.batch_size": batch_size, "training.max_new_tokens": max_new_tokens,
                                  "training.backend": backend})
@@ -311,24 +316,35 @@ def evaluate(
     def score(source_model: str | None, source_predictions: dict | None):
         if source_predictions is not None:
             return score_predictions(examples, source_predictions, normalization).report, None
-        texts = _read_with_model(source_model, config, data, examples)
+        if source_model == ENGINE:
+            with _progress() as progress:
+                task = progress.add_task("reading with tesseract", total=len(examples))
+                read, found = read_with_tesseract(data, examples, progress=lambda done: progress.update(task, completed=done))
+            by_id = {(e.source, e.page): text for e, text in zip(read, found)}
+            texts = [by_id.get((e.source, e.page), "") for e in examples]
+        else:
+            texts = _read_with_model(source_model, config, data, examples)
         keyed = {(e.source, e.page): t for e, t in zip(examples, texts)}
         return score_predictions(examples, keyed, normalization).report, texts
 
-    after_name = model or predictions.name
+    if engine is not None:
+        model = ENGINE
+    after_name = tesseract_name() if engine is not None else (model or predictions.name)
     after, texts = score(model, given)
     _print_report(after, f"{after_name} on {split} ({len(examples)} pages)")
     payload = {"split": split, "evaluated": after_name, "report": after.to_json()}
     if compare is not None:
         before, _ = score(None if baseline is not None else compare, baseline)
+        compare = tesseract_name() if compare == ENGINE else compare
         _print_comparison(compare_reports(before, after), compare, after_name)
         payload["before"] = {"evaluated": compare, "report": before.to_json()}
     if (Path(workspace) / CONFIG_FILENAME).is_file():
         from ocrloop.registry import Registry
 
         with Registry(config.registry_path) as registry:
-            registry.add_evaluation(_registered_name(registry, model) if model else f"predictions:{predictions.name}",
-                                    split, after.to_json())
+            name = after_name if engine is not None else (
+                _registered_name(registry, model) if model else f"predictions:{predictions.name}")
+            registry.add_evaluation(name, split, after.to_json())
     if save_predictions is not None and texts is not None:
         write_predictions(save_predictions, examples, texts)
     if output is not None:
