@@ -296,7 +296,7 @@ def evaluate(
     from ocrloop.evaluate.metrics import Normalization, compare_reports
     from ocrloop.evaluate.predictions import read_predictions, score_predictions, write_predictions
 
-    from ocrloop.evaluate.tesseract import ENGINE, read_with_tesseract, tesseract_name
+    from ocrloop.evaluate.tesseract import ENGINE, tesseract_name
 
     if sum(x is not None for x in (model, predictions, engine)) != 1:
         raise OcrloopError("give exactly one of --model, --predictions or --engine")
@@ -316,14 +316,7 @@ def evaluate(
     def score(source_model: str | None, source_predictions: dict | None):
         if source_predictions is not None:
             return score_predictions(examples, source_predictions, normalization).report, None
-        if source_model == ENGINE:
-            with _progress() as progress:
-                task = progress.add_task("reading with tesseract", total=len(examples))
-                read, found = read_with_tesseract(data, examples, progress=lambda done: progress.update(task, completed=done))
-            by_id = {(e.source, e.page): text for e, text in zip(read, found)}
-            texts = [by_id.get((e.source, e.page), "") for e in examples]
-        else:
-            texts = _read_with_model(source_model, config, data, examples)
+        texts = _read_pages(source_model, config, data, examples)
         keyed = {(e.source, e.page): t for e, t in zip(examples, texts)}
         return score_predictions(examples, keyed, normalization).report, texts
 
@@ -359,19 +352,30 @@ def _registered_name(registry, model: str) -> str:
     return model
 
 
-def _read_with_model(model: str, config: OcrloopConfig, data, examples) -> list[str]:
+def _read_pages(source: str, config: OcrloopConfig, data, examples) -> list[str]:
+    """Each example's text read by ``source`` (a model, or ``tesseract``); "" for a page that did not load."""
     from ocrloop.evaluate.evaluator import read_pages
-    from ocrloop.models import load_model
-    from ocrloop.train.feature_cache import open_saved_cache
+    from ocrloop.evaluate.tesseract import ENGINE, read_with_tesseract
 
     t = config.training
-    with console.status(f"loading {model}"):
-        bundle = load_model(model, backend=t.backend)
-        cache = open_saved_cache(bundle, Path(model), t.resolution, pdf_dpi=config.data.pdf_dpi)
+    cache = None
+    if source == ENGINE:
+        def reader(progress):
+            return read_with_tesseract(data, examples, progress=progress)
+    else:
+        from ocrloop.models import load_model
+        from ocrloop.train.feature_cache import open_saved_cache
+
+        with console.status(f"loading {source}"):
+            bundle = load_model(source, backend=t.backend)
+            cache = open_saved_cache(bundle, Path(source), t.resolution, pdf_dpi=config.data.pdf_dpi)
+
+        def reader(progress):
+            return read_pages(bundle, data, examples, prompt=t.prompt, resolution=t.resolution, batch_size=t.batch_size,
+                              max_new_tokens=t.max_new_tokens, progress=progress)
     with _progress() as progress:
-        task = progress.add_task(f"reading with {Path(model).name}", total=len(examples))
-        read, texts = read_pages(bundle, data, examples, prompt=t.prompt, resolution=t.resolution, batch_size=t.batch_size,
-                                 max_new_tokens=t.max_new_tokens, progress=lambda done: progress.update(task, completed=done))
+        task = progress.add_task(f"reading with {Path(source).name}", total=len(examples))
+        read, texts = reader(lambda done: progress.update(task, completed=done))
     if cache is not None and cache.stats.hits:
         console.print(f"{cache.stats.hits} page(s) read with image features cached by the training run", markup=False)
     by_id = {(e.source, e.page): text for e, text in zip(read, texts)}

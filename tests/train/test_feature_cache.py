@@ -45,14 +45,14 @@ def _loss_and_grads(bundle, encoded, cache=None):
     return loss.item(), grads
 
 
-def _fill(cache, bundle, pages, resolution):
+def _fill(cache, bundle, pages, resolution, pad_to=0):
     pending = []
     for example, image in pages:
         encoded = bundle.encode(image, "markdown", example.text, resolution)
         key = cache.key(example)
         if cache.add(key, encoded):
             pending.append((key, encoded))
-    cache.compute(pending)
+    cache.compute(pending, pad_to=pad_to)
     return [cache.template(cache.key(example)) for example, _ in pages]
 
 
@@ -67,8 +67,8 @@ def test_cached_features_give_the_same_loss_gradients_and_text(preset, tiny_pres
 
     cache = FeatureCache(bundle, tmp_path / "cache", resolution, device_budget_bytes=2**30)
     bundle.feature_cache = cache
-    templates = _fill(cache, bundle, pages, resolution)
-    assert all("pixel_values_local" not in t.vision and t.vision["pixel_values"].numel() == 1 for t in templates)
+    templates = _fill(cache, bundle, pages, resolution, pad_to=len(pages) + 2)  # padding pages are dropped
+    assert cache.stats.entries == len(pages) and all("pixel_values_local" not in t.vision and t.vision["pixel_values"].numel() == 1 for t in templates)
     vision_calls = []
     tower = next(m for name, m in bundle.model.named_modules() if name.endswith(("vision_tower", "visual")))
     hook = tower.register_forward_hook(lambda *_: vision_calls.append(1))

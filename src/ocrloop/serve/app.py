@@ -87,7 +87,7 @@ def create_app(config: OcrloopConfig) -> FastAPI:
         with Registry(config.registry_path) as registry:
             registry_ok = registry.integrity_ok()
         return {"status": "ok" if registry_ok else "degraded", "registry": registry_ok, "serving": champions.serving(),
-                "queued_requests": active["requests"]}
+                "requests_in_progress": active["requests"]}
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -125,14 +125,17 @@ class FeatureCache:
 
     def holds(self, keys: list[str]) -> bool:
         """Whether every key has features; entries on disk not seen yet (a saved run's) are read and checked."""
-        for key in keys:
-            if key in self._on_device or key in self._on_disk:
-                continue
-            features = self._read(key)
-            if features is None:
-                return False
-            self.stats.loaded_from_disk += 1
-            self._keep(key, features)
+        return all(self._present(key) for key in keys)
+
+    def _present(self, key: str) -> bool:
+        """Whether ``key`` has features, reading (and checking) its file if it was not seen yet."""
+        if key in self._on_device or key in self._on_disk:
+            return True
+        features = self._read(key)
+        if features is None:
+            return False
+        self.stats.loaded_from_disk += 1
+        self._keep(key, features)
         return True
 
     @contextmanager
@@ -222,23 +225,21 @@ class FeatureCache:
         """Record ``encoded``'s token layout for ``key``; True if its features must still be computed."""
         self.templates[key] = replace(encoded, vision=_without_pixels(encoded.vision, self.bundle.family.pixel_keys),
                                       feature_key=key)
-        if key in self._on_device or key in self._on_disk:
-            return False
-        features = self._read(key)
-        if features is None:
-            return True
-        self.stats.loaded_from_disk += 1
-        self._keep(key, features)
-        return False
+        return not self._present(key)
 
     @torch.no_grad()
-    def compute(self, pending: list[tuple[str, EncodedExample]]) -> None:
-        """Compute the features of ``pending`` pages in one batch, keep and persist them."""
+    def compute(self, pending: list[tuple[str, EncodedExample]], pad_to: int = 0) -> None:
+        """Compute the features of ``pending`` pages in one batch, keep and persist them.
+
+        ``pad_to`` repeats the last page up to that many (their features are dropped), so a short last
+        batch has the shape of the others and a compiled vision tower is not compiled again for it."""
         if not pending:
             return
         started = time.perf_counter()
         b = self.bundle
-        batch = to_device(collate([e for _, e in pending], b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
+        examples = [e for _, e in pending]
+        examples += examples[-1:] * max(0, pad_to - len(examples))
+        batch = to_device(collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
                                   dtype=b.dtype), b.device)
         inputs = {k: batch[k] for k in b.family.feature_input_keys if k in batch}
         # The model's current mode (no eval() toggle: compiled modules would recompile for it); the

@@ -173,7 +173,8 @@ class FineTuner:
     def _setup_feature_cache(self) -> None:
         """Cache image features when nothing changes them between epochs; say in one line why not otherwise."""
         t = self.training
-        self.feature_cache_off = None
+        self.feature_cache_off: str | None = None
+        self.feature_cache_summary: dict[str, Any] | None = None
         if not t.feature_cache:
             self.feature_cache_off = "turned off (training.feature_cache = false)"
         elif not vision_is_frozen(self.bundle):
@@ -220,7 +221,7 @@ class FineTuner:
                         cache.compute(missing)
                         missing = []
         if cache is not None:
-            cache.compute(missing)
+            cache.compute(missing, pad_to=self.training.batch_size)
         skipped = [p for p in self.dataset.warnings if p.message.startswith("skipped")]
         for problem in skipped:
             self.console.print(f"[yellow]{problem}[/yellow]", markup=True, highlight=False)
@@ -301,35 +302,29 @@ class FineTuner:
                         fine_tuner.history["validation"].append({"step": state.global_step, **metrics})
 
         step_seconds: list[float] = self.history.setdefault("step_seconds", [])
+        epoch_seconds: list[float] = self.history.setdefault("epoch_seconds", [])
         cuda = self.device_is_cuda
 
-        class StepTimer(TrainerCallback):
-            """Wall time of every optimizer step (synchronized on CUDA), so warm-up can be told apart."""
+        class WallTimer(TrainerCallback):
+            """Wall time of every optimizer step (so warm-up can be told apart) and of every epoch (data
+            loading included: what a whole run is made of), synchronized on CUDA."""
+
+            def _now(self) -> float:
+                if cuda:
+                    torch.cuda.synchronize()
+                return time.perf_counter()
 
             def on_step_begin(self, args, state, control, **kwargs):
-                if cuda:
-                    torch.cuda.synchronize()
-                self.started = time.perf_counter()
+                self.step_started = self._now()
 
             def on_step_end(self, args, state, control, **kwargs):
-                if cuda:
-                    torch.cuda.synchronize()
-                step_seconds.append(time.perf_counter() - self.started)
-
-        epoch_seconds: list[float] = self.history.setdefault("epoch_seconds", [])
-
-        class EpochTimer(TrainerCallback):
-            """Wall time of every epoch, data loading included (what a whole run is made of)."""
+                step_seconds.append(self._now() - self.step_started)
 
             def on_epoch_begin(self, args, state, control, **kwargs):
-                if cuda:
-                    torch.cuda.synchronize()
-                self.started = time.perf_counter()
+                self.epoch_started = self._now()
 
             def on_epoch_end(self, args, state, control, **kwargs):
-                if cuda:
-                    torch.cuda.synchronize()
-                epoch_seconds.append(time.perf_counter() - self.started)
+                epoch_seconds.append(self._now() - self.epoch_started)
 
         class AdapterSafeTrainer(Trainer):
             """Resumes LoRA checkpoints through ``load_adapter_weights`` (see ``models.loading``) and
@@ -355,7 +350,7 @@ class FineTuner:
             args=args,
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),
             data_collator=PageCollator(self.bundle),
-            callbacks=[StepTimer(), EpochTimer(), ValidationCER()],
+            callbacks=[WallTimer(), ValidationCER()],
         )
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -412,7 +407,7 @@ class FineTuner:
                      "val_pages": len(self.val_examples), "mix": self.dataset.mix(self.business).to_json()},
             "parameters": {"trainable": self.trainable, "total": self.total_parameters,
                            "vision_without_autograd": self.vision_without_autograd},
-            "feature_cache": getattr(self, "feature_cache_summary", None) or {"enabled": False, "reason": self.feature_cache_off},
+            "feature_cache": self.feature_cache_summary or {"enabled": False, "reason": self.feature_cache_off},
             "metrics": {
                 "train_loss": train_output.training_loss,
                 "train_loss_by_epoch": self.history["train_loss_by_epoch"],
