@@ -48,3 +48,6 @@ ocrloop models list
 
 step "OCR of a test document with the champion"
 ocrloop ocr "$(ls data/ocr_documents/test/* | head -n 1)"
+
+step "report: plots of the loop's history and the before/after table in one HTML file"
+ocrloop report --out report.html
