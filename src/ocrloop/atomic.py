@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 
+# mkstemp creates 0600 files; a finished file gets the mode open() would have given it (0666 less the
+# umask), or keeps the mode of the file it replaces. The umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -31,6 +37,11 @@ def _atomic_replace(path: str | os.PathLike[str], write: Callable[[BinaryIO], No
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
