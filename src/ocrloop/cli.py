@@ -139,6 +139,47 @@ def bench_ocr_command(
               progress=lambda line: console.print(line, markup=False))
 
 
+@bench_app.command("learn")
+def bench_learn_command(
+    out: Annotated[Path, typer.Option(help="JSON file to write (the plot goes beside it as .png).")],
+    family: Annotated[str, typer.Option(help="Model family.")] = "qwen2.5-vl",
+    size: Annotated[str, typer.Option(help="small (trained from scratch) or tiny (a quick check).")] = "small",
+    train_documents: Annotated[int, typer.Option(help="Synthetic training documents (seed 1).")] = 2000,
+    heldout_documents: Annotated[int, typer.Option(help="Held-out documents (seed 2).")] = 64,
+    categories: Annotated[str, typer.Option(help="Comma-separated document categories.")] = "receipt,invoice",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
+    eval_steps: Annotated[int, typer.Option(help="Read the held-out pages every N steps.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Pages per step.")] = 16,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    resolution: Annotated[str, typer.Option(help="Resolution mode.")] = "small",
+    scale: Annotated[float, typer.Option(help="Page scale of the synthetic documents (1.0: 850x1100 px).")] = 0.6,
+    workers: Annotated[int, typer.Option(help="Processes rendering the training documents.")] = 8,
+    work: Annotated[Path, typer.Option(help="Scratch folder for pages, checkpoint and run.")] = Path("/tmp/ocrloop-learn"),
+    add_tesseract_only: Annotated[bool, typer.Option("--add-tesseract", help="Only score Tesseract into an existing --out (made where Tesseract was missing).")] = False,
+) -> None:
+    """Learning curve: a small model trained from scratch, held-out CER/WER per category against Tesseract."""
+    from ocrloop.bench.learn import add_tesseract, bench_learn
+
+    if add_tesseract_only:
+        if not out.is_file():
+            raise OcrloopError(f"{out}: no bench learn result to add Tesseract to")
+        results = add_tesseract(out, work)
+    else:
+        results = bench_learn(out, family=family, size=size, train_documents=train_documents, heldout_documents=heldout_documents,
+                              categories=tuple(c.strip() for c in categories.split(",")), steps=steps, eval_steps=eval_steps,
+                              batch_size=batch_size, learning_rate=learning_rate, resolution=resolution, scale=scale,
+                              workers=workers, work=work, console=console)
+    for point in results["curve"]:
+        console.print(f"step {point['step']}: held-out CER {point['cer']:.2%}, WER {point['wer']:.2%}", markup=False)
+    tesseract = results["tesseract"]
+    if "error" in tesseract:
+        console.print(f"Tesseract not scored: {tesseract['error']}", markup=False)
+        return
+    console.print(f"{tesseract['engine']}: CER {tesseract['plain']['cer']:.2%} (markup counted), "
+                  f"{tesseract['strip_markdown']['cer']:.2%} (markup ignored); the model, markup ignored: "
+                  f"{results['final_strip_markdown']['cer']:.2%}", markup=False)
+
+
 @config_app.command("set")
 def config_set(
     key: Annotated[str, typer.Argument(help="Dotted setting, e.g. training.max_steps or loop.new_documents_threshold.")],
@@ -414,6 +455,7 @@ def train_command(
     optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch or adamw_8bit")] = None,
     skip_frozen_vision_backward: Annotated[Optional[bool], typer.Option("--skip-frozen-vision-backward/--no-skip-frozen-vision-backward", help="training.skip_frozen_vision_backward")] = None,
     feature_cache: Annotated[Optional[bool], typer.Option("--feature-cache/--no-feature-cache", help="training.feature_cache")] = None,
+    dataloader_workers: Annotated[Optional[int], typer.Option(help="training.dataloader_workers")] = None,
     merge: Annotated[Optional[bool], typer.Option("--merge/--no-merge", help="training.merge")] = None,
     skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="training.skip_invalid")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
@@ -441,7 +483,7 @@ def train_command(
         "training.logging_steps": logging_steps, "training.report_to": report_to, "training.seed": seed,
         "training.gradient_checkpointing": gradient_checkpointing, "training.optimizer": optimizer,
         "training.skip_frozen_vision_backward": skip_frozen_vision_backward, "training.merge": merge,
-        "training.feature_cache": feature_cache,
+        "training.feature_cache": feature_cache, "training.dataloader_workers": dataloader_workers,
         "training.skip_invalid": skip_invalid,
     }
     config = _config(workspace, overrides)

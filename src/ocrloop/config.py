@@ -67,6 +67,9 @@ class TrainingConfig(_Section):
     skip_frozen_vision_backward: bool = Field(
         True, description="Compute image features without autograd when no vision parameter is trained."
     )
+    dataloader_workers: int = Field(
+        0, ge=0, description="Processes loading and preprocessing pages while the GPU trains (0: in the training process)."
+    )
     feature_cache: bool = Field(
         True, description="Compute each page's image features once and reuse them every epoch (when the vision tower is frozen)."
     )

@@ -420,14 +420,34 @@ def write_document(document: SynthDocument, folder: Path) -> Path:
     return path
 
 
-def synthesize_dataset(root: Path, options: SynthOptions, data: DataConfig | None = None, progress=None) -> AddResult:
+def _render_and_write(options: SynthOptions, staging: str) -> list[IncomingDocument]:
+    return [IncomingDocument(write_document(d, Path(staging)), tuple(d.texts), d.category, d.business, d.split)
+            for d in generate_documents(options)]
+
+
+def synthesize_dataset(root: Path, options: SynthOptions, data: DataConfig | None = None, progress=None,
+                       workers: int = 1) -> AddResult:
     """Generate documents and add them to the dataset at ``root`` (atomically, duplicates refused).
 
-    ``progress``, if given, is called with the number of documents rendered so far.
+    ``progress``, if given, is called with the number of documents rendered so far. With ``workers`` > 1,
+    that many processes each render their share from seed ``options.seed * 1000 + worker``: the same seed
+    and workers give the same documents (not the same as with one worker).
     """
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".synth-", dir=root) as staging:
         incoming = []
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+            from dataclasses import replace
+
+            shares = [options.n // workers + (1 if w < options.n % workers else 0) for w in range(workers)]
+            jobs = [replace(options, n=share, seed=options.seed * 1000 + w) for w, share in enumerate(shares) if share]
+            with ProcessPoolExecutor(len(jobs)) as pool:
+                for part in pool.map(_render_and_write, jobs, [staging] * len(jobs)):
+                    incoming += part
+                    if progress:
+                        progress(len(incoming))
+            return add_documents(root, incoming, data)
         for count, document in enumerate(generate_documents(options), start=1):
             path = write_document(document, Path(staging))
             incoming.append(IncomingDocument(path, tuple(document.texts), document.category, document.business, document.split))

@@ -263,12 +263,12 @@ class OCRFamily:
         """Write a randomly initialized checkpoint of ``size`` with a project-built tokenizer to ``path``.
 
         Random weights measure speed and memory honestly and say nothing about accuracy. ``full``
-        is built on the GPU in bf16 when one is present; ``tiny`` always in fp32 on the CPU.
+        is built on the GPU in bf16 when one is present; ``tiny`` and ``small`` always in fp32 on the CPU.
         """
         from ocrloop.models.tokenizer import build_tiny_tokenizer
 
-        if size not in ("tiny", "full"):
-            raise ModelError(f"unknown size {size!r}; use tiny or full")
+        if size not in ("tiny", "small", "full"):
+            raise ModelError(f"unknown size {size!r}; use tiny, small or full")
         tokenizer = build_tiny_tokenizer(self.special_tokens(), seed=seed)
         config = self.random_config(size, tokenizer)
         torch.manual_seed(seed)

@@ -85,6 +85,12 @@ class Qwen25VLFamily(OCRFamily):
             text = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                     "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 128000,
                     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}
+        elif size == "small":  # about 25 M parameters: trained from scratch on synthetic pages (bench learn)
+            vision = {"depth": 6, "hidden_size": 256, "intermediate_size": 768, "num_heads": 4, "out_hidden_size": 384,
+                      "fullatt_block_indexes": [1, 3, 5], "window_size": 112}
+            text = {"vocab_size": len(tokenizer), "hidden_size": 384, "intermediate_size": 1152, "num_hidden_layers": 6,
+                    "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 8192,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}}
         else:
             vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
                       "fullatt_block_indexes": [1], "window_size": 112}

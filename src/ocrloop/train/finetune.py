@@ -105,12 +105,13 @@ class FineTuner:
     """Fine-tunes ``config.base_model`` on ``config.dataset_dir`` into ``output_dir``."""
 
     def __init__(self, config: OcrloopConfig, output_dir: Path, *, resume: bool = False, console: Console | None = None,
-                 business: str | None = None):
+                 business: str | None = None, validation: tuple[Dataset, list[PageExample]] | None = None):
         self.config = config
         self.training = config.training
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.business = business  # train on this business type's documents only
+        self.validation = validation  # validate on these pages of another dataset instead of the val split
         self.console = console or Console(stderr=True)
         self.device_is_cuda = torch.cuda.is_available()
         self.history: dict[str, list] = {"validation": [], "train_loss_by_epoch": []}
@@ -145,7 +146,8 @@ class FineTuner:
         if errors:
             self.console.print(f"[yellow]skipping {len(errors)} invalid example(s)[/yellow]")
         self.train_examples = self.dataset.examples("train", business=self.business)
-        self.val_examples = self.dataset.examples("val", business=self.business)[: self.training.eval_max_pages]
+        self.val_dataset, val_examples = self.validation or (self.dataset, self.dataset.examples("val", business=self.business))
+        self.val_examples = val_examples[: self.training.eval_max_pages]
         if not self.train_examples:
             where = f" for business {self.business!r}" if self.business else ""
             raise DatasetError(f"{self.config.dataset_dir}: no valid training examples in the train split{where}")
@@ -197,8 +199,8 @@ class FineTuner:
         kept: dict[str, list[PageExample]] = {"train": [], "val": []}
         cache = self.bundle.feature_cache
         missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
-        for split, examples in (("train", self.train_examples), ("val", self.val_examples)):
-            for example, image in self.dataset.iter_images(examples):
+        for split, dataset, examples in (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples)):
+            for example, image in dataset.iter_images(examples):
                 encoded = self.bundle.encode(image, self.training.prompt, example.text, self.training.resolution)
                 where = f"{example.source} page {example.page + 1}"
                 if len(encoded) > self.training.max_seq_length:
@@ -248,10 +250,11 @@ class FineTuner:
         if not self.val_examples:
             return None
         t = self.training
-        evaluation = evaluate_model(self.bundle, self.dataset, self.val_examples, prompt=t.prompt, resolution=t.resolution,
+        evaluation = evaluate_model(self.bundle, self.val_dataset, self.val_examples, prompt=t.prompt, resolution=t.resolution,
                                     batch_size=t.batch_size, max_new_tokens=t.max_new_tokens)
         metrics = {"cer": evaluation.report.overall.cer, "wer": evaluation.report.overall.wer,
-                   "by_category": {k: v.cer for k, v in evaluation.report.by_category.items()}}
+                   "by_category": {k: v.cer for k, v in evaluation.report.by_category.items()},
+                   "wer_by_category": {k: v.wer for k, v in evaluation.report.by_category.items()}}
         self.console.print(f"validation CER {label}: {metrics['cer']:.2%}  WER {metrics['wer']:.2%}", markup=False)
         return metrics
 
@@ -286,7 +289,7 @@ class FineTuner:
             report_to=[] if t.report_to == "none" else [t.report_to],
             seed=t.seed,
             remove_unused_columns=False,
-            dataloader_num_workers=0,
+            dataloader_num_workers=t.dataloader_workers,
             use_cpu=not self.device_is_cuda,
             disable_tqdm=False,
         )
