@@ -16,7 +16,10 @@ ENGINE = "tesseract"
 
 
 def _pytesseract():
-    import pytesseract
+    try:
+        import pytesseract
+    except ImportError:
+        raise OcrloopError("pytesseract is not installed: `pip install pytesseract` (a dependency of ocrloop)") from None
 
     try:
         pytesseract.get_tesseract_version()
