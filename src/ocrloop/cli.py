@@ -284,6 +284,7 @@ def data_synth(
     seed: Annotated[int, typer.Option(help="Same seed, same documents.")] = 0,
     noise: Annotated[float, typer.Option(help="Scan noise 0 (clean) to 1 (rotation, blur, grain, JPEG).")] = 0.3,
     scale: Annotated[float, typer.Option(help="Page size factor; 1.0 = 850x1100 px letter pages.")] = 1.0,
+    workers: Annotated[int, typer.Option(help="Rendering processes (more than 1: other documents for the same seed).")] = 1,
     workspace: WorkspaceOption = Path("."),
     dataset: DatasetOption = None,
 ) -> None:
@@ -304,7 +305,10 @@ def data_synth(
     root, config = _dataset_root(workspace, dataset)
     with _progress() as progress:
         task = progress.add_task("rendering", total=n)
-        result = synthesize_dataset(root, options, config.data, progress=lambda done: progress.update(task, completed=done))
+        if workers < 1:
+            raise OcrloopError("--workers must be at least 1")
+        result = synthesize_dataset(root, options, config.data, progress=lambda done: progress.update(task, completed=done),
+                                    workers=workers)
     console.print(f"{len(result.added)} documents added to {root}, {len(result.refused)} refused as duplicates", markup=False)
 
 
