@@ -87,6 +87,11 @@ CREATE INDEX IF NOT EXISTS promotions_by_business ON promotions(business, id);
 GENERAL = "*"  # the business key of the general (all-business) champion
 
 
+def business_label(key: str | None) -> str:
+    """How a business key is shown (metrics labels, API answers): ``all`` for the general champion."""
+    return "all" if key in (None, GENERAL) else key
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -23,8 +24,9 @@ from starlette.datastructures import UploadFile
 
 from ocrloop.config import OcrloopConfig, TrainingConfig
 from ocrloop.data.files import PDF_SUFFIXES, SUPPORTED_SUFFIXES, inspect_file, load_page
-from ocrloop.errors import OcrloopError
+from ocrloop.errors import OcrloopError, RegistryError
 from ocrloop.registry import Registry
+from ocrloop.registry.store import business_label
 from ocrloop.serve.batcher import PageBatcher
 from ocrloop.serve.champions import ChampionModels
 from ocrloop.serve.metrics import ServiceMetrics
@@ -51,7 +53,7 @@ def create_app(config: OcrloopConfig) -> FastAPI:
     metrics = ServiceMetrics(config.registry_path, config.base_model)
     champions = ChampionModels(config, on_swap=lambda *_: metrics.model_swaps.inc())
     batcher = PageBatcher(settings.max_batch_pages, settings.batch_wait_ms / 1000,
-                          on_batch=lambda pages, _seconds: metrics.batch_pages.observe(pages))
+                          on_batch=metrics.batch_pages.observe)
     page_limits = config.data.model_copy(update={"max_image_pixels": settings.max_image_pixels,
                                                  "max_file_bytes": settings.max_upload_bytes})
     active = {"requests": 0}
@@ -84,8 +86,13 @@ def create_app(config: OcrloopConfig) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        with Registry(config.registry_path) as registry:
-            registry_ok = registry.integrity_ok()
+        # Probes poll this often: a cheap read proves the registry opens, no full integrity scan.
+        try:
+            with Registry(config.registry_path) as registry:
+                registry.champion()
+            registry_ok = True
+        except (RegistryError, sqlite3.DatabaseError):
+            registry_ok = False
         return {"status": "ok" if registry_ok else "degraded", "registry": registry_ok, "serving": champions.serving(),
                 "requests_in_progress": active["requests"]}
 
@@ -102,8 +109,8 @@ def create_app(config: OcrloopConfig) -> FastAPI:
             champion_names = {business: registry.champion(business) for business in businesses}
         return {
             "base_model": config.base_model,
-            "champions": {("all" if b == "*" else b): name for b, name in champion_names.items() if name},
-            "serving": {("all" if b == "*" else b): name for b, name in champions.serving().items()},
+            "champions": {business_label(b): name for b, name in champion_names.items() if name},
+            "serving": {business_label(b): name for b, name in champions.serving().items()},
             "versions": [{"name": r["name"], "family": r["family"], "business": r["business"], "created_at": r["created_at"],
                           "base_model": r["base_model"]} for r in rows],
         }

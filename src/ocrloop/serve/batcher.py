@@ -37,10 +37,10 @@ class PageBatcher:
     """Batches pages from any number of threads onto one model-owning worker thread."""
 
     def __init__(self, max_batch_pages: int, max_wait_seconds: float,
-                 on_batch: Callable[[int, float], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None):
         self.max_batch_pages = max_batch_pages
         self.max_wait_seconds = max_wait_seconds
-        self.on_batch = on_batch  # called with (pages, seconds) after each batch
+        self.on_batch = on_batch  # called with the number of pages after each batch
         self._pages: deque[_Page] = deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -84,7 +84,6 @@ class PageBatcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            started = time.perf_counter()
             first = batch[0]
             try:
                 texts = first.agent.read([page.image for page in batch], prompt=first.prompt, resolution=first.resolution)
@@ -95,4 +94,4 @@ class PageBatcher:
             for page, text in zip(batch, texts):
                 page.future.set_result(text)
             if self.on_batch:
-                self.on_batch(len(batch), time.perf_counter() - started)
+                self.on_batch(len(batch))

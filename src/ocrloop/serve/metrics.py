@@ -18,15 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ocrloop.loop.recipe import serving_model
-from ocrloop.registry.store import GENERAL, Registry
+from ocrloop.registry.store import GENERAL, Registry, business_label
 
 log = logging.getLogger("ocrloop.serve")
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
-
-
-def _business_label(key: str | None) -> str:
-    return "all" if key in (None, GENERAL) else key
 
 
 class RegistryCollector:
@@ -63,12 +59,12 @@ class RegistryCollector:
         businesses = sorted({p["business"] for p in registry.promotions()} | {GENERAL})
         for business in businesses:
             name = serving_model(registry, self.base_model, business).name
-            champions.add_metric([_business_label(business), name], 1)
+            champions.add_metric([business_label(business), name], 1)
             report = latest_test.get(name)
             if report:
-                accuracy.add_metric(["all", _business_label(business)], report["overall"]["accuracy"])
+                accuracy.add_metric(["all", business_label(business)], report["overall"]["accuracy"])
                 for category, scores in sorted(report["by_category"].items()):
-                    accuracy.add_metric([category, _business_label(business)], scores["accuracy"])
+                    accuracy.add_metric([category, business_label(business)], scores["accuracy"])
         yield accuracy
         yield champions
 

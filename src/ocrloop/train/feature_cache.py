@@ -81,7 +81,6 @@ class CacheStats:
     compute_seconds: float = 0.0
     bytes_per_page: int = 0
     batch_seconds: list[float] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 class FeatureCache:
@@ -180,7 +179,6 @@ class FeatureCache:
         if not path.exists():
             return
         message = f"feature cache entry {path.name} is {why}: recomputing it"
-        self.stats.warnings.append(message)
         self.warn(message)
         self.stats.recomputed_corrupt += 1
         path.unlink(missing_ok=True)

@@ -199,6 +199,7 @@ class FineTuner:
         kept: dict[str, list[PageExample]] = {"train": [], "val": []}
         cache = self.bundle.feature_cache
         missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
+        queued: set[str] = set()  # a page listed twice (same file twice) is computed once
         for split, dataset, examples in (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples)):
             for example, image in dataset.iter_images(examples):
                 encoded = self.bundle.encode(image, self.training.prompt, example.text, self.training.resolution)
@@ -217,7 +218,8 @@ class FineTuner:
                 kept[split].append(example)
                 if cache is not None:
                     key = cache.key(example)
-                    if cache.add(key, encoded) and key not in dict(missing):
+                    if cache.add(key, encoded) and key not in queued:
+                        queued.add(key)
                         missing.append((key, encoded))
                     if len(missing) >= self.training.batch_size:
                         cache.compute(missing)
