@@ -81,12 +81,13 @@ def bench_train_command(
     resolution: Annotated[str, typer.Option(help="Resolution mode of the pages.")] = "gundam",
     batch_size: Annotated[int, typer.Option(help="Pages per step, the same for every variant.")] = 8,
     steps: Annotated[int, typer.Option(help="Optimizer steps per variant (the first two are warm-up).")] = 12,
-    variants: Annotated[str, typer.Option(help="Comma-separated: baseline, unsloth, ocrloop.")] = "baseline,ocrloop",
+    variants: Annotated[str, typer.Option(help="Comma-separated: baseline, unsloth, ocrloop, ocrloop-compile, ocrloop-hf, ocrloop-hf-nockpt.")] = "baseline,ocrloop",
     lora_targets: Annotated[str, typer.Option(help="LoRA target groups, the same for every variant.")] = "attention,mlp,experts",
     work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint, pages and runs.")] = Path("/tmp/ocrloop-bench"),
     epochs: Annotated[Optional[float], typer.Option(help="Run mode: train --pages pages for this many epochs, timed end to end.")] = None,
     pages: Annotated[int, typer.Option(help="Synthetic pages (run mode: exactly this many training pages).")] = 48,
     mode: Annotated[str, typer.Option(help="Training mode of every variant: lora16 or qlora4 (training.mode).")] = "lora16",
+    categories: Annotated[str, typer.Option(help="Comma-separated document categories of the synthetic pages.")] = "receipt,invoice,tax_form",
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Side-by-side training speed and memory: plain transformers + peft against ocrloop's path, same workload.
@@ -98,7 +99,8 @@ def bench_train_command(
     try:
         results = bench_train(out, family=family, size=size, resolution=resolution, batch_size=batch_size, steps=steps,
                               variants=[v.strip() for v in variants.split(",")], work=work, lora_targets=lora_targets,
-                              epochs=epochs, pages=pages, mode=mode, registry_path=registry_path)
+                              epochs=epochs, pages=pages, mode=mode, registry_path=registry_path,
+                              categories=tuple(c.strip() for c in categories.split(",")))
     except ValueError as error:
         raise OcrloopError(str(error)) from None
     for name, result in results["variants"].items():
@@ -456,9 +458,11 @@ def train_command(
     report_to: Annotated[Optional[str], typer.Option(help="training.report_to: none, tensorboard, mlflow, wandb")] = None,
     seed: Annotated[Optional[int], typer.Option(help="training.seed")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="training.compile")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch or adamw_8bit")] = None,
     skip_frozen_vision_backward: Annotated[Optional[bool], typer.Option("--skip-frozen-vision-backward/--no-skip-frozen-vision-backward", help="training.skip_frozen_vision_backward")] = None,
     feature_cache: Annotated[Optional[bool], typer.Option("--feature-cache/--no-feature-cache", help="training.feature_cache")] = None,
+    feature_pages_per_forward: Annotated[Optional[int], typer.Option(help="training.feature_pages_per_forward")] = None,
     dataloader_workers: Annotated[Optional[int], typer.Option(help="training.dataloader_workers")] = None,
     merge: Annotated[Optional[bool], typer.Option("--merge/--no-merge", help="training.merge")] = None,
     skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="training.skip_invalid")] = None,
@@ -467,12 +471,6 @@ def train_command(
     dataset: DatasetOption = None,
 ) -> None:
     """Fine-tune a model on the dataset: LoRA by default, Unsloth on CUDA, plain transformers + peft elsewhere."""
-    from ocrloop.models.loading import prepare_backend
-
-    prepare_backend(backend or "auto")
-    from ocrloop.registry import Registry
-    from ocrloop.train.finetune import train
-
     overrides = {
         "base_model": model, "dataset_dir": dataset,
         "training.epochs": epochs, "training.max_steps": max_steps, "training.batch_size": batch_size,
@@ -488,9 +486,16 @@ def train_command(
         "training.gradient_checkpointing": gradient_checkpointing, "training.optimizer": optimizer,
         "training.skip_frozen_vision_backward": skip_frozen_vision_backward, "training.merge": merge,
         "training.feature_cache": feature_cache, "training.dataloader_workers": dataloader_workers,
-        "training.skip_invalid": skip_invalid,
+        "training.skip_invalid": skip_invalid, "training.compile": compile,
+        "training.feature_pages_per_forward": feature_pages_per_forward,
     }
     config = _config(workspace, overrides)
+    from ocrloop.models.loading import prepare_backend
+
+    prepare_backend(config.training.backend, compile=config.training.compile)
+    from ocrloop.registry import Registry
+    from ocrloop.train.finetune import train
+
     with Registry(config.registry_path) as registry:
         result = train(config, output, resume=resume, registry=registry, console=console)
     final = result.card["metrics"]["final_validation"]
@@ -546,7 +551,7 @@ def loop_run(
     ws = _workspace(workspace)
     from ocrloop.models.loading import prepare_backend
 
-    prepare_backend(ws.config.training.backend)
+    prepare_backend(ws.config.training.backend, compile=ws.config.training.compile)
     from ocrloop.config import BUSINESS_TYPES
     from ocrloop.loop.recipe import FineTuneLoop
 

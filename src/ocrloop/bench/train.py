@@ -29,14 +29,16 @@ from ocrloop.workspace import Workspace, init_workspace
 VARIANTS = {
     # Plain transformers + peft as a user would run it: HF gradient checkpointing, SDPA, torch AdamW.
     "baseline": ["--backend", "hf", "--optimizer", "adamw_torch", "--no-skip-frozen-vision-backward", "--no-feature-cache"],
-    # ocrloop's defaults: Unsloth where available, 8-bit AdamW, no backward through a frozen vision tower,
-    # image features computed once per page.
+    # ocrloop's defaults: Unsloth where available (not compiled), 8-bit AdamW, no backward through a
+    # frozen vision tower, image features computed once per page.
     "ocrloop": ["--backend", "auto", "--optimizer", "auto"],
+    # The same with Unsloth's compilation, which pays back on long runs only.
+    "ocrloop-compile": ["--backend", "auto", "--optimizer", "auto", "--compile"],
     # ocrloop's path on plain transformers + peft: no Unsloth compilation to amortize.
     "ocrloop-hf": ["--backend", "hf", "--optimizer", "auto"],
     "ocrloop-hf-nockpt": ["--backend", "hf", "--optimizer", "auto", "--no-gradient-checkpointing"],
-    # Unsloth as its notebook runs it, for telling its share from ocrloop's own.
-    "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--no-skip-frozen-vision-backward", "--no-feature-cache"],
+    # Unsloth as its notebook runs it (compiled), for telling its share from ocrloop's own.
+    "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--compile", "--no-skip-frozen-vision-backward", "--no-feature-cache"],
 }
 
 
@@ -46,7 +48,7 @@ def prepare(work: Path, family: str, size: str, pages: int, categories: tuple[st
 
     With ``exact_train_pages`` the train split holds exactly ``pages`` single-page documents
     (one more each for val and test), for whole-run timing."""
-    name = f"workspace-run-{pages}" if exact_train_pages else "workspace"
+    name = (f"workspace-run-{pages}" if exact_train_pages else "workspace") + "-" + "-".join(categories)
     workspace, _ = init_workspace(work / name)
     if not any((workspace.config.dataset_dir / "train").iterdir()):
         options = (SynthOptions(n=pages + 2, seed=1, categories=categories, split_fractions=(1.0, 0.0, 0.0)) if exact_train_pages
@@ -81,6 +83,9 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
         "steady_tokens_per_second": speed["steady_tokens_per_second"],
         "peak_vram_allocated_gib": gib(memory["peak_vram_allocated_bytes"]),
         "peak_vram_reserved_gib": gib(memory["peak_vram_reserved_bytes"]),
+        "peak_vram_prepare_gib": gib(memory.get("peak_vram_prepare_allocated_bytes")),
+        "peak_vram_training_gib": gib(memory.get("peak_vram_training_allocated_bytes")),
+        "vision_offloaded_gib": gib(memory.get("vision_offloaded_bytes")),
         "trainable_parameters": card["parameters"]["trainable"], "total_parameters": card["parameters"]["total"],
         "vision_without_autograd": card["parameters"].get("vision_without_autograd"),
         "train_loss_by_epoch": card["metrics"]["train_loss_by_epoch"], "device": card["device"], "versions": card["versions"],
@@ -93,7 +98,8 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
 def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "gundam",
                 batch_size: int = 8, steps: int = 12, lora_rank: int = 16, lora_targets: str = "attention,mlp,experts",
                 variants: list[str] | None = None, work: Path = Path("/tmp/ocrloop-bench"), pages: int = 48,
-                epochs: float | None = None, mode: str = "lora16", registry_path: Path | None = None) -> dict[str, Any]:
+                epochs: float | None = None, mode: str = "lora16", registry_path: Path | None = None,
+                categories: tuple[str, ...] = ("receipt", "invoice", "tax_form")) -> dict[str, Any]:
     """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline.
 
     Step mode (``epochs`` None): ``steps`` optimizer steps, speed from the median step after warm-up.
@@ -109,7 +115,7 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     unknown = [v for v in variants if v.split(":")[0] not in VARIANTS or v.count(":") > 1]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    workspace, checkpoint = prepare(work, family, size, pages, ("receipt", "invoice", "tax_form"), exact_train_pages=epochs is not None)
+    workspace, checkpoint = prepare(work, family, size, pages, categories, exact_train_pages=epochs is not None)
     length = ["--epochs", str(epochs)] if epochs is not None else ["--max-steps", str(steps)]
     shared = ["--resolution", resolution, "--batch-size", str(batch_size), "--gradient-accumulation-steps", "1", *length,
               "--warmup-steps", "0", "--lora-rank", str(lora_rank), "--lora-alpha", str(lora_rank), "--save-steps", "100000",
@@ -118,7 +124,7 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
         "command": "ocrloop bench train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "ocrloop bench train",
         "workload": {"family": family, "size": size, "resolution": resolution, "batch_size": batch_size, "mode": mode,
                      "steps": None if epochs is not None else steps, "epochs": epochs, "lora_rank": lora_rank,
-                     "lora_targets": lora_targets, "pages": pages},
+                     "lora_targets": lora_targets, "pages": pages, "categories": list(categories)},
         "host": platform.node(), "device_bf16_matmul_tflops": measured_matmul_tflops(),
         "model_flops": language_model_flops(checkpoint), "variants": {},
     }

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
@@ -191,11 +192,32 @@ class Dataset:
 
     def iter_images(self, examples: list[PageExample]) -> Iterator[tuple[PageExample, Image.Image]]:
         """Yield ``(example, image)``, skipping (with a warning problem) pages that fail to load."""
-        for example in examples:
+        return self.iter_prepared(examples, lambda example, image: image)
+
+    def iter_prepared(self, examples: list[PageExample], prepare: Callable[[PageExample, Image.Image], Any],
+                      workers: int = 1) -> Iterator[tuple[PageExample, Any]]:
+        """Yield ``(example, prepare(example, image))`` in order, skipping (with a warning problem) pages
+        that fail to load. With ``workers`` > 1, pages are loaded and prepared by that many threads
+        (decoding, rasterizing and resizing release the GIL), at most ``2 * workers`` pages ahead."""
+
+        def load_and_prepare(example: PageExample) -> Any:
             try:
-                yield example, self.load_image(example)
+                image = self.load_image(example)
             except DatasetError as error:
-                self.problems.append(Problem(example.source, f"skipped: {error}", "warning"))
+                return error
+            return prepare(example, image)
+
+        if workers <= 1:
+            results: Iterator[Any] = map(load_and_prepare, examples)
+            return self._skipping_failed(examples, results)
+        return self._skipping_failed(examples, _ordered_in_threads(load_and_prepare, examples, workers))
+
+    def _skipping_failed(self, examples: list[PageExample], results: Iterator[Any]) -> Iterator[tuple[PageExample, Any]]:
+        for example, result in zip(examples, results):
+            if isinstance(result, DatasetError):
+                self.problems.append(Problem(example.source, f"skipped: {result}", "warning"))
+                continue
+            yield example, result
 
     def manifest(self, business: str | None = None) -> Manifest:
         """The content-hash manifest of the valid documents (of ``business`` only, if given)."""
@@ -242,3 +264,15 @@ def _leakage_problems(records: list[DocumentRecord], files: dict[str, FileInfo])
             listing = ", ".join(r.source for r in group[1:])
             problems.append(Problem(group[0].source, f"duplicate content also at {listing}", "warning"))
     return problems
+
+
+def _ordered_in_threads(function: Callable[[Any], Any], items: list[Any], workers: int) -> Iterator[Any]:
+    """``map(function, items)`` computed by a pool of threads, in order, a bounded window ahead."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="ocrloop-pages") as pool:
+        window: deque = deque()
+        for item in items:
+            window.append(pool.submit(function, item))
+            if len(window) >= 2 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()

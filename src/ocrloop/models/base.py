@@ -72,7 +72,11 @@ class OCRModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the token embeddings' device (the vision tower may be parked on the CPU)."""
+        try:
+            return self.model.get_input_embeddings().weight.device
+        except (AttributeError, NotImplementedError):  # remote code without the accessor
+            return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -96,6 +100,8 @@ class OCRModel:
                         tokenizer=self.tokenizer, dtype=self.dtype)
         batch.pop("labels")
         batch = to_device(batch, self.device)
+        if self.feature_cache is not None:
+            self.feature_cache.restore_vision()  # generate() places its own tensors by the first parameter's device
         was_training = self.model.training
         self._inference_mode(True)
         serving = self.feature_cache.serving(feature_keys) if self.feature_cache is not None and feature_keys else nullcontext()

@@ -8,6 +8,7 @@ run means the same thing on either.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,18 @@ def unsloth_available() -> bool:
     return cuda_available() and importlib.util.find_spec("unsloth") is not None
 
 
-def prepare_backend(backend: str) -> None:
+def prepare_backend(backend: str, compile: bool = False) -> None:
     """Import Unsloth before anything imports transformers when it will be the backend.
 
     Unsloth patches transformers at import time; imported later it warns and leaves
-    optimizations out. Call this first in any process that loads a model.
+    optimizations out. Call this first in any process that loads a model. Unless ``compile``,
+    Unsloth keeps its rewritten layers and fused loss but runs them eagerly (it reads
+    ``UNSLOTH_COMPILE_DISABLE`` at import): no compilation in the first steps, which a run of a
+    few hundred steps never earns back (``training.compile``).
     """
     if backend in ("auto", "unsloth") and unsloth_available():
+        if not compile:
+            os.environ["UNSLOTH_COMPILE_DISABLE"] = "1"
         import unsloth  # noqa: F401
 
     from transformers.utils import logging as transformers_logging

@@ -1,19 +1,21 @@
 """Image features computed once per page and reused every epoch.
 
 When the vision tower and projector are frozen, a page's projected image features are the same at
-every step, so they are computed once, batched and without autograd, while the examples are
-checked before training. The model's ``get_image_features`` is then answered from the cache for
-the pages of each batch (``FeatureCache.serving``), and the training batch carries a 1-value
-placeholder instead of pixels, so neither the vision tower nor the image processor runs again.
+every step, so they are computed once, without autograd and eagerly (a few pages per tower pass, which
+bounds the pass's memory), while the examples are checked before training. The model's
+``get_image_features`` is then answered from the cache for the pages of each batch
+(``FeatureCache.serving``), and the training batch carries a 1-value placeholder instead of pixels,
+so neither the vision tower nor the image processor runs again.
 
 A page's key is the hash of its image content and page number, the model family, the resolution
 mode, how pages are rasterized (PDF dpi) and the image processor's settings, and a fingerprint of
-the vision weights: a cache made
-for anything else is never used. Features stay on the device up to a byte budget; every entry is
-also written to ``<run>/feature_cache/<key>.safetensors`` (atomically, with a checksum), read back
-memory-mapped beyond the budget, ahead of the step that needs it, and reused on resume and by
-``ocrloop eval`` on the same pages. A file that is truncated or fails its checksum is recomputed
-with a warning, never read as features.
+the vision weights: a cache made for anything else is never used. Features stay on the device up
+to a byte budget; every entry is also written to ``<run>/feature_cache/<key>.safetensors``
+(atomically, with a checksum), read back memory-mapped beyond the budget, ahead of the step that
+needs it, and reused on resume and by ``ocrloop eval`` on the same pages. A file that is truncated
+or fails its checksum is recomputed with a warning, never read as features. While training steps
+run, the tower itself can be parked on the CPU (``offload_vision``); it comes back whenever
+features must be computed or text generated.
 """
 
 from __future__ import annotations
@@ -87,8 +89,11 @@ class FeatureCache:
     """Per-page image features of one model at one resolution mode, on the device and on disk."""
 
     def __init__(self, bundle: OCRModel, folder: Path, resolution: str, *, device_budget_bytes: int,
-                 page_settings: str = "", warn: Callable[[str], None] | None = None):
+                 page_settings: str = "", warn: Callable[[str], None] | None = None, pages_per_forward: int = 1):
         self.bundle, self.folder, self.resolution = bundle, Path(folder), resolution
+        # Few pages per tower pass: its activations grow with them. On an H100, 8 gundam pages (56 views) at
+        # once peaked at 20 GiB, more than LoRA training of the language model needs (training.feature_pages_per_forward).
+        self.pages_per_forward = pages_per_forward
         self.device_budget_bytes = device_budget_bytes
         self.warn = warn or log.warning
         self.owner = image_feature_owner(bundle)
@@ -104,6 +109,10 @@ class FeatureCache:
         self._on_disk: set[str] = set()
         self._prefetched: dict[str, Future] = {}
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ocrloop-features")
+        # Entries are checksummed and written by another thread while the GPU computes the next batch.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ocrloop-feature-writer")
+        self._pending_writes: dict[str, Future] = {}
+        self._offloaded: list[torch.nn.Module] = []  # vision modules parked on the CPU (offload_vision)
         self._active: list[str] | None = None
         self._installed_before = self.owner.__dict__.get("get_image_features")  # e.g. the no-autograd wrapper
         self._compute = self.owner.get_image_features
@@ -150,6 +159,7 @@ class FeatureCache:
     def _answer(self, *args, **kwargs):
         keys = self._active
         if keys is None:
+            self.restore_vision()
             return self._compute(*args, **kwargs)
         self.stats.hits += len(keys)
         device = self.bundle.device
@@ -160,6 +170,9 @@ class FeatureCache:
 
     def _read(self, key: str) -> torch.Tensor | None:
         """The entry's features, or None if the file is missing, truncated or fails its checksum."""
+        pending = self._pending_writes.pop(key, None)
+        if pending is not None:
+            pending.result()
         path = self._path(key)
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -183,8 +196,7 @@ class FeatureCache:
         self.stats.recomputed_corrupt += 1
         path.unlink(missing_ok=True)
 
-    def _write(self, key: str, features: torch.Tensor) -> None:
-        cpu = features.detach().to("cpu").contiguous()
+    def _write(self, key: str, cpu: torch.Tensor) -> None:
         path = self._path(key)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file({"features": cpu}, str(temporary), metadata={"checksum": _checksum(cpu)})
@@ -226,35 +238,68 @@ class FeatureCache:
         return not self._present(key)
 
     @torch.no_grad()
-    def compute(self, pending: list[tuple[str, EncodedExample]], pad_to: int = 0) -> None:
-        """Compute the features of ``pending`` pages in one batch, keep and persist them.
-
-        ``pad_to`` repeats the last page up to that many (their features are dropped), so a short last
-        batch has the shape of the others and a compiled vision tower is not compiled again for it."""
+    def compute(self, pending: list[tuple[str, EncodedExample]]) -> None:
+        """Compute the features of ``pending`` pages, ``pages_per_forward`` at a time; keep and persist them."""
         if not pending:
             return
         started = time.perf_counter()
         b = self.bundle
-        examples = [e for _, e in pending]
-        examples += examples[-1:] * max(0, pad_to - len(examples))
-        batch = to_device(collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
-                                  dtype=b.dtype), b.device)
-        inputs = {k: batch[k] for k in b.family.feature_input_keys if k in batch}
-        # The model's current mode (no eval() toggle: compiled modules would recompile for it); the
-        # frozen towers have no dropout, so these are the features a training step would compute.
+        # The model's current mode (the frozen towers have no dropout, so these are the features a
+        # training step would compute), run eagerly: compiling the tower (Unsloth compiles every
+        # decoder block) costs tens of seconds and never pays back on one pass over the pages.
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if b.device.type == "cuda" and b.dtype == torch.bfloat16 \
             else torch.autocast("cpu", enabled=False)
-        with autocast:
-            per_page = self._compute(**inputs, return_dict=True).pooler_output
-        for (key, _), features in zip(pending, per_page):
-            features = features.detach()
-            self._write(key, features)
-            self._keep(key, features)
+        self.restore_vision()
+        for start in range(0, len(pending), self.pages_per_forward):
+            chunk = pending[start:start + self.pages_per_forward]
+            # Pixels go to the device as they are; joining and casting them there is much faster than on the CPU.
+            examples = [replace(e, vision=to_device(e.vision, b.device)) for _, e in chunk]
+            batch = to_device(collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
+                                      dtype=b.dtype), b.device)
+            inputs = {k: batch[k] for k in b.family.feature_input_keys if k in batch}
+            with autocast, torch.compiler.set_stance("force_eager"):
+                per_page = self._compute(**inputs, return_dict=True).pooler_output
+            for (key, _), features in zip(chunk, per_page):
+                features = features.detach()
+                self._pending_writes[key] = self._writer.submit(self._write, key, features.to("cpu").contiguous())
+                self._keep(key, features)
         self.stats.computed += len(pending)
         if b.device.type == "cuda":
             torch.cuda.synchronize()
         self.stats.compute_seconds += time.perf_counter() - started
         self.stats.batch_seconds.append(round(time.perf_counter() - started, 4))
+
+    def offload_vision(self) -> int:
+        """Park the vision tower and projector on the CPU while training steps are answered from the cache;
+        returns the bytes of device memory freed (0 when already parked, off CUDA, for quantized towers or
+        for an unknown layout). They move back by themselves when features must be computed again, and
+        ``restore_vision`` brings them back for generation."""
+        if self.bundle.device.type != "cuda" or self._offloaded:
+            return 0
+        children = dict(self.owner.named_children())
+        if "language_model" not in children:
+            return 0
+        modules = [m for name, m in children.items() if name != "language_model"]
+        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+        if any(not t.is_floating_point() for t in tensors):  # 4/8-bit weights do not survive a round trip
+            return 0
+        for module in modules:
+            module.to("cpu")
+        self._offloaded = modules
+        torch.cuda.empty_cache()
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def restore_vision(self) -> None:
+        """Bring a parked vision tower back to the device (generation needs the whole model there)."""
+        for module in self._offloaded:
+            module.to(self.bundle.device)
+        self._offloaded = []
+
+    def flush(self) -> None:
+        """Wait until every computed entry is on disk; a failed write raises here."""
+        pending, self._pending_writes = self._pending_writes, {}
+        for future in pending.values():
+            future.result()
 
     def template(self, key: str) -> EncodedExample | None:
         return self.templates.get(key)
@@ -267,7 +312,10 @@ class FeatureCache:
                 "compute_seconds": s.compute_seconds, "compute_batch_seconds": s.batch_seconds, "folder": str(self.folder)}
 
     def close(self) -> None:
-        """Give ``get_image_features`` back and free the device copies."""
+        """Finish writing, bring the vision tower back, give ``get_image_features`` back and free the device copies."""
+        self.flush()
+        self.restore_vision()
+        self._writer.shutdown(wait=True)
         if self._installed_before is None:
             del self.owner.get_image_features
         else:

@@ -13,9 +13,11 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import os
 import platform
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +43,11 @@ from ocrloop.models.loading import (
 )
 from ocrloop.train.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
 from ocrloop.train.feature_cache import FeatureCache, image_feature_owner
+from ocrloop.train.loss import labelled_token_loss
 from ocrloop.registry import Registry
 
 RUN_CARD = "run_card.json"
+PREPARE_THREADS = 8  # threads preparing pages before training; beyond this the GPU is the bottleneck
 
 
 class PageDataset(torch.utils.data.Dataset):
@@ -125,9 +129,12 @@ class FineTuner:
         self._check_output_dir()
         self._setup_data()
         self._setup_model()
+        if self.device_is_cuda:
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         self._check_examples()  # with the feature cache on, this pass also computes every page's features
         self.prepare_seconds = time.perf_counter() - started
+        self.prepare_peak_bytes = torch.cuda.max_memory_allocated() if self.device_is_cuda else None
 
     def _check_output_dir(self) -> None:
         if (self.output_dir / MODEL_CARD).exists() and not self.resume:
@@ -189,7 +196,8 @@ class FineTuner:
         started = time.perf_counter()
         self.bundle.feature_cache = FeatureCache(
             self.bundle, self.output_dir / FEATURE_CACHE_FOLDER, t.resolution, device_budget_bytes=t.feature_cache_device_bytes,
-            page_settings=f"pdf_dpi={self.config.data.pdf_dpi}", warn=lambda message: self.console.print(f"warning: {message}", markup=False))
+            page_settings=f"pdf_dpi={self.config.data.pdf_dpi}", pages_per_forward=t.feature_pages_per_forward,
+            warn=lambda message: self.console.print(f"warning: {message}", markup=False))
         self.feature_cache_setup_seconds = time.perf_counter() - started
 
     def _check_examples(self) -> None:
@@ -200,9 +208,15 @@ class FineTuner:
         cache = self.bundle.feature_cache
         missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
         queued: set[str] = set()  # a page listed twice (same file twice) is computed once
+        t = self.training
+
+        def encode(example: PageExample, image) -> EncodedExample:
+            return self.bundle.encode(image, t.prompt, example.text, t.resolution)
+
+        # Pages are decoded and preprocessed by threads while the GPU computes the features of the last batch.
+        workers = min(PREPARE_THREADS, os.cpu_count() or 1)
         for split, dataset, examples in (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples)):
-            for example, image in dataset.iter_images(examples):
-                encoded = self.bundle.encode(image, self.training.prompt, example.text, self.training.resolution)
+            for example, encoded in dataset.iter_prepared(examples, encode, workers=workers):
                 where = f"{example.source} page {example.page + 1}"
                 if len(encoded) > self.training.max_seq_length:
                     raise ExampleTooLong(
@@ -225,7 +239,8 @@ class FineTuner:
                         cache.compute(missing)
                         missing = []
         if cache is not None:
-            cache.compute(missing, pad_to=self.training.batch_size)
+            cache.compute(missing)
+            cache.flush()
         skipped = [p for p in self.dataset.warnings if p.message.startswith("skipped")]
         for problem in skipped:
             self.console.print(f"[yellow]{problem}[/yellow]", markup=True, highlight=False)
@@ -331,17 +346,28 @@ class FineTuner:
             def on_epoch_end(self, args, state, control, **kwargs):
                 epoch_seconds.append(self._now() - self.epoch_started)
 
-        class AdapterSafeTrainer(Trainer):
-            """Resumes LoRA checkpoints through ``load_adapter_weights`` (see ``models.loading``) and
-            answers image features from the cache for the batch's pages."""
+        class ParkVisionTower(TrainerCallback):
+            """Every training page is answered from the cache: the tower can leave the GPU during steps. Parked
+            at each step's start (after the Trainer has placed the model, and again after a validation
+            generated text, which brings it back)."""
 
-            def compute_loss(self, model, inputs, *args, **kwargs):
+            def on_step_begin(self, args, state, control, **kwargs):
+                cache = fine_tuner.bundle.feature_cache
+                if cache is not None:
+                    fine_tuner.vision_offloaded_bytes = max(cache.offload_vision(), fine_tuner.vision_offloaded_bytes)
+
+        class AdapterSafeTrainer(Trainer):
+            """Resumes LoRA checkpoints through ``load_adapter_weights`` (see ``models.loading``),
+            answers image features from the cache for the batch's pages and, on the hf backend, runs
+            the output head on labelled positions only (Unsloth fuses its own loss)."""
+
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
                 keys = inputs.pop("feature_keys", None)
                 cache = fine_tuner.bundle.feature_cache
-                if cache is None:
-                    return super().compute_loss(model, inputs, *args, **kwargs)
-                with cache.serving(keys):
-                    return super().compute_loss(model, inputs, *args, **kwargs)
+                with cache.serving(keys) if cache is not None else nullcontext():
+                    if fine_tuner.bundle.backend == "hf" and not return_outputs:
+                        return labelled_token_loss(model, inputs, num_items_in_batch)
+                    return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
             def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
                 weights = Path(resume_from_checkpoint) / "adapter_model.safetensors"
@@ -355,8 +381,12 @@ class FineTuner:
             args=args,
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),
             data_collator=PageCollator(self.bundle),
-            callbacks=[WallTimer(), ValidationCER()],
+            callbacks=[WallTimer(), ValidationCER(), ParkVisionTower()],
         )
+        if self.bundle.backend == "hf":
+            # labelled_token_loss divides by the accumulated batch's token count itself: no second division.
+            trainer.model_accepts_loss_kwargs = True
+        self.vision_offloaded_bytes = 0
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
@@ -400,7 +430,9 @@ class FineTuner:
         samples = train_output.metrics.get("train_samples_per_second")
         epochs_done = steps * t.batch_size * t.gradient_accumulation_steps / max(len(self.train_examples), 1)
         tokens = sum(self.lengths) * epochs_done
-        peak_allocated = torch.cuda.max_memory_allocated() if self.device_is_cuda else None
+        training_peak = torch.cuda.max_memory_allocated() if self.device_is_cuda else None
+        prepare_peak = self.prepare_peak_bytes
+        peak_allocated = max(training_peak, prepare_peak) if training_peak is not None else None
         peak_reserved = torch.cuda.max_memory_reserved() if self.device_is_cuda else None
         gpu_hours = train_seconds / 3600 if self.device_is_cuda else 0.0
         return {
@@ -425,7 +457,10 @@ class FineTuner:
                       "tokens_per_second": tokens / train_seconds if train_seconds else None,
                       **_steady_speed(self.history.get("step_seconds", []), t.batch_size * t.gradient_accumulation_steps,
                                       sum(self.lengths) / max(len(self.lengths), 1))},
-            "memory": {"peak_vram_allocated_bytes": peak_allocated, "peak_vram_reserved_bytes": peak_reserved},
+            # Whole run: the page pass (features computed) and training, each also on its own.
+            "memory": {"peak_vram_allocated_bytes": peak_allocated, "peak_vram_reserved_bytes": peak_reserved,
+                       "peak_vram_prepare_allocated_bytes": prepare_peak, "peak_vram_training_allocated_bytes": training_peak,
+                       "vision_offloaded_bytes": self.vision_offloaded_bytes},
             "cost": {"gpu_hours": gpu_hours, "gpu_price_per_hour_usd": self.config.gpu_price_per_hour_usd,
                      "cost_usd": gpu_hours * self.config.gpu_price_per_hour_usd},
             "device": torch.cuda.get_device_name() if self.device_is_cuda else platform.processor() or "cpu",
