@@ -34,7 +34,7 @@ VARIANTS = {
     "ocrloop": ["--backend", "auto", "--optimizer", "auto"],
     # The same with Unsloth's compilation, which pays back on long runs only.
     "ocrloop-compile": ["--backend", "auto", "--optimizer", "auto", "--compile"],
-    # ocrloop's path on plain transformers + peft: no Unsloth compilation to amortize.
+    # ocrloop's path on plain transformers + peft, without Unsloth.
     "ocrloop-hf": ["--backend", "hf", "--optimizer", "auto"],
     "ocrloop-hf-nockpt": ["--backend", "hf", "--optimizer", "auto", "--no-gradient-checkpointing"],
     # Unsloth as its notebook runs it (compiled), for telling its share from ocrloop's own.
@@ -83,9 +83,9 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
         "steady_tokens_per_second": speed["steady_tokens_per_second"],
         "peak_vram_allocated_gib": gib(memory["peak_vram_allocated_bytes"]),
         "peak_vram_reserved_gib": gib(memory["peak_vram_reserved_bytes"]),
-        "peak_vram_prepare_gib": gib(memory.get("peak_vram_prepare_allocated_bytes")),
-        "peak_vram_training_gib": gib(memory.get("peak_vram_training_allocated_bytes")),
-        "vision_offloaded_gib": gib(memory.get("vision_offloaded_bytes")),
+        "peak_vram_prepare_gib": gib(memory["peak_vram_prepare_allocated_bytes"]),
+        "peak_vram_training_gib": gib(memory["peak_vram_training_allocated_bytes"]),
+        "vision_offloaded_gib": gib(memory["vision_offloaded_bytes"]),
         "trainable_parameters": card["parameters"]["trainable"], "total_parameters": card["parameters"]["total"],
         "vision_without_autograd": card["parameters"].get("vision_without_autograd"),
         "train_loss_by_epoch": card["metrics"]["train_loss_by_epoch"], "device": card["device"], "versions": card["versions"],

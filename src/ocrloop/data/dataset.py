@@ -207,10 +207,8 @@ class Dataset:
                 return error
             return prepare(example, image)
 
-        if workers <= 1:
-            results: Iterator[Any] = map(load_and_prepare, examples)
-            return self._skipping_failed(examples, results)
-        return self._skipping_failed(examples, _ordered_in_threads(load_and_prepare, examples, workers))
+        results = map(load_and_prepare, examples) if workers <= 1 else _ordered_in_threads(load_and_prepare, examples, workers)
+        return self._skipping_failed(examples, results)
 
     def _skipping_failed(self, examples: list[PageExample], results: Iterator[Any]) -> Iterator[tuple[PageExample, Any]]:
         for example, result in zip(examples, results):

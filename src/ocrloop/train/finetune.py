@@ -218,10 +218,10 @@ class FineTuner:
         for split, dataset, examples in (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples)):
             for example, encoded in dataset.iter_prepared(examples, encode, workers=workers):
                 where = f"{example.source} page {example.page + 1}"
-                if len(encoded) > self.training.max_seq_length:
+                if len(encoded) > t.max_seq_length:
                     raise ExampleTooLong(
                         f"{where}: {len(encoded)} tokens ({encoded.image_tokens} image + "
-                        f"{len(encoded) - encoded.image_tokens} text) exceed max_seq_length={self.training.max_seq_length}; "
+                        f"{len(encoded) - encoded.image_tokens} text) exceed max_seq_length={t.max_seq_length}; "
                         "raise training.max_seq_length or use a lower --resolution"
                     )
                 found = encoded.input_ids.count(image_token_id)
@@ -235,7 +235,7 @@ class FineTuner:
                     if cache.add(key, encoded) and key not in queued:
                         queued.add(key)
                         missing.append((key, encoded))
-                    if len(missing) >= self.training.batch_size:
+                    if len(missing) >= t.batch_size:
                         cache.compute(missing)
                         missing = []
         if cache is not None:
