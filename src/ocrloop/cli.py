@@ -81,7 +81,7 @@ def bench_train_command(
     resolution: Annotated[str, typer.Option(help="Resolution mode of the pages.")] = "gundam",
     batch_size: Annotated[int, typer.Option(help="Pages per step, the same for every variant.")] = 8,
     steps: Annotated[int, typer.Option(help="Optimizer steps per variant (the first two are warm-up).")] = 12,
-    variants: Annotated[str, typer.Option(help="Comma-separated: baseline, unsloth, ocrloop, ocrloop-compile, ocrloop-hf, ocrloop-hf-nockpt.")] = "baseline,ocrloop",
+    variants: Annotated[str, typer.Option(help="Comma-separated: baseline, unsloth, ocrloop, ocrloop-compile, ocrloop-cudnn, ocrloop-hf, ocrloop-hf-nockpt.")] = "baseline,ocrloop",
     lora_targets: Annotated[str, typer.Option(help="LoRA target groups, the same for every variant.")] = "attention,mlp,experts",
     work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint, pages and runs.")] = Path("/tmp/ocrloop-bench"),
     epochs: Annotated[Optional[float], typer.Option(help="Run mode: train --pages pages for this many epochs, timed end to end.")] = None,
@@ -459,6 +459,7 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help="training.seed")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="training.compile")] = None,
+    cudnn_attention: Annotated[Optional[bool], typer.Option("--cudnn-attention/--no-cudnn-attention", help="training.cudnn_attention")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch or adamw_8bit")] = None,
     skip_frozen_vision_backward: Annotated[Optional[bool], typer.Option("--skip-frozen-vision-backward/--no-skip-frozen-vision-backward", help="training.skip_frozen_vision_backward")] = None,
     feature_cache: Annotated[Optional[bool], typer.Option("--feature-cache/--no-feature-cache", help="training.feature_cache")] = None,
@@ -486,7 +487,7 @@ def train_command(
         "training.gradient_checkpointing": gradient_checkpointing, "training.optimizer": optimizer,
         "training.skip_frozen_vision_backward": skip_frozen_vision_backward, "training.merge": merge,
         "training.feature_cache": feature_cache, "training.dataloader_workers": dataloader_workers,
-        "training.skip_invalid": skip_invalid, "training.compile": compile,
+        "training.skip_invalid": skip_invalid, "training.compile": compile, "training.cudnn_attention": cudnn_attention,
         "training.feature_pages_per_forward": feature_pages_per_forward,
     }
     config = _config(workspace, overrides)

@@ -66,8 +66,14 @@ class TrainingConfig(_Section):
     gradient_checkpointing: bool = True
     compile: bool = Field(
         False, description="Unsloth backend: let Unsloth compile the model (Unsloth's own default). Off: on an H100 it "
-                           "cost about 50 s in the first step and saved about 0.06 s per step, so only runs of more than "
-                           "about 800 steps earn it back (docs/performance-notes.md)."
+                           "cost 52 s in the first step of a machine's first run (16 s once compiled before) and saved "
+                           "about 0.06 s a step, so only runs of more than about 900 (270) steps earn it back "
+                           "(docs/performance-notes.md)."
+    )
+    cudnn_attention: bool = Field(
+        False, description="Let PyTorch choose cuDNN's attention kernel. Off: flash or memory-efficient attention instead; "
+                           "on an H100 cuDNN spent about 3 ms of CPU per attention call planning (more than its kernel "
+                           "took) and seconds for each new sequence length (docs/performance-notes.md)."
     )
     skip_frozen_vision_backward: bool = Field(
         True, description="Compute image features without autograd when no vision parameter is trained."
@@ -79,8 +85,9 @@ class TrainingConfig(_Section):
         True, description="Compute each page's image features once and reuse them every epoch (when the vision tower is frozen)."
     )
     feature_pages_per_forward: int = Field(
-        1, ge=1, description="Pages per vision-tower pass when caching features. On an H100 at gundam: 1 page peaked at "
-                             "8.4 GiB and 0.11 s a page, 8 pages at 20 GiB and 0.06 s a page."
+        2, ge=1, description="Pages per vision-tower pass when caching features. DeepSeek-OCR-2 at gundam on an H100 "
+                             "(tower activations): 1 page 0.9 GiB and 0.10 s a page, 2 pages 1.0 GiB and 0.085 s, 4 pages "
+                             "1.3 GiB and 0.07 s."
     )
     feature_cache_device_bytes: int = Field(
         4 * 2**30, ge=0, description="Cached features kept on the GPU; the rest are read from disk ahead of each step."

@@ -15,7 +15,8 @@ def test_bench_train_runs_each_variant_in_its_own_process_and_writes_ratios(tiny
     payload = json.loads(out.read_text())
     variants = payload["variants"]
     assert set(variants) == {"baseline", "ocrloop"} and all(v["status"] == "succeeded" for v in variants.values())
-    assert "--optimizer adamw_torch" in variants["baseline"]["command"]
+    assert "--optimizer adamw_torch" in variants["baseline"]["command"] and "--cudnn-attention" in variants["baseline"]["command"]
+    assert all(isinstance(v["compiled_kernels_before"], int) for v in variants.values())
     ocrloop = variants["ocrloop"]
     assert ocrloop["same_trainable_parameters_as_baseline"] is True
     assert ocrloop["speedup_vs_baseline"] > 0 and len(ocrloop["train_loss_by_epoch"]) >= 1

@@ -131,3 +131,36 @@ def test_gundam_pages_with_and_without_local_tiles_batch_together(tiny_presets):
         batch = collate(pages, bundle.tokenizer.pad_token_id, family=bundle.family, tokenizer=bundle.tokenizer)
         assert batch["pixel_values_local"].shape[0] == int(batch["num_local_patches"].sum())
         assert bundle.model(**batch).loss.isfinite()
+
+
+def test_bounded_vision_memory_runs_few_views_at_a_time_and_gives_the_same_features(tiny_presets, monkeypatch):
+    from transformers.models.deepseek_ocr2 import modeling_deepseek_ocr2 as modeling
+
+    from ocrloop.models.base import collate
+
+    bundle = load_model("tiny-deepseek-ocr-2")
+    pages = [bundle.encode(Image.new("RGB", (1400, 1000), shade), "markdown", "a", "gundam") for shade in ("white", "gray")]
+    batch = collate(pages, bundle.tokenizer.pad_token_id, family=bundle.family, tokenizer=bundle.tokenizer)
+    inputs = {k: batch[k] for k in bundle.family.feature_input_keys}
+    calls: list[tuple[int, int]] = []  # (views, tokens per view) of every attention call
+    attention = type(next(m for m in bundle.model.modules() if isinstance(m, modeling.DeepseekOcr2SamVisionAttention)))
+    original = attention.forward
+
+    def counted(self, hidden_states, *args, **kwargs):
+        calls.append((hidden_states.shape[0], hidden_states.shape[1] * hidden_states.shape[2]))
+        return original(self, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "forward", counted)
+    with torch.no_grad():
+        whole = bundle.model.get_image_features(**inputs).pooler_output
+        calls_whole = len(calls)
+        # The tiny tower's global layer: 2 heads x 2304^2 tokens of a 768 tile in fp32 = 42 MB a view.
+        with bundle.family.bounded_vision_memory(bundle.model, budget_bytes=100 * 2**20):
+            bounded = bundle.model.get_image_features(**inputs).pooler_output
+    local_views = int(batch["num_local_patches"].sum())
+    tile_calls = [views for views, tokens in calls if tokens == 48 * 48]  # global attention over whole 768 tiles
+    assert local_views > 2 and len(calls) > 2 * calls_whole
+    assert max(tile_calls) == local_views and max(tile_calls[1:]) == 2  # every tile at once, then two at a time...
+    assert attention.forward is counted and "forward" not in vars(bundle.model.model.vision_tower)  # ...and nothing stays patched
+    for a, b in zip(whole, bounded):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

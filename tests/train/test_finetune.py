@@ -63,6 +63,9 @@ def test_overfitting_a_few_receipts_lowers_the_loss_and_the_saved_model_reads_th
     assert card["data"]["manifest_hash"] and card["parameters"]["trainable"] > 0
     assert card["metrics"]["final_validation"]["cer"] >= 0
     assert card["speed"]["steps"] == 24 and card["speed"]["samples_per_second"] > 0
+    # Every step and every epoch (4 receipts, batch 2: 12 epochs) is timed.
+    assert len(card["speed"]["step_seconds"]) == 24 and len(card["speed"]["epoch_seconds"]) == 12
+    assert all(seconds > 0 for seconds in card["speed"]["step_seconds"] + card["speed"]["epoch_seconds"])
 
     reloaded = load_model(str(tmp_path / "out"))
     if mode == "full":
@@ -148,3 +151,21 @@ def test_a_checkpoint_cut_off_by_a_crash_is_skipped_on_resume(tiny_presets, rece
     result = train(config, tmp_path / "run", resume=True)
     assert result.card["speed"]["steps"] == 4
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text().startswith("{")
+
+
+@pytest.mark.parametrize("cudnn_attention", [False, True])
+def test_cudnn_attention_is_left_out_of_training_unless_asked(tiny_presets, receipts, tmp_path, monkeypatch, cudnn_attention):
+    import ocrloop.train.finetune as finetune
+
+    seen: list[bool] = []
+    loss = finetune.labelled_token_loss
+
+    def recording(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "labelled_token_loss", recording)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=2, cudnn_attention=cudnn_attention), tmp_path / "out")
+    assert seen == [cudnn_attention] * 2
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before  # the choice ends with the run

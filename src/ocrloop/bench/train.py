@@ -27,8 +27,9 @@ from ocrloop.workspace import Workspace, init_workspace
 
 # What each variant changes; everything else is shared.
 VARIANTS = {
-    # Plain transformers + peft as a user would run it: HF gradient checkpointing, SDPA, torch AdamW.
-    "baseline": ["--backend", "hf", "--optimizer", "adamw_torch", "--no-skip-frozen-vision-backward", "--no-feature-cache"],
+    # Plain transformers + peft as a user would run it: HF gradient checkpointing, SDPA as PyTorch picks it, torch AdamW.
+    "baseline": ["--backend", "hf", "--optimizer", "adamw_torch", "--no-skip-frozen-vision-backward", "--no-feature-cache",
+                 "--cudnn-attention"],
     # ocrloop's defaults: Unsloth where available (not compiled), 8-bit AdamW, no backward through a
     # frozen vision tower, image features computed once per page.
     "ocrloop": ["--backend", "auto", "--optimizer", "auto"],
@@ -38,7 +39,10 @@ VARIANTS = {
     "ocrloop-hf": ["--backend", "hf", "--optimizer", "auto"],
     "ocrloop-hf-nockpt": ["--backend", "hf", "--optimizer", "auto", "--no-gradient-checkpointing"],
     # Unsloth as its notebook runs it (compiled), for telling its share from ocrloop's own.
-    "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--compile", "--no-skip-frozen-vision-backward", "--no-feature-cache"],
+    "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--compile", "--no-skip-frozen-vision-backward", "--no-feature-cache",
+                "--cudnn-attention"],
+    # ocrloop's defaults with PyTorch's own choice of attention kernel (cuDNN on an H100).
+    "ocrloop-cudnn": ["--backend", "auto", "--optimizer", "auto", "--cudnn-attention"],
 }
 
 
@@ -65,6 +69,7 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
     command = [sys.executable, "-m", "ocrloop", "train", "-w", str(workspace.root), "--model", str(checkpoint),
                "--output", str(output), "--eval-steps", "100000", "--eval-max-pages", "1", "--max-new-tokens", "8",
                "--logging-steps", "1", *flags]
+    kernels_before = _compiled_kernels()
     started = time.perf_counter()
     process = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - started
@@ -92,7 +97,16 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
         "prepare_seconds": speed.get("prepare_seconds"), "train_seconds": speed["train_seconds"],
         "epoch_seconds": speed.get("epoch_seconds", []), "feature_cache": card.get("feature_cache"),
         "train_pages": card["data"]["train_pages"],
+        # Triton kernels already compiled on this machine: 0 means the first step paid for compiling them all.
+        "compiled_kernels_before": kernels_before,
     }
+
+
+def _compiled_kernels() -> int:
+    """Entries in Triton's on-disk kernel cache, kept between runs on one machine: where Unsloth's eager
+    kernels go (compiled runs keep theirs in Inductor's cache, not counted here)."""
+    folder = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
 
 
 def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "gundam",

@@ -9,7 +9,7 @@ Shared mechanics (padding, batching, generation) live here once.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +33,9 @@ PROMPT_TEMPLATES = {
 
 # The plan's resolution modes: (side in pixels, DeepSeek-OCR vision tokens).
 RESOLUTIONS = {"tiny": (512, 64), "small": (640, 100), "base": (1024, 256), "large": (1280, 400), "gundam": (1024, None)}
+
+# Bytes one vision attention temporary may take when image features are computed (bounded_vision_memory).
+VISION_ATTENTION_BYTES = 256 * 2**20
 
 
 class ModelError(OcrloopError):
@@ -106,7 +109,7 @@ class OCRModel:
         self._inference_mode(True)
         serving = self.feature_cache.serving(feature_keys) if self.feature_cache is not None and feature_keys else nullcontext()
         try:
-            with serving:
+            with serving, self.family.bounded_vision_memory(self.model):
                 output = self.model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,
@@ -251,6 +254,12 @@ class OCRFamily:
     def lora_target_parameters(self, groups: list[str]) -> list[str]:
         """Parameter names (not modules) that get LoRA, e.g. fused MoE expert weights; none by default."""
         return []
+
+    def bounded_vision_memory(self, model: Any, budget_bytes: int = VISION_ATTENTION_BYTES) -> AbstractContextManager:
+        """While inside, the vision tower's attention runs few enough views at a time that its
+        temporaries stay under ``budget_bytes``; the features are the same (float tolerance).
+        Nothing to bound by default."""
+        return nullcontext()
 
     # --- random-weight checkpoints ------------------------------------------------------------------
 

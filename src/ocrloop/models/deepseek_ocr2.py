@@ -9,13 +9,14 @@ tokens), ``base`` = one 1024 view (257), ``gundam`` = 1024 view + 2..6 local 768
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
 
-from ocrloop.models.base import EncodedExample, OCRFamily, OCRModel, ceil_div
+from ocrloop.models.base import VISION_ATTENTION_BYTES, EncodedExample, OCRFamily, OCRModel, ceil_div
 
 _MODES = {
     "small": {"crop_to_patches": False, "size": 768, "tile_size": 768},
@@ -54,6 +55,21 @@ class DeepseekOcr2Family(OCRFamily):
 
     def lora_target_parameters(self, groups: list[str]) -> list[str]:
         return ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"] if "experts" in groups else []
+
+    @contextmanager
+    def bounded_vision_memory(self, model: Any, budget_bytes: int = VISION_ATTENTION_BYTES) -> Iterator[None]:
+        # SAM's attention adds a relative-position bias that is materialized for every view and head
+        # (views x 12 x tokens^2: 400 MB for one 1024 view), so its peak grows with the views per pass.
+        from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2SamVisionAttention
+
+        modules = [m for m in model.modules() if isinstance(m, DeepseekOcr2SamVisionAttention) and m.use_rel_pos]
+        for module in modules:
+            module.forward = _views_at_a_time(module, budget_bytes)
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.__dict__.pop("forward", None)
 
     def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         self.check_resolution(resolution)
@@ -109,3 +125,20 @@ class DeepseekOcr2Family(OCRFamily):
         text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         return DeepseekOcr2Config(vision_config={"sam_config": sam, "encoder_config": encoder}, text_config=text,
                                   image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+
+
+def _views_at_a_time(module: Any, budget_bytes: int) -> Callable:
+    """``module``'s forward over chunks of views whose attention bias fits ``budget_bytes``."""
+    forward = type(module).forward.__get__(module)
+
+    def chunked(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        views, height, width, _ = hidden_states.shape
+        bias_bytes = module.num_attention_heads * (height * width) ** 2 * hidden_states.element_size()
+        step = max(1, budget_bytes // bias_bytes)
+        if views <= step:
+            return forward(hidden_states, *args, **kwargs)
+        parts = [forward(chunk, *args, **kwargs) for chunk in hidden_states.split(step)]
+        weights = [weight for _, weight in parts]
+        return torch.cat([out for out, _ in parts]), None if any(w is None for w in weights) else torch.cat(weights)
+
+    return chunked

@@ -1,8 +1,8 @@
 """Image features computed once per page and reused every epoch.
 
 When the vision tower and projector are frozen, a page's projected image features are the same at
-every step, so they are computed once, without autograd and eagerly (a few pages per tower pass, which
-bounds the pass's memory), while the examples are checked before training. The model's
+every step, so they are computed once, without autograd and eagerly (a few pages per tower pass, the
+tower's attention a few views at a time: ``OCRFamily.bounded_vision_memory``), while the examples are checked before training. The model's
 ``get_image_features`` is then answered from the cache for the pages of each batch
 (``FeatureCache.serving``), and the training batch carries a 1-value placeholder instead of pixels,
 so neither the vision tower nor the image processor runs again.
@@ -91,8 +91,8 @@ class FeatureCache:
     def __init__(self, bundle: OCRModel, folder: Path, resolution: str, *, device_budget_bytes: int,
                  page_settings: str = "", warn: Callable[[str], None] | None = None, pages_per_forward: int = 1):
         self.bundle, self.folder, self.resolution = bundle, Path(folder), resolution
-        # Few pages per tower pass: its activations grow with them. On an H100, 8 gundam pages (56 views) at
-        # once peaked at 20 GiB, more than LoRA training of the language model needs (training.feature_pages_per_forward).
+        # Few pages per tower pass: its activations grow with them, even with the family's attention bounded
+        # (DeepSeek-OCR-2 on an H100: 8 gundam pages 2.5 GiB, 13.5 GiB unbounded; training.feature_pages_per_forward).
         self.pages_per_forward = pages_per_forward
         self.device_budget_bytes = device_budget_bytes
         self.warn = warn or log.warning
@@ -257,7 +257,7 @@ class FeatureCache:
             batch = to_device(collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
                                       dtype=b.dtype), b.device)
             inputs = {k: batch[k] for k in b.family.feature_input_keys if k in batch}
-            with autocast, torch.compiler.set_stance("force_eager"):
+            with autocast, torch.compiler.set_stance("force_eager"), b.family.bounded_vision_memory(b.model):
                 per_page = self._compute(**inputs, return_dict=True).pooler_output
             for (key, _), features in zip(chunk, per_page):
                 features = features.detach()

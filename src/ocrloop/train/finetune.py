@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ocrloop.atomic import atomic_write_json
 from ocrloop.config import OcrloopConfig
@@ -48,6 +49,8 @@ from ocrloop.registry import Registry
 
 RUN_CARD = "run_card.json"
 PREPARE_THREADS = 8  # threads preparing pages before training; beyond this the GPU is the bottleneck
+# Attention kernels while training.cudnn_attention is off: cuDNN plans every attention call on the CPU.
+WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class PageDataset(torch.utils.data.Dataset):
@@ -326,25 +329,41 @@ class FineTuner:
         cuda = self.device_is_cuda
 
         class WallTimer(TrainerCallback):
-            """Wall time of every optimizer step (so warm-up can be told apart) and of every epoch (data
-            loading included: what a whole run is made of), synchronized on CUDA."""
+            """Time of every optimizer step (so warm-up can be told apart) and of every epoch (data loading
+            included: what a whole run is made of). On CUDA, steps are timed by events on the GPU's stream,
+            read at epoch ends: waiting for the GPU at every step would keep the CPU from queueing the next."""
 
-            def _now(self) -> float:
+            def __init__(self):
+                self.pending: list[tuple[Any, Any]] = []
+
+            def _mark(self) -> Any:
+                if not cuda:
+                    return time.perf_counter()
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+                return event
+
+            def _settle(self) -> float:
                 if cuda:
                     torch.cuda.synchronize()
+                step_seconds.extend(start.elapsed_time(end) / 1000 if cuda else end - start for start, end in self.pending)
+                self.pending = []
                 return time.perf_counter()
 
             def on_step_begin(self, args, state, control, **kwargs):
-                self.step_started = self._now()
+                self.step_started = self._mark()
 
             def on_step_end(self, args, state, control, **kwargs):
-                step_seconds.append(self._now() - self.step_started)
+                self.pending.append((self.step_started, self._mark()))
 
             def on_epoch_begin(self, args, state, control, **kwargs):
-                self.epoch_started = self._now()
+                self.epoch_started = self._settle()
 
             def on_epoch_end(self, args, state, control, **kwargs):
-                epoch_seconds.append(self._now() - self.epoch_started)
+                epoch_seconds.append(self._settle() - self.epoch_started)
+
+            def on_train_end(self, args, state, control, **kwargs):
+                self._settle()
 
         class ParkVisionTower(TrainerCallback):
             """Every training page is answered from the cache: the tower can leave the GPU during steps. Parked
@@ -390,7 +409,8 @@ class FineTuner:
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        train_output = trainer.train(resume_from_checkpoint=self._last_checkpoint() if self.resume else None)
+        with nullcontext() if t.cudnn_attention else sdpa_kernel(WITHOUT_CUDNN):
+            train_output = trainer.train(resume_from_checkpoint=self._last_checkpoint() if self.resume else None)
         train_seconds = time.perf_counter() - started
 
         self.history["train_loss_by_epoch"] = _loss_by_epoch(trainer.state.log_history)
