@@ -108,7 +108,7 @@ def train(out: Path, size: str, pages: int, backend: str, tag: str, profile_at: 
     from torch.profiler import ProfilerActivity, profile, record_function
     from transformers import TrainerCallback
 
-    from ocrloop.bench.train import VARIANTS
+    from ocrloop.bench.train import VARIANTS, workload_flags
     from ocrloop.cli import app
 
     workspace, checkpoint = _workload(size, pages)
@@ -168,9 +168,7 @@ def train(out: Path, size: str, pages: int, backend: str, tag: str, profile_at: 
 
     transformers.Trainer.__init__ = init_with_profiler
     run_dir = WORK / "runs" / f"profile-{tag}"
-    flags = ["--resolution", "gundam", "--batch-size", "8", "--gradient-accumulation-steps", "1", "--epochs", "3",
-             "--warmup-steps", "0", "--lora-rank", "16", "--lora-alpha", "16", "--save-steps", "100000",
-             "--lora-targets", "attention,mlp,experts", "--lora-dropout", "0", "--mode", "lora16"]
+    flags = [*workload_flags("gundam", 8, 0, 3.0, 16, "attention,mlp,experts"), "--mode", "lora16"]
     variant = VARIANTS["ocrloop" if backend == "unsloth" else "ocrloop-hf"]
     with contextlib.suppress(SystemExit):
         app(["train", "-w", str(workspace.root), "--model", str(checkpoint), "--output", str(run_dir), "--eval-steps", "100000",

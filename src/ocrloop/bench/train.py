@@ -102,6 +102,14 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
     }
 
 
+def workload_flags(resolution: str, batch_size: int, steps: int, epochs: float | None, lora_rank: int, lora_targets: str) -> list[str]:
+    """The ``ocrloop train`` flags every variant shares: ``epochs`` (run mode) or ``steps``, no warm-up, no checkpoints."""
+    length = ["--epochs", str(epochs)] if epochs is not None else ["--max-steps", str(steps)]
+    return ["--resolution", resolution, "--batch-size", str(batch_size), "--gradient-accumulation-steps", "1", *length,
+            "--warmup-steps", "0", "--lora-rank", str(lora_rank), "--lora-alpha", str(lora_rank), "--save-steps", "100000",
+            "--lora-targets", lora_targets, "--lora-dropout", "0"]
+
+
 def _compiled_kernels() -> int:
     """Entries in Triton's on-disk kernel cache, kept between runs on one machine: where Unsloth's eager
     kernels go (compiled runs keep theirs in Inductor's cache, not counted here)."""
@@ -130,10 +138,7 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     workspace, checkpoint = prepare(work, family, size, pages, categories, exact_train_pages=epochs is not None)
-    length = ["--epochs", str(epochs)] if epochs is not None else ["--max-steps", str(steps)]
-    shared = ["--resolution", resolution, "--batch-size", str(batch_size), "--gradient-accumulation-steps", "1", *length,
-              "--warmup-steps", "0", "--lora-rank", str(lora_rank), "--lora-alpha", str(lora_rank), "--save-steps", "100000",
-              "--lora-targets", lora_targets, "--lora-dropout", "0"]
+    shared = workload_flags(resolution, batch_size, steps, epochs, lora_rank, lora_targets)
     results: dict[str, Any] = {
         "command": "ocrloop bench train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "ocrloop bench train",
         "workload": {"family": family, "size": size, "resolution": resolution, "batch_size": batch_size, "mode": mode,
