@@ -250,19 +250,19 @@ class FeatureCache:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if b.device.type == "cuda" and b.dtype == torch.bfloat16 \
             else torch.autocast("cpu", enabled=False)
         self.restore_vision()
-        for start in range(0, len(pending), self.pages_per_forward):
-            chunk = pending[start:start + self.pages_per_forward]
-            # Pixels go to the device as they are; joining and casting them there is much faster than on the CPU.
-            examples = [replace(e, vision=to_device(e.vision, b.device)) for _, e in chunk]
-            batch = to_device(collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
-                                      dtype=b.dtype), b.device)
-            inputs = {k: batch[k] for k in b.family.feature_input_keys if k in batch}
-            with autocast, torch.compiler.set_stance("force_eager"), b.family.bounded_vision_memory(b.model):
+        with autocast, torch.compiler.set_stance("force_eager"), b.family.bounded_vision_memory(b.model):
+            for start in range(0, len(pending), self.pages_per_forward):
+                chunk = pending[start:start + self.pages_per_forward]
+                # Pixels go to the device as they are; joining and casting them there is much faster than on the CPU.
+                examples = [replace(e, vision=to_device(e.vision, b.device)) for _, e in chunk]
+                batch = to_device(collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer,
+                                          dtype=b.dtype), b.device)
+                inputs = {k: batch[k] for k in b.family.feature_input_keys if k in batch}
                 per_page = self._compute(**inputs, return_dict=True).pooler_output
-            for (key, _), features in zip(chunk, per_page):
-                features = features.detach()
-                self._pending_writes[key] = self._writer.submit(self._write, key, features.to("cpu").contiguous())
-                self._keep(key, features)
+                for (key, _), features in zip(chunk, per_page):
+                    features = features.detach()
+                    self._pending_writes[key] = self._writer.submit(self._write, key, features.to("cpu").contiguous())
+                    self._keep(key, features)
         self.stats.computed += len(pending)
         if b.device.type == "cuda":
             torch.cuda.synchronize()
