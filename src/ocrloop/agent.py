@@ -19,6 +19,7 @@ from ocrloop.data.files import SUPPORTED_SUFFIXES, inspect_file, load_page
 from ocrloop.errors import OcrloopError
 from ocrloop.models import load_model
 from ocrloop.models.base import OCRModel
+from ocrloop.models.reading import ReadingSettings, resolve_reading
 
 
 @dataclass
@@ -44,12 +45,13 @@ class DocumentText:
 
 
 class OCRAgent:
-    """A loaded OCR model plus the settings it reads pages with."""
+    """A loaded OCR model plus the settings it reads pages with: its own saved ones, else the workspace's."""
 
     def __init__(self, bundle: OCRModel, model_name: str, config: OcrloopConfig):
         self.bundle = bundle
         self.model_name = model_name
         self.config = config
+        self.reading, _ = self.settings()
 
     @classmethod
     def load(cls, workspace: str | Path = ".", *, business: str | None = None, model: str | None = None) -> "OCRAgent":
@@ -67,11 +69,16 @@ class OCRAgent:
             name = model
         return cls(load_model(model, backend=config.training.backend), name, config)
 
+    def settings(self, *, prompt: str | None = None, resolution: str | None = None,
+                 max_new_tokens: int | None = None) -> tuple[ReadingSettings, list[str]]:
+        """The settings a read with these explicit values uses, and a note for each that differs from the model's own."""
+        return resolve_reading(self.bundle.reading, ReadingSettings.from_training(self.config.training),
+                               model_name=self.model_name, prompt=prompt, resolution=resolution, max_new_tokens=max_new_tokens)
+
     def read(self, images: list[Image.Image], *, prompt: str | None = None, resolution: str | None = None) -> list[str]:
         """OCR text of each image, in order."""
-        t = self.config.training
-        return self.bundle.generate(images, prompt=prompt or t.prompt, resolution=resolution or t.resolution,
-                                    max_new_tokens=t.max_new_tokens)
+        reading, _ = self.settings(prompt=prompt, resolution=resolution)
+        return self.bundle.read(images, reading)
 
     def read_file(self, path: str | Path, *, prompt: str | None = None, resolution: str | None = None) -> DocumentText:
         """OCR every page of an image or PDF file."""

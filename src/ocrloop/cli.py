@@ -30,6 +30,7 @@ bench_app = typer.Typer(help="Benchmarks: measure and write JSON.", no_args_is_h
 app.add_typer(bench_app, name="bench")
 
 console = Console()
+notices = Console(stderr=True)  # notes about how a command runs, kept out of its results on stdout
 
 WorkspaceOption = Annotated[
     Path, typer.Option("--workspace", "-w", help="Workspace folder (holds ocrloop.yaml).", envvar="OCRLOOP_WORKSPACE")
@@ -139,6 +140,32 @@ def bench_ocr_command(
     bench_ocr(out, family=family, size=size, resolution=resolution, batch_sizes=sizes, pages=pages,
               cache_implementation="static" if cache == "static" else None, work=work,
               progress=lambda line: console.print(line, markup=False))
+
+
+@bench_app.command("lines")
+def bench_lines_command(
+    out: Annotated[Path, typer.Option(help="JSON file to write.")],
+    size: Annotated[str, typer.Option(help="Qwen2.5-VL preset size: small (25 M) or tiny.")] = "small",
+    lines: Annotated[int, typer.Option(help="Distinct single-line images (rendered once into --work).")] = 20_000,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 256,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    workers: Annotated[int, typer.Option(help="Data loader processes (training.dataloader_workers).")] = 8,
+    optimizer: Annotated[str, typer.Option(help="training.optimizer; auto: fused AdamW on CUDA.")] = "auto",
+    profile_steps: Annotated[int, typer.Option(help="Steady steps profiled for the GPU-busy share (CUDA; slows them, so 0 for whole-run figures).")] = 0,
+    work: Annotated[Path, typer.Option(help="Scratch folder for images, checkpoint and run.")] = Path("/tmp/ocrloop-lines"),
+) -> None:
+    """Training speed of a small model, fully fine-tuned on single-line images: samples/s, page check, GPU busy share."""
+    from ocrloop.bench.lines import bench_lines
+
+    if size not in ("small", "tiny") or min(lines, batch_size, steps) < 1 or profile_steps < 0:
+        raise OcrloopError("--size is small or tiny; --lines, --batch-size and --steps are at least 1, --profile-steps at least 0")
+    results = bench_lines(out, size=size, lines=lines, batch_size=batch_size, steps=steps, learning_rate=learning_rate,
+                          workers=workers, optimizer=optimizer, profile_steps=profile_steps, work=work, console=console)
+    busy = results["profile"].get("gpu_busy_fraction")
+    console.print(f"{results['samples_per_second']:.0f} samples/s over {results['workload']['steps']} steps "
+                  f"(steady {results['steady_samples_per_second']:.0f}); page check {results['page_check_seconds']:.1f} s"
+                  + (f"; GPU busy {busy:.0%} of profiled steps" if busy is not None else ""), markup=False)
 
 
 @bench_app.command("learn")
@@ -321,10 +348,10 @@ def evaluate(
     engine: Annotated[Optional[str], typer.Option(help="Or: an off-the-shelf OCR engine to score (tesseract).")] = None,
     compare: Annotated[Optional[str], typer.Option(help="Baseline (before) to compare against: a model, a predictions .jsonl, or tesseract.")] = None,
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
-    resolution: Annotated[Optional[str], typer.Option(help="training.resolution used to read pages.")] = None,
-    prompt: Annotated[Optional[str], typer.Option(help="training.prompt used to read pages.")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="Read at this resolution instead of the model's own (training.resolution for a base model).")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Read with this prompt instead of the model's own (training.prompt for a base model).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Pages per generation batch (training.batch_size).")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="training.max_new_tokens")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit instead of the model's own (training.max_new_tokens for a base model).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="training.backend")] = None,
     lowercase: Annotated[bool, typer.Option(help="Ignore case.")] = False,
     strip_markdown: Annotated[bool, typer.Option(help="Ignore markdown markup (**, #, -, tables).")] = False,
@@ -349,9 +376,9 @@ def evaluate(
         raise OcrloopError("give exactly one of --model, --predictions or --engine")
     if engine is not None and engine != ENGINE:
         raise OcrloopError(f"unknown --engine {engine!r}; the one available is {ENGINE}")
-    config = _config(workspace, {"dataset_dir": dataset, "training.resolution": resolution, "training.prompt": prompt,
-                                 "training.batch_size": batch_size, "training.max_new_tokens": max_new_tokens,
-                                 "training.backend": backend})
+    config = _config(workspace, {"dataset_dir": dataset, "training.batch_size": batch_size, "training.backend": backend})
+    explicit = {"resolution": resolution, "prompt": prompt, "max_new_tokens": max_new_tokens}
+    _check_reading_flags(config, explicit)
     given = read_predictions(predictions) if predictions is not None else None
     baseline = read_predictions(Path(compare)) if compare is not None and compare.endswith(".jsonl") else None
     data = Dataset.open(config.dataset_dir, config.data)
@@ -363,7 +390,7 @@ def evaluate(
     def score(source_model: str | None, source_predictions: dict | None):
         if source_predictions is not None:
             return score_predictions(examples, source_predictions, normalization).report, None
-        texts = _read_pages(source_model, config, data, examples)
+        texts = _read_pages(source_model, config, data, examples, explicit)
         keyed = {(e.source, e.page): t for e, t in zip(examples, texts)}
         return score_predictions(examples, keyed, normalization).report, texts
 
@@ -399,10 +426,18 @@ def _registered_name(registry, model: str) -> str:
     return model
 
 
-def _read_pages(source: str, config: OcrloopConfig, data, examples) -> list[str]:
-    """Each example's text read by ``source`` (a model, or ``tesseract``); "" for a page that did not load."""
+def _check_reading_flags(config: OcrloopConfig, explicit: dict) -> None:
+    """Explicit reading flags are validated like the settings they stand for (one error line if not)."""
+    apply_overrides(config, {f"training.{name}": value for name, value in explicit.items()})
+
+
+def _read_pages(source: str, config: OcrloopConfig, data, examples, explicit: dict) -> list[str]:
+    """Each example's text read by ``source`` (a model, or ``tesseract``); "" for a page that did not load.
+
+    A model reads with its own saved settings unless ``explicit`` names others (each difference is noted)."""
     from ocrloop.evaluate.evaluator import read_pages
     from ocrloop.evaluate.tesseract import ENGINE, read_with_tesseract
+    from ocrloop.models.reading import ReadingSettings, resolve_reading
 
     t = config.training
     cache = None
@@ -415,11 +450,13 @@ def _read_pages(source: str, config: OcrloopConfig, data, examples) -> list[str]
 
         with console.status(f"loading {source}"):
             bundle = load_model(source, backend=t.backend)
-            cache = open_saved_cache(bundle, Path(source), t.resolution, pdf_dpi=config.data.pdf_dpi)
+            reading, notes = resolve_reading(bundle.reading, ReadingSettings.from_training(t), model_name=source, **explicit)
+            cache = open_saved_cache(bundle, Path(source), reading.resolution, pdf_dpi=config.data.pdf_dpi)
+        for note in notes:
+            notices.print(f"note: {note}", markup=False)
 
         def reader(progress):
-            return read_pages(bundle, data, examples, prompt=t.prompt, resolution=t.resolution, batch_size=t.batch_size,
-                              max_new_tokens=t.max_new_tokens, progress=progress)
+            return read_pages(bundle, data, examples, reading, batch_size=t.batch_size, progress=progress)
     with _progress() as progress:
         task = progress.add_task(f"reading with {Path(source).name}", total=len(examples))
         read, texts = reader(lambda done: progress.update(task, completed=done))
@@ -460,7 +497,7 @@ def train_command(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="training.compile")] = None,
     cudnn_attention: Annotated[Optional[bool], typer.Option("--cudnn-attention/--no-cudnn-attention", help="training.cudnn_attention")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch or adamw_8bit")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch, adamw_torch_fused or adamw_8bit")] = None,
     skip_frozen_vision_backward: Annotated[Optional[bool], typer.Option("--skip-frozen-vision-backward/--no-skip-frozen-vision-backward", help="training.skip_frozen_vision_backward")] = None,
     feature_cache: Annotated[Optional[bool], typer.Option("--feature-cache/--no-feature-cache", help="training.feature_cache")] = None,
     feature_pages_per_forward: Annotated[Optional[int], typer.Option(help="training.feature_pages_per_forward")] = None,
@@ -746,6 +783,8 @@ def ocr_command(
     from ocrloop.agent import OCRAgent
 
     agent = OCRAgent.load(workspace, business=business, model=model)
+    for note in agent.settings(prompt=prompt, resolution=mode)[1]:
+        notices.print(f"note: {note}", markup=False)
     refused = 0
     with _progress() as progress:
         task = progress.add_task(f"OCR with {agent.model_name}", total=len(todo))

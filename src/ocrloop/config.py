@@ -92,8 +92,9 @@ class TrainingConfig(_Section):
     feature_cache_device_bytes: int = Field(
         4 * 2**30, ge=0, description="Cached features kept on the GPU; the rest are read from disk ahead of each step."
     )
-    optimizer: Literal["auto", "adamw_torch", "adamw_8bit"] = Field(
-        "auto", description="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW."
+    optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit"] = Field(
+        "auto", description="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW. adamw_torch_fused: one "
+                            "kernel for all parameters (CUDA), for full fine-tuning of small models."
     )
     merge: bool = Field(False, description="Also save LoRA merged into the base weights (re-evaluated after merging).")
     report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"

@@ -22,6 +22,7 @@ from ocrloop.data.synth import SynthOptions, synthesize_dataset
 from ocrloop.evaluate.evaluator import evaluate_model
 from ocrloop.evaluate.metrics import EvaluationReport, Normalization, ScoredPair, evaluate_pairs
 from ocrloop.models import FAMILIES
+from ocrloop.models.reading import ReadingSettings
 
 
 def _scores(report: EvaluationReport) -> dict[str, Any]:
@@ -65,8 +66,8 @@ def bench_learn(out: Path, *, family: str = "qwen2.5-vl", size: str = "small", t
     tuner.setup()
     result = tuner.run()
 
-    final = evaluate_model(tuner.bundle, heldout, heldout_examples, prompt=training.prompt, resolution=resolution,
-                           batch_size=batch_size, max_new_tokens=max_new_tokens, normalization=Normalization(strip_markdown=True))
+    final = evaluate_model(tuner.bundle, heldout, heldout_examples, ReadingSettings.from_training(training),
+                           batch_size=batch_size, normalization=Normalization(strip_markdown=True))
     tesseract = score_tesseract(heldout, heldout_examples)
     curve = [{"step": v["step"], "cer": v["cer"], "wer": v["wer"],
               "by_category": {k: {"cer": c, "wer": v["wer_by_category"][k]} for k, c in v["by_category"].items()}}

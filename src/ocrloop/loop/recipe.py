@@ -27,6 +27,7 @@ from ocrloop.evaluate.metrics import EvaluationReport
 from ocrloop.locking import LockBusy, file_lock
 from ocrloop.loop.triggers import Trigger, data_triggers, drift_trigger, schedule_trigger
 from ocrloop.models import MODEL_CARD, load_model, read_model_card
+from ocrloop.models.reading import ReadingSettings, resolve_reading
 from ocrloop.registry import Registry
 from ocrloop.registry.store import GENERAL
 from ocrloop.train.finetune import RUN_CARD, card_measurements, failure_message, train
@@ -188,8 +189,9 @@ class FineTuneLoop:
             t = self.config.training
             bundle = load_model(model.path, backend=t.backend)
             examples = self.dataset.examples(split, business=self.business)
-            evaluation = evaluate_model(bundle, self.dataset, examples, prompt=t.prompt, resolution=t.resolution,
-                                        batch_size=t.batch_size, max_new_tokens=t.max_new_tokens)
+            # Each model reads with its own saved settings; the base model, which has none, with the workspace's.
+            reading, _ = resolve_reading(bundle.reading, ReadingSettings.from_training(t))
+            evaluation = evaluate_model(bundle, self.dataset, examples, reading, batch_size=t.batch_size)
             self._reports[cache_key] = evaluation.report
         return self._reports[cache_key]
 

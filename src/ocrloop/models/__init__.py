@@ -16,6 +16,7 @@ from ocrloop.models.base import PROMPT_TEMPLATES, RESOLUTIONS, ModelError, OCRFa
 from ocrloop.models.deepseek_ocr import DeepseekOcrFamily
 from ocrloop.models.deepseek_ocr2 import DeepseekOcr2Family
 from ocrloop.models.qwen2_5_vl import Qwen25VLFamily
+from ocrloop.models.reading import ReadingSettings
 
 FAMILIES: dict[str, type[OCRFamily]] = {
     "deepseek-ocr": DeepseekOcrFamily,
@@ -82,8 +83,17 @@ def resolve_model_path(source: str) -> Path:
 
 
 def read_model_card(path: Path) -> dict[str, Any] | None:
+    """The ``ocrloop_model.json`` of a model ocrloop saved; None for other folders."""
     card = path / MODEL_CARD
-    return json.loads(card.read_text()) if card.is_file() else None
+    if not card.is_file():
+        return None
+    try:
+        values = json.loads(card.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"{card}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ModelError(f"{card}: expected an object")
+    return values
 
 
 def _check_files(path: Path) -> dict[str, Any]:
@@ -112,11 +122,17 @@ def load_model(source: str, *, backend: str = "auto", mode: str = "lora16", devi
     from ocrloop.models.loading import load_checkpoint
 
     path = resolve_model_path(source)
-    card = read_model_card(path)
-    if card and card.get("kind") == "adapter":
+    card = read_model_card(path) or {}
+    if card.get("kind") == "adapter":
         from ocrloop.models.loading import load_adapter
 
-        return load_adapter(path, card, backend=backend, device=device, for_training=for_training)
-    config = _check_files(path)
-    family = detect_family(config, where=str(source))
-    return load_checkpoint(family, path, source, backend=backend, mode=mode, device=device)
+        bundle = load_adapter(path, card, backend=backend, device=device, for_training=for_training)
+    else:
+        config = _check_files(path)
+        family = detect_family(config, where=str(source))
+        if card.get("kind") in ("full", "merged") and not for_training:
+            # Weights ocrloop trained in full (or merged) are a whole model: no backend may read them as a LoRA base.
+            mode = "full"
+        bundle = load_checkpoint(family, path, source, backend=backend, mode=mode, device=device)
+    bundle.reading = ReadingSettings.from_json(card.get("reading"))
+    return bundle

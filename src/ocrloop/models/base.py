@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ocrloop.errors import OcrloopError
+from ocrloop.models.reading import ReadingSettings
 
 IGNORE_INDEX = -100
 
@@ -72,6 +73,7 @@ class OCRModel:
     backend: str = "hf"
     extras: dict = field(default_factory=dict)
     feature_cache: Any = None  # a train.feature_cache.FeatureCache answering get_image_features, if any
+    reading: ReadingSettings | None = None  # the settings it was trained to read with (saved in its model card)
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +90,11 @@ class OCRModel:
 
     def encode(self, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         return self.family.encode(self, image, prompt, target, resolution)
+
+    def read(self, images: list[Image.Image], reading: ReadingSettings, feature_keys: list[str] | None = None) -> list[str]:
+        """Greedy OCR of ``images`` at ``reading``'s resolution, prompt and generation limit."""
+        return self.generate(images, prompt=reading.prompt, resolution=reading.resolution,
+                             max_new_tokens=reading.max_new_tokens, feature_keys=feature_keys)
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], prompt: str = "markdown", resolution: str = "base",
@@ -199,6 +206,9 @@ class OCRFamily:
     def load_processors(self, path: str) -> tuple[Any, Any]:
         """``(tokenizer, image_processor)`` saved with the checkpoint at ``path``."""
         raise NotImplementedError
+
+    def prepare_loaded(self, bundle: OCRModel) -> None:
+        """Adjust a freshly loaded model to the inputs ``encode`` makes (hooks, kernels); nothing by default."""
 
     def save_processors(self, bundle: OCRModel, path: Path) -> None:
         bundle.tokenizer.save_pretrained(path)

@@ -115,8 +115,10 @@ def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str 
                 model.to(target)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelError(f"{path}: cannot load the model ({type(error).__name__}: {str(error).splitlines()[0]})") from None
-    return OCRModel(family, model, tokenizer, image_processor, source=str(source), backend=backend,
-                    extras={"mode": mode, "path": str(path)})
+    bundle = OCRModel(family, model, tokenizer, image_processor, source=str(source), backend=backend,
+                      extras={"mode": mode, "path": str(path)})
+    family.prepare_loaded(bundle)
+    return bundle
 
 
 def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, groups: list[str], seed: int,
@@ -221,8 +223,10 @@ def save_model(bundle: OCRModel, output: Path, *, base_model: str, merged: bool 
         bundle.family.save_processors(bundle, output)
     if mark_complete or card_only:
         base = base_model if kind == "adapter" else None
-        atomic_write_json(output / "ocrloop_model.json", {"kind": kind, "family": bundle.family.name, "base_model": base,
-                                                          "trained_from": base_model})
+        card = {"kind": kind, "family": bundle.family.name, "base_model": base, "trained_from": base_model}
+        if bundle.reading is not None:
+            card["reading"] = bundle.reading.to_json()
+        atomic_write_json(output / "ocrloop_model.json", card)
     return output
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image
 
 from ocrloop.models.base import RESOLUTIONS, EncodedExample, OCRFamily, OCRModel
@@ -23,6 +25,76 @@ _SPECIALS = {
     "im_start_token": "<|im_start|>",
     "im_end_token": "<|im_end|>",
 }
+
+
+_PROMPT_IDS: dict[tuple, list[int]] = {}
+# Name of the packed vision attention below. transformers hands the window boundaries (cu_seqlens) only to
+# implementations whose name says "flash"; any other name gets one attention call per window and image.
+PACKED_SDPA = "ocrloop_flash_compatible_sdpa"
+
+
+def _uint8_patches(processor: Any, image: Image.Image, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The page resized as ``processor`` resizes it, cut into its patches in the processor's order, still uint8:
+    ``(patches [N, 3, p, p], grid_thw [3])``. Rescaling, normalization and the temporal copy happen on the
+    model's device (``_PatchNormalizer``): a sixth of the bytes per patch on the CPU and across the bus,
+    and no float work in the data loader."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    patch, merge = processor.patch_size, processor.merge_size
+    image = image.convert("RGB")
+    height, width = smart_resize(image.height, image.width, factor=patch * merge, min_pixels=_MIN_PIXELS, max_pixels=max_pixels)
+    if (width, height) != image.size:
+        image = image.resize((width, height), resample=processor.resample)
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # C, H, W (a writable copy)
+    grid_h, grid_w = height // patch, width // patch
+    patches = pixels.reshape(3, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
+    patches = patches.permute(1, 4, 2, 5, 0, 3, 6).reshape(grid_h * grid_w, 3, patch, patch).contiguous()
+    return patches, torch.tensor([1, grid_h, grid_w])
+
+
+class _PatchNormalizer:
+    """Forward pre-hook of the vision tower's patch embedding: uint8 patches [N, 3, p, p] (already cast to
+    the tower's dtype by the model, exactly: integers below 256) become the processor's normalized
+    [N, 3 * t * p * p] rows. Inputs already normalized (2-D) pass untouched."""
+
+    def __init__(self, processor: Any):
+        self.scale = processor.rescale_factor
+        self.mean, self.std = processor.image_mean, processor.image_std
+        self.temporal = processor.temporal_patch_size
+
+    def __call__(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        pixels = args[0] if args else kwargs.get("hidden_states")
+        if pixels is None or pixels.dim() != 4:
+            return None
+        count, channels, size, _ = pixels.shape
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(1, channels, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(1, channels, 1, 1)
+        values = (pixels.float() * self.scale - mean) / std
+        values = values.unsqueeze(2).expand(count, channels, self.temporal, size, size).reshape(count, -1).to(pixels.dtype)
+        if args:
+            return (values, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": values}
+
+
+def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None,
+                scaling: float | None = None, dropout: float = 0.0, cu_seq_lens_q: torch.Tensor | None = None,
+                max_length_q: int | None = None, is_causal: bool = False, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Attention within each packed sequence (window or image) of ``query`` [1, heads, total, dim].
+
+    Equal lengths (every window of a line or a page whose sides are window multiples) run as one batched
+    SDPA call; otherwise one call per sequence, as transformers does. Returns [1, total, heads, dim]."""
+    _, heads, total, dim = query.shape
+    count = cu_seq_lens_q.numel() - 1
+    if max_length_q is not None and max_length_q * count == total:
+        q, k, v = (t.reshape(heads, count, max_length_q, dim).transpose(0, 1) for t in (query, key, value))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal, scale=scaling)
+        return out.permute(0, 2, 1, 3).reshape(1, total, heads, dim), None
+    lengths = (cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).tolist()
+    outputs = [
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal, scale=scaling)
+        for q, k, v in zip(*(torch.split(t, lengths, dim=2) for t in (query, key, value)))
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2), None
 
 
 class Qwen25VLFamily(OCRFamily):
@@ -57,15 +129,34 @@ class Qwen25VLFamily(OCRFamily):
     def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         self.check_resolution(resolution)
         side = RESOLUTIONS[resolution][0] if resolution != "gundam" else 1600
-        processor = bundle.image_processor
-        pixels = processor(images=[image], size={"shortest_edge": _MIN_PIXELS, "longest_edge": side * side}, return_tensors="pt")
-        image_tokens = int(pixels["image_grid_thw"][0].prod()) // processor.merge_size**2
-        placeholder = "<|vision_start|>" + "<|image_pad|>" * image_tokens + "<|vision_end|>"
-        instruction = self.format_prompt(prompt, placeholder).replace("<|grounding|>", "")
-        text = f"<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
-        prompt_ids = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
-        vision = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
-        return self._join(bundle, prompt_ids, target, vision, image_tokens)
+        patches, grid = _uint8_patches(bundle.image_processor, image, side * side)
+        image_tokens = int(grid.prod()) // bundle.image_processor.merge_size**2
+        vision = {"pixel_values": patches, "image_grid_thw": grid.unsqueeze(0)}
+        return self._join(bundle, self._prompt_ids(bundle, prompt, image_tokens), target, vision, image_tokens)
+
+    def _prompt_ids(self, bundle: OCRModel, prompt: str, image_tokens: int) -> list[int]:
+        # Pages of one size share a prompt: tokenized once per (tokenizer, prompt, image tokens).
+        key = (id(bundle.tokenizer), prompt, image_tokens)
+        cached = _PROMPT_IDS.get(key)
+        if cached is None:
+            placeholder = "<|vision_start|>" + "<|image_pad|>" * image_tokens + "<|vision_end|>"
+            instruction = self.format_prompt(prompt, placeholder).replace("<|grounding|>", "")
+            text = f"<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+            cached = _PROMPT_IDS[key] = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(cached)
+
+    def prepare_loaded(self, bundle: OCRModel) -> None:
+        """Pixels arrive as uint8 patches and are normalized on the model's device (see ``_uint8_patches``);
+        packed vision attention runs as one batched call when every window has the same length."""
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(PACKED_SDPA, packed_sdpa)
+        model = bundle.model
+        owner = next(m for m in model.modules() if hasattr(m, "visual") and hasattr(m.visual, "patch_embed"))
+        owner.visual.patch_embed.register_forward_pre_hook(_PatchNormalizer(bundle.image_processor), with_kwargs=True)
+        vision_config = owner.visual.config
+        if vision_config._attn_implementation == "sdpa":
+            vision_config._attn_implementation_internal = PACKED_SDPA
 
     def special_tokens(self) -> dict[str, str]:
         return dict(_SPECIALS)

@@ -159,6 +159,8 @@ def create_app(config: OcrloopConfig) -> FastAPI:
             if info.pages > settings.max_pages:
                 raise RequestRefused(413, f"document has {info.pages} pages, over the limit of {settings.max_pages}")
             agent = await asyncio.to_thread(champions.agent, business)
+            reading, _ = agent.settings(prompt=prompt, resolution=mode)  # unset options: the model's own settings
+            prompt, mode = reading.prompt, reading.resolution
             if mode not in agent.bundle.family.resolutions:
                 raise RequestRefused(422, f"mode {mode!r} is not available for {agent.bundle.family.name}; "
                                           f"use one of {', '.join(agent.bundle.family.resolutions)}")
@@ -205,11 +207,12 @@ def create_app(config: OcrloopConfig) -> FastAPI:
     return app
 
 
-def _options(options: dict[str, str], config: OcrloopConfig) -> tuple[str, str, str | None, str, str]:
-    prompt = options.get("prompt") or config.training.prompt
-    if prompt not in PROMPTS:
+def _options(options: dict[str, str], config: OcrloopConfig) -> tuple[str | None, str | None, str | None, str, str]:
+    """The request's options; prompt and mode are None when not given (the serving model's own are used)."""
+    prompt = options.get("prompt") or None
+    if prompt is not None and prompt not in PROMPTS:
         raise RequestRefused(422, f"prompt {prompt!r} is not one of {', '.join(PROMPTS)}")
-    mode = options.get("mode") or options.get("resolution") or config.training.resolution
+    mode = options.get("mode") or options.get("resolution") or None
     output_format = options.get("format", "json")
     if output_format not in ("json", "md"):
         raise RequestRefused(422, f"format {output_format!r} is not json or md")

@@ -34,6 +34,7 @@ from ocrloop.errors import DatasetError, OcrloopError
 from ocrloop.evaluate.evaluator import evaluate_model
 from ocrloop.models import MODEL_CARD, load_model
 from ocrloop.models.base import EncodedExample, ExampleTooLong, ModelError, OCRModel, collate
+from ocrloop.models.reading import ReadingSettings
 from ocrloop.models.loading import (
     attach_lora,
     load_adapter_weights,
@@ -112,13 +113,15 @@ class FineTuner:
     """Fine-tunes ``config.base_model`` on ``config.dataset_dir`` into ``output_dir``."""
 
     def __init__(self, config: OcrloopConfig, output_dir: Path, *, resume: bool = False, console: Console | None = None,
-                 business: str | None = None, validation: tuple[Dataset, list[PageExample]] | None = None):
+                 business: str | None = None, validation: tuple[Dataset, list[PageExample]] | None = None,
+                 callbacks: list[Any] | None = None):
         self.config = config
         self.training = config.training
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.business = business  # train on this business type's documents only
         self.validation = validation  # validate on these pages of another dataset instead of the val split
+        self.extra_callbacks = list(callbacks or [])  # transformers TrainerCallbacks added to ocrloop's own (profilers, loggers)
         self.console = console or Console(stderr=True)
         self.device_is_cuda = torch.cuda.is_available()
         self.history: dict[str, list] = {"validation": [], "train_loss_by_epoch": []}
@@ -170,6 +173,7 @@ class FineTuner:
         set_seed(t.seed)  # LoRA weights are initialized from the global generator: same seed, same run
         self.bundle = load_model(self.config.base_model, backend=t.backend, mode=t.mode, for_training=True)
         self.bundle.family.check_resolution(t.resolution)
+        self.bundle.reading = ReadingSettings.from_training(t)  # saved with the model: it reads as it was trained
         if t.mode == "full":
             if t.gradient_checkpointing and self.bundle.backend == "hf":
                 self.bundle.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -269,9 +273,8 @@ class FineTuner:
     def _validate(self, label: str) -> dict[str, float] | None:
         if not self.val_examples:
             return None
-        t = self.training
-        evaluation = evaluate_model(self.bundle, self.val_dataset, self.val_examples, prompt=t.prompt, resolution=t.resolution,
-                                    batch_size=t.batch_size, max_new_tokens=t.max_new_tokens)
+        evaluation = evaluate_model(self.bundle, self.val_dataset, self.val_examples, ReadingSettings.from_training(self.training),
+                                    batch_size=self.training.batch_size)
         metrics = {"cer": evaluation.report.overall.cer, "wer": evaluation.report.overall.wer,
                    "by_category": {k: v.cer for k, v in evaluation.report.by_category.items()},
                    "wer_by_category": {k: v.wer for k, v in evaluation.report.by_category.items()}}
@@ -299,7 +302,7 @@ class FineTuner:
             max_grad_norm=t.max_grad_norm,
             weight_decay=t.weight_decay,
             lr_scheduler_type="linear",
-            optim="adamw_8bit" if eight_bit_adam else "adamw_torch",
+            optim="adamw_8bit" if eight_bit_adam else t.optimizer if t.optimizer == "adamw_torch_fused" else "adamw_torch",
             bf16=bf16,
             fp16=self.device_is_cuda and not bf16,
             logging_steps=t.logging_steps,
@@ -310,6 +313,9 @@ class FineTuner:
             seed=t.seed,
             remove_unused_columns=False,
             dataloader_num_workers=t.dataloader_workers,
+            # Workers live for the whole run and stay a few batches ahead: no process start at each epoch.
+            dataloader_persistent_workers=t.dataloader_workers > 0,
+            dataloader_prefetch_factor=4 if t.dataloader_workers > 0 else None,
             use_cpu=not self.device_is_cuda,
             disable_tqdm=False,
         )
@@ -400,7 +406,7 @@ class FineTuner:
             args=args,
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),
             data_collator=PageCollator(self.bundle),
-            callbacks=[WallTimer(), ValidationCER(), ParkVisionTower()],
+            callbacks=[WallTimer(), ValidationCER(), ParkVisionTower(), *self.extra_callbacks],
         )
         if self.bundle.backend == "hf":
             # labelled_token_loss divides by the accumulated batch's token count itself: no second division.

@@ -1,0 +1,136 @@
+"""``ocrloop bench lines``: does training a small model keep the GPU busy?
+
+The workload of learning to read from scratch: the ``small`` Qwen2.5-VL preset (random weights), fully
+fine-tuned at ``--resolution tiny --prompt ocr`` on single-line images (8 random capitals and digits,
+448x112). The model is small, so a step costs the GPU milliseconds; whatever else the run does per
+sample (decoding, preprocessing, collating, copying, Python per image) shows up directly as lost speed.
+It reports samples/s for the whole run and for steady steps, the page check's time, and a profile of a
+few steady steps: the share of wall time the GPU was busy and the most expensive operations.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ocrloop.atomic import atomic_write_json
+from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
+from ocrloop.data.synth import LineOptions, synthesize_lines
+from ocrloop.models import FAMILIES
+
+
+def step_profiler(first_step: int, steps: int) -> Any:
+    """A Trainer callback that profiles optimizer steps ``first_step`` .. ``first_step + steps - 1`` (CUDA only);
+    ``summary()`` then gives the GPU-busy share of their wall time and the top operations. Summarizing takes
+    seconds to minutes for a busy trace, so it is left for after training, outside the timed run."""
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self):
+            self.profile = None
+            self.wall = None
+
+        def summary(self) -> dict[str, Any]:
+            return summarize_profile(self.profile, self.wall, steps) if self.wall is not None else {}
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == first_step and torch.cuda.is_available():
+                torch.cuda.synchronize()
+                activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                self.profile = torch.profiler.profile(activities=activities)
+                self.profile.__enter__()
+                self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.profile is None or self.wall is not None or state.global_step != first_step + steps:
+                return
+            torch.cuda.synchronize()
+            self.wall = time.perf_counter() - self.started
+            self.profile.__exit__(None, None, None)
+
+    return StepProfiler()
+
+
+def summarize_profile(profile: Any, wall_seconds: float, steps: int) -> dict[str, Any]:
+    """GPU busy share (union of kernel intervals over wall time), data-loader wait, top operations."""
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in profile.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy, end = 0.0, float("-inf")
+    for start, stop in kernels:
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    loader = sum(e.cpu_time_total for e in profile.events() if "DataLoader" in e.name and e.cpu_parent is None)
+    averages = profile.key_averages()
+    return {
+        "steps": steps, "wall_seconds": wall_seconds, "seconds_per_step": wall_seconds / steps,
+        "gpu_busy_fraction": busy / 1e6 / wall_seconds, "kernels": len(kernels), "kernels_per_step": len(kernels) / steps,
+        "data_loader_wait_seconds": loader / 1e6,
+        "top_by_gpu_time": averages.table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60),
+        "top_by_cpu_time": averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60),
+    }
+
+
+def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_size: int = 256, steps: int = 300,
+                learning_rate: float = 1e-3, workers: int = 8, optimizer: str = "auto", profile_steps: int = 0,
+                work: Path = Path("/tmp/ocrloop-lines"), console=None) -> dict[str, Any]:
+    """Train ``size`` on ``lines`` single-line images for ``steps`` steps of ``batch_size``; write ``out`` (JSON).
+
+    With ``profile_steps``, that many steady steps from the middle of the run are profiled (the profiler slows
+    them, so whole-run figures are for runs without it)."""
+    from ocrloop.train.finetune import FineTuner
+
+    data = DataConfig()
+    root = work / f"lines-{lines}"
+    started = time.perf_counter()
+    if not (root / "annotations.json").is_file():
+        synthesize_lines(root, LineOptions(n=lines, seed=1), data)
+    synth_seconds = time.perf_counter() - started
+    checkpoint = work / "checkpoints" / f"qwen2.5-vl-{size}"
+    if not (checkpoint / "config.json").is_file():
+        FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
+    if optimizer == "auto":
+        optimizer = "adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch"
+    training = TrainingConfig(mode="full", max_steps=steps, batch_size=batch_size, gradient_accumulation_steps=1,
+                              learning_rate=learning_rate, warmup_steps=min(100, steps // 10), weight_decay=0.01,
+                              resolution="tiny", prompt="ocr", max_new_tokens=16, save_steps=10**9, logging_steps=50,
+                              backend="hf", optimizer=optimizer, gradient_checkpointing=False, feature_cache=False,
+                              dataloader_workers=workers)
+    config = OcrloopConfig(base_model=str(checkpoint), dataset_dir=root, registry_path=work / "ocrloop.db",
+                           models_dir=work / "models", training=training, data=data)
+    first = max(3, steps // 2)
+    profiler = step_profiler(first, min(profile_steps, steps - first)) if profile_steps and steps > first else None
+    tuner = FineTuner(config, work / "runs" / time.strftime("%Y%m%d-%H%M%S"), console=console,
+                      callbacks=[profiler] if profiler else [])
+    try:
+        tuner.setup()
+        card = tuner.run().card
+    finally:
+        tuner.cleanup()
+    speed = card["speed"]
+    samples = steps * batch_size
+    results = {
+        "command": "ocrloop bench lines " + " ".join(sys.argv[3:]),
+        "workload": {"family": "qwen2.5-vl", "size": size, "parameters": card["parameters"]["total"], "lines": lines,
+                     "batch_size": batch_size, "steps": steps, "mode": "full", "resolution": "tiny", "prompt": "ocr",
+                     "optimizer": optimizer, "dataloader_workers": workers, "tokens_per_sample": speed.get("tokens_per_second")
+                     and speed["tokens_per_second"] * speed["train_seconds"] / samples},
+        "device": card["device"], "host": platform.node(), "cpus": torch.get_num_threads(), "versions": card["versions"],
+        "synth_seconds": synth_seconds,
+        "page_check_seconds": speed["prepare_seconds"],
+        "train_seconds": speed["train_seconds"],
+        "samples_per_second": samples / speed["train_seconds"],
+        "samples_per_second_with_page_check": samples / (speed["train_seconds"] + speed["prepare_seconds"]),
+        "steady_samples_per_second": speed.get("steady_samples_per_second"),
+        "epoch_seconds": speed["epoch_seconds"],
+        "loss_by_epoch": card["metrics"]["train_loss_by_epoch"],
+        "peak_vram_allocated_bytes": card["memory"]["peak_vram_allocated_bytes"],
+        "profile": profiler.summary() if profiler else {},
+    }
+    atomic_write_json(out, results)
+    return results
