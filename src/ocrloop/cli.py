@@ -145,7 +145,7 @@ def bench_ocr_command(
 @bench_app.command("lines")
 def bench_lines_command(
     out: Annotated[Path, typer.Option(help="JSON file to write.")],
-    size: Annotated[str, typer.Option(help="Qwen2.5-VL preset size: small (25 M) or tiny.")] = "small",
+    size: Annotated[str, typer.Option(help="Qwen2.5-VL preset size: small (17.6 M parameters) or tiny.")] = "small",
     lines: Annotated[int, typer.Option(help="Distinct single-line images (rendered once into --work).")] = 20_000,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 256,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
@@ -378,7 +378,7 @@ def evaluate(
         raise OcrloopError(f"unknown --engine {engine!r}; the one available is {ENGINE}")
     config = _config(workspace, {"dataset_dir": dataset, "training.batch_size": batch_size, "training.backend": backend})
     explicit = {"resolution": resolution, "prompt": prompt, "max_new_tokens": max_new_tokens}
-    _check_reading_flags(config, explicit)
+    apply_overrides(config, {f"training.{name}": value for name, value in explicit.items()})  # validated like the settings
     given = read_predictions(predictions) if predictions is not None else None
     baseline = read_predictions(Path(compare)) if compare is not None and compare.endswith(".jsonl") else None
     data = Dataset.open(config.dataset_dir, config.data)
@@ -424,11 +424,6 @@ def _registered_name(registry, model: str) -> str:
         if row["path"] == resolved:
             return row["name"]
     return model
-
-
-def _check_reading_flags(config: OcrloopConfig, explicit: dict) -> None:
-    """Explicit reading flags are validated like the settings they stand for (one error line if not)."""
-    apply_overrides(config, {f"training.{name}": value for name, value in explicit.items()})
 
 
 def _read_pages(source: str, config: OcrloopConfig, data, examples, explicit: dict) -> list[str]:
