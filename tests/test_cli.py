@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 
 from tests.conftest import run_cli
 
@@ -148,3 +149,19 @@ def test_train_then_eval_through_the_cli(tmp_path):
     with Registry(tmp_path / "ocrloop.db") as registry:
         assert [r["status"] for r in registry.runs()] == ["succeeded"]
         assert registry.evaluations()[-1]["model_name"] == "v1"
+
+
+def test_ocr_reads_the_good_files_and_names_the_bad_one(tmp_path):
+    run_cli("init", str(tmp_path), check=True)
+    good = tmp_path / "note.png"
+    image = Image.new("RGB", (900, 120), "white")
+    ImageDraw.Draw(image).text((20, 30), "HELLO 2026", fill="black", font=ImageFont.load_default(48))
+    image.save(good)
+    Image.new("RGB", (1, 4000), "white").save(tmp_path / "thin.png")
+    result = run_cli("ocr", str(good), str(tmp_path / "thin.png"), "--engine", "tesseract", "--format", "json",
+                     "-w", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "thin.png: image is 1x4000 pixels: a side is under data.min_page_side" in result.stderr
+    assert "1 unreadable" in result.stderr.strip().splitlines()[-1]
+    answer = json.loads(result.stdout)  # stdout holds results only: valid JSON
+    assert answer["model"].startswith("tesseract") and "HELLO" in answer["pages"][0]["text"]

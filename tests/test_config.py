@@ -1,8 +1,9 @@
 
 import pytest
 
-from ocrloop.config import OcrloopConfig, apply_overrides, load_config, save_config
+from ocrloop.config import OcrloopConfig, apply_overrides, load_config, save_config, set_config_value
 from ocrloop.errors import ConfigError
+from tests.conftest import run_cli
 
 
 def test_defaults_are_the_plans(tmp_path):
@@ -66,3 +67,34 @@ def test_set_one_setting_validated_and_atomic(tmp_path):
     with pytest.raises(ConfigError, match="unknown setting 'training.nope'"):
         set_config_value(tmp_path, "training.nope", "1")
     assert (tmp_path / "ocrloop.yaml").read_text() == before  # a refused change writes nothing
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("training:\n  epochs: 1\ntraining:\n  epochs: 2\n", "duplicate key 'training'"),
+    ("training:\n  epochs: 1\n  epochs: 2\n", "duplicate key 'epochs'"),
+    ("training: " + "[" * 20000 + "]" * 20000 + "\n", "nested too deeply"),
+    ("training:\n  epochs: .inf\n", "finite number"),
+    ("training:\n  batch_size: 100000000000000000000000\n", "less than or equal to 4096"),
+])
+def test_hand_edited_yaml_mistakes_are_named(tmp_path, text, fragment):
+    (tmp_path / "ocrloop.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(tmp_path)
+
+
+def test_a_config_name_that_is_a_folder_is_an_error_not_the_defaults(tmp_path):
+    (tmp_path / "ocrloop.yaml").mkdir()
+    result = run_cli("data", "validate", "-w", str(tmp_path))
+    assert result.returncode == 1 and "is not a file" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("training.epochs", "inf", "finite number"), ("training.epochs", "1e23", "less than or equal"),
+    ("training.batch_size", "1e23", "valid integer"), ("serve.max_pages", "-3", "greater than or equal"),
+])
+def test_config_set_refuses_unbounded_values(tmp_path, key, value, fragment):
+    run_cli("init", str(tmp_path), check=True)
+    before = (tmp_path / "ocrloop.yaml").read_text()
+    with pytest.raises(ConfigError, match=fragment):
+        set_config_value(tmp_path, key, value)
+    assert (tmp_path / "ocrloop.yaml").read_text() == before

@@ -43,6 +43,6 @@ def test_ocr_command_uses_the_champion_and_resumes(tiny_presets, tmp_path):
     written = sorted(out.glob("*.json"))
     assert written and json.loads(written[0].read_text())["model"] == "base:tiny-qwen2.5-vl"
     again = run_cli("ocr", str(scans), "--format", "json", "--out", str(out), "-w", str(tmp_path / "ws"), check=True)
-    assert f"{len(written)} already done" in again.stdout
+    assert f"{len(written)} already done" in again.stderr and again.stdout == ""
     missing = run_cli("ocr", str(tmp_path / "nope.png"), "-w", str(tmp_path / "ws"))
     assert missing.returncode == 1 and "no such file or folder" in missing.stderr

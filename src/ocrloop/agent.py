@@ -1,8 +1,9 @@
-"""``OCRAgent``: read documents with the model that serves a business.
+"""``OCRAgent``: read documents with the model that serves a business, and hand out only what the PII policy allows.
 
 ``OCRAgent.load(workspace, business=...)`` picks that business's champion, else the general
-champion, else the base model; ``read_file`` OCRs every page of an image or PDF. The CLI's
-``ocr`` command and any service call only this.
+champion, else the base model (``engine="tesseract"``: Tesseract instead of a model); ``read_file``
+OCRs every page of an image or PDF; ``protect`` applies the PII policy to a page's text. The CLI's
+``ocr`` command and the service read only through this.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from ocrloop.errors import OcrloopError
 from ocrloop.models import load_model
 from ocrloop.models.base import OCRModel
 from ocrloop.models.reading import ReadingSettings, resolve_reading
+from ocrloop.pii import PiiPolicy, apply_pii_policy
+
+ENGINES = ("model", "tesseract")
 
 
 @dataclass
@@ -27,6 +31,9 @@ class PageText:
     page: int
     text: str
     seconds: float
+    width: int = 0
+    height: int = 0
+    pii: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -39,9 +46,18 @@ class DocumentText:
     def markdown(self) -> str:
         return "\n\n".join(page.text for page in self.pages)
 
+    @property
+    def pii(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for page in self.pages:
+            for kind, count in page.pii.items():
+                counts[kind] = counts.get(kind, 0) + count
+        return counts
+
     def to_json(self) -> dict:
-        return {"source": self.source, "model": self.model,
-                "pages": [{"page": p.page + 1, "text": p.text, "seconds": p.seconds} for p in self.pages]}
+        return {"source": self.source, "model": self.model, "pii": self.pii,
+                "pages": [{"page": p.page + 1, "width": p.width, "height": p.height, "text": p.text,
+                           "seconds": round(p.seconds, 4)} for p in self.pages]}
 
 
 class OCRAgent:
@@ -54,13 +70,18 @@ class OCRAgent:
         self.reading, _ = self.settings()
 
     @classmethod
-    def load(cls, workspace: str | Path = ".", *, business: str | None = None, model: str | None = None) -> "OCRAgent":
-        """The agent for ``business`` in ``workspace`` (or for an explicit ``model``)."""
-        from ocrloop.loop.recipe import serving_model
+    def load(cls, workspace: str | Path = ".", *, business: str | None = None, model: str | None = None,
+             engine: str = "model") -> "OCRAgent":
+        """The agent for ``business`` in ``workspace`` (or for an explicit ``model``, or Tesseract)."""
+        from ocrloop.registry.champions import serving_model
         from ocrloop.registry import Registry
         from ocrloop.workspace import Workspace
 
         config = Workspace.load(workspace).config
+        if engine == "tesseract":
+            return cls.tesseract(config)
+        if engine != "model":
+            raise OcrloopError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
         if model is None:
             with Registry(config.registry_path) as registry:
                 serving = serving_model(registry, config.base_model, business)
@@ -68,6 +89,26 @@ class OCRAgent:
         else:
             name = model
         return cls(load_model(model, backend=config.training.backend), name, config)
+
+    @classmethod
+    def tesseract(cls, config: OcrloopConfig) -> "OCRAgent":
+        """An agent that reads with Tesseract 5 (prompt and resolution do not apply)."""
+        from ocrloop.evaluate.tesseract import TesseractReader
+
+        reader = TesseractReader()
+        return cls(reader, reader.name, config)
+
+    @property
+    def resolutions(self) -> tuple[str, ...] | None:
+        """The resolution modes this agent reads at (None: any, it has none)."""
+        family = getattr(self.bundle, "family", None)
+        return tuple(family.resolutions) if family is not None else None
+
+    def protect(self, text: str, policy: PiiPolicy | None = None) -> tuple[str, dict[str, int]]:
+        """``text`` as ``policy`` (default ``serve.pii_policy``) lets it out, and the personal data found per kind.
+
+        Raises ``PiiRejected`` (kinds and counts, never values) under ``reject``."""
+        return apply_pii_policy(text, policy or self.config.serve.pii_policy)
 
     def settings(self, *, prompt: str | None = None, resolution: str | None = None,
                  max_new_tokens: int | None = None) -> tuple[ReadingSettings, list[str]]:
@@ -80,8 +121,9 @@ class OCRAgent:
         reading, _ = self.settings(prompt=prompt, resolution=resolution)
         return self.bundle.read(images, reading)
 
-    def read_file(self, path: str | Path, *, prompt: str | None = None, resolution: str | None = None) -> DocumentText:
-        """OCR every page of an image or PDF file."""
+    def read_file(self, path: str | Path, *, prompt: str | None = None, resolution: str | None = None,
+                  pii_policy: PiiPolicy | None = None) -> DocumentText:
+        """OCR every page of an image or PDF file; each page's text as ``pii_policy`` lets it out (see ``protect``)."""
         path = Path(path)
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise OcrloopError(f"{path}: unsupported format {path.suffix or '(none)'}")
@@ -91,8 +133,10 @@ class OCRAgent:
         document = DocumentText(str(path), self.model_name)
         for page in range(info.pages):
             started = time.perf_counter()
-            (text,) = self.read([load_page(path, page, self.config.data)], prompt=prompt, resolution=resolution)
-            document.pages.append(PageText(page, text, time.perf_counter() - started))
+            image = load_page(path, page, self.config.data)
+            (text,) = self.read([image], prompt=prompt, resolution=resolution)
+            shown, found = self.protect(text, pii_policy)
+            document.pages.append(PageText(page, shown, time.perf_counter() - started, *image.size, found))
         return document
 
     async def process_document(self, path: str | Path) -> dict:

@@ -35,6 +35,7 @@ notices = Console(stderr=True)  # notes about how a command runs, kept out of it
 WorkspaceOption = Annotated[
     Path, typer.Option("--workspace", "-w", help="Workspace folder (holds ocrloop.yaml).", envvar="OCRLOOP_WORKSPACE")
 ]
+EngineOption = Annotated[str, typer.Option(help="model (the champion, or --model) or tesseract (Tesseract 5, no model).")]
 DatasetOption = Annotated[
     Optional[Path], typer.Option("--dataset", "-d", help="Dataset folder; default: dataset_dir of the workspace.")
 ]
@@ -42,9 +43,9 @@ DatasetOption = Annotated[
 
 def _config(workspace: Path, overrides: dict | None = None) -> OcrloopConfig:
     """The workspace's configuration if it has one, else the defaults; flags applied on top."""
-    from ocrloop.config import load_config
+    from ocrloop.config import config_file, load_config
 
-    config = load_config(workspace) if (workspace / CONFIG_FILENAME).is_file() else OcrloopConfig().resolve(workspace.resolve())
+    config = load_config(workspace) if config_file(workspace) else OcrloopConfig().resolve(workspace.resolve())
     return apply_overrides(config, overrides or {})
 
 
@@ -54,7 +55,7 @@ def _dataset_root(workspace: Path, dataset: Path | None) -> tuple[Path, OcrloopC
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=notices)
 
 
 @app.command()
@@ -140,6 +141,31 @@ def bench_ocr_command(
     bench_ocr(out, family=family, size=size, resolution=resolution, batch_sizes=sizes, pages=pages,
               cache_implementation="static" if cache == "static" else None, work=work,
               progress=lambda line: console.print(line, markup=False))
+
+
+@bench_app.command("soak")
+def bench_soak_command(
+    out: Annotated[Path, typer.Option(help="JSON file to write (a PNG of the server's memory and the server log go beside it).")],
+    requests: Annotated[int, typer.Option(help="Requests to send.")] = 5000,
+    connections: Annotated[int, typer.Option(help="Concurrent connections.")] = 16,
+    engine: EngineOption = "model",
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Soak a real `ocrloop serve` on loopback with valid and hostile requests: 5xx, lost answers, RSS, p50/p99."""
+    from ocrloop.bench.soak import bench_soak
+
+    _workspace(workspace)
+    with _progress() as progress:
+        task = progress.add_task(f"soak, {connections} connections", total=requests)
+        result = bench_soak(workspace, out, requests=requests, connections=connections, engine=engine,
+                            progress=lambda done: progress.update(task, completed=done))
+    latency = result["latency_seconds"]
+    console.print(f"{result['requests']} requests in {result['seconds']} s: {result['requests_per_second']} req/s, "
+                  f"p50 {latency['p50'] * 1000:.0f} ms, p99 {latency['p99'] * 1000:.0f} ms; 5xx {result['server_errors']}, "
+                  f"lost {result['lost_answers']}, RSS {result['rss_bytes']['end_vs_after_first_tenth']:+.1%}", markup=False)
+    failed = [name for name, ok in result["passed"].items() if not ok]
+    if failed:
+        raise OcrloopError(f"soak failed: {', '.join(failed)} (see {out})")
 
 
 @bench_app.command("lines")
@@ -298,6 +324,8 @@ def data_add(
     root, config = _dataset_root(workspace, dataset)
     incoming = [IncomingDocument(path, read_sidecar_texts(path, text), category, business, split) for path in files]
     result = add_documents(root, incoming, config.data)
+    if result.cleaned:
+        notices.print(f"removed {len(result.cleaned)} file(s) an interrupted `data add` left behind", markup=False)
     for record in result.added:
         console.print(f"added {record.source}", markup=False)
     for reason in result.refused:
@@ -612,7 +640,8 @@ def loop_status(workspace: WorkspaceOption = Path(".")) -> None:
     ws = _workspace(workspace)
     prepare_backend(ws.config.training.backend)
     from ocrloop.config import BUSINESS_TYPES
-    from ocrloop.loop.recipe import FineTuneLoop, serving_model
+    from ocrloop.loop.recipe import FineTuneLoop
+    from ocrloop.registry.champions import serving_model
     from ocrloop.registry import Registry
 
     table = Table(title="who serves OCR")
@@ -743,6 +772,7 @@ def ocr_command(
     paths: Annotated[list[Path], typer.Argument(help="Images, PDFs or folders of them.")],
     business: Annotated[Optional[str], typer.Option(help="Use this business's champion.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Use this model instead of a champion.")] = None,
+    engine: EngineOption = "model",
     prompt: Annotated[Optional[str], typer.Option(help="training.prompt")] = None,
     mode: Annotated[Optional[str], typer.Option("--mode", "--resolution", help="training.resolution")] = None,
     output_format: Annotated[str, typer.Option("--format", help="md or json")] = "md",
@@ -750,10 +780,10 @@ def ocr_command(
     out: Annotated[Optional[Path], typer.Option(help="Write one file per document here; finished files are skipped on rerun.")] = None,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """OCR files with the champion (of --business, else general, else the base model)."""
+    """OCR files with the champion (of --business, else general, else the base model), or with Tesseract."""
     from ocrloop.atomic import atomic_write_json, atomic_write_text
     from ocrloop.data.files import SUPPORTED_SUFFIXES
-    from ocrloop.serve.pii import PiiRejected, apply_pii_policy
+    from ocrloop.pii import PiiRejected
 
     if output_format not in ("md", "json"):
         raise OcrloopError(f"--format must be md or json, not {output_format!r}")
@@ -768,29 +798,33 @@ def ocr_command(
     target = {f: (out / f"{f.stem}.{output_format}") if out else None for f in files}
     todo = [f for f in files if target[f] is None or not target[f].exists()]
     if out and len(todo) < len(files):
-        console.print(f"{len(files) - len(todo)} already done in {out}, skipped", markup=False)
+        notices.print(f"{len(files) - len(todo)} already done in {out}, skipped", markup=False)
     if not todo:
         return
     config = _config(workspace, {"serve.pii_policy": pii_policy})
-    from ocrloop.models.loading import prepare_backend
-
-    prepare_backend(config.training.backend)
     from ocrloop.agent import OCRAgent
 
-    agent = OCRAgent.load(workspace, business=business, model=model)
-    for note in agent.settings(prompt=prompt, resolution=mode)[1]:
+    if engine == "model":
+        from ocrloop.models.loading import prepare_backend
+
+        prepare_backend(config.training.backend)
+    agent = OCRAgent.load(workspace, business=business, model=model, engine=engine)
+    for note in agent.settings(prompt=prompt, resolution=mode)[1] if engine == "model" else ():
         notices.print(f"note: {note}", markup=False)
-    refused = 0
+    refused = failed = 0
     with _progress() as progress:
         task = progress.add_task(f"OCR with {agent.model_name}", total=len(todo))
         for path in todo:
-            document = agent.read_file(path, prompt=prompt, resolution=mode)
             try:
-                for page in document.pages:
-                    page.text, _ = apply_pii_policy(page.text, config.serve.pii_policy)
+                document = agent.read_file(path, prompt=prompt, resolution=mode, pii_policy=config.serve.pii_policy)
             except PiiRejected as rejected:
                 refused += 1
-                progress.console.print(f"{path}: refused, {rejected} (pii_policy=reject)", markup=False)
+                progress.console.print(f"{path}: refused, {rejected} (pii_policy=reject)", markup=False, soft_wrap=True)
+                progress.advance(task)
+                continue
+            except OcrloopError as error:  # one unreadable file does not stop the others
+                failed += 1
+                progress.console.print(f"{error}", markup=False, soft_wrap=True)
                 progress.advance(task)
                 continue
             if target[path] is None:
@@ -800,8 +834,9 @@ def ocr_command(
             else:
                 atomic_write_text(target[path], document.markdown + "\n")
             progress.advance(task)
-    if refused:
-        raise OcrloopError(f"{refused} of {len(todo)} documents refused for personal data")
+    problems = [f"{refused} refused for personal data" if refused else "", f"{failed} unreadable" if failed else ""]
+    if refused or failed:
+        raise OcrloopError(f"{' and '.join(p for p in problems if p)}, of {len(todo)} documents")
 
 
 @app.command("serve")
@@ -811,19 +846,29 @@ def serve_command(
     pii_policy: Annotated[Optional[str], typer.Option(help="serve.pii_policy: allow, redact or reject")] = None,
     max_batch_pages: Annotated[Optional[int], typer.Option(help="serve.max_batch_pages")] = None,
     max_concurrent_requests: Annotated[Optional[int], typer.Option(help="serve.max_concurrent_requests")] = None,
+    engine: EngineOption = "model",
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """The OCR service: POST /v1/ocr, GET /v1/models, /healthz and /metrics (Prometheus)."""
+    """The OCR service: POST /v1/ocr, GET /v1/models, /healthz, /readyz and /metrics (Prometheus)."""
+    from ocrloop.agent import ENGINES
+
     _workspace(workspace)
+    if engine not in ENGINES:
+        raise OcrloopError(f"--engine must be {' or '.join(ENGINES)}, not {engine!r}")
     config = _config(workspace, {"serve.host": host, "serve.port": port, "serve.pii_policy": pii_policy,
                                  "serve.max_batch_pages": max_batch_pages,
                                  "serve.max_concurrent_requests": max_concurrent_requests})
-    from ocrloop.models.loading import prepare_backend
+    if engine == "tesseract":
+        from ocrloop.evaluate.tesseract import tesseract_name
 
-    prepare_backend(config.training.backend)
+        tesseract_name()  # a missing Tesseract is one error line now, not a 503 on every request
+    else:
+        from ocrloop.models.loading import prepare_backend
+
+        prepare_backend(config.training.backend)
     from ocrloop.serve.app import serve
 
-    serve(config)
+    serve(config, engine=engine)
 
 
 @app.command("report")

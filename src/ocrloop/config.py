@@ -24,7 +24,7 @@ BUSINESS_TYPES = ("ecommerce", "content", "saas", "legal", "accounting")
 
 class _Section(BaseModel):
     # A typo in ocrloop.yaml must be an error, not a silently ignored key.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -32,38 +32,46 @@ class DataConfig(_Section):
 
     pdf_dpi: int = Field(144, ge=36, le=600, description="Resolution at which PDF pages are rasterized.")
     max_image_pixels: int = Field(
-        40_000_000, ge=10_000, description="Images (or rasterized pages) above this many pixels are refused."
+        40_000_000, ge=10_000, le=10**10, description="Images (or rasterized pages) above this many pixels are refused."
     )
-    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Files larger than this are refused.")
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, le=2**40, description="Files larger than this are refused.")
+    max_pdf_pages: int = Field(500, ge=1, le=100_000, description="PDFs with more pages are refused.")
+    max_aspect_ratio: float = Field(
+        100, ge=1, le=200, description="Pages longer than this many times their width (or wider) are refused: vision "
+                                       "processors fail on them (Qwen2.5-VL above 200:1)."
+    )
+    min_page_side: int = Field(8, ge=1, le=1024, description="Pages with a side shorter than this (pixels) are refused.")
 
 
 class TrainingConfig(_Section):
     """Training defaults: the plan's values."""
 
-    epochs: float = Field(3, gt=0, description="Passes over the training split.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(8, ge=1, description="Examples per device per forward pass.")
-    gradient_accumulation_steps: int = Field(2, ge=1)
-    learning_rate: float = Field(2e-4, gt=0, lt=1)
-    warmup_steps: int = Field(10, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(3, gt=0, le=10_000, description="Passes over the training split.")
+    max_steps: int | None = Field(None, gt=0, le=10**9, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, le=4096, description="Examples per device per forward pass (training and reading).")
+    gradient_accumulation_steps: int = Field(2, ge=1, le=4096, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate (linear decay after warm-up).")
+    warmup_steps: int = Field(10, ge=0, le=10**9, description="Optimizer steps of linear warm-up.")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Gradients are clipped to this norm.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     mode: Literal["lora16", "qlora4", "lora8", "full"] = Field("lora16", description="What is trained, at what precision.")
-    lora_rank: int = Field(16, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_rank: int = Field(16, ge=1, le=4096, description="LoRA rank r.")
+    lora_alpha: int = Field(16, ge=1, le=65536, description="LoRA scaling alpha (the update is scaled by alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_targets: list[Literal["attention", "mlp", "experts", "vision"]] = Field(
         default_factory=lambda: ["attention"], description="Module groups that get LoRA adapters."
     )
-    resolution: Literal["tiny", "small", "base", "large", "gundam"] = "base"
-    prompt: Literal["markdown", "ocr", "free", "figure", "describe", "locate"] = "markdown"
-    save_steps: int = Field(50, ge=1, description="Write a resumable checkpoint every N optimizer steps.")
-    logging_steps: int = Field(10, ge=1)
-    eval_steps: int | None = Field(None, ge=1, description="Validation CER every N steps (None: once per epoch).")
-    max_seq_length: int = Field(8192, ge=64, description="Longest example (image + prompt + answer tokens) allowed.")
-    seed: int = 3407
+    resolution: Literal["tiny", "small", "base", "large", "gundam"] = Field(
+        "base", description="Resolution mode pages are trained and read at (a model reads at its own by default).")
+    prompt: Literal["markdown", "ocr", "free", "figure", "describe", "locate"] = Field(
+        "markdown", description="Prompt template pages are trained and read with (a model reads with its own by default).")
+    save_steps: int = Field(50, ge=1, le=10**9, description="Write a resumable checkpoint every N optimizer steps.")
+    logging_steps: int = Field(10, ge=1, le=10**9, description="Log the loss every N optimizer steps.")
+    eval_steps: int | None = Field(None, ge=1, le=10**9, description="Validation CER every N steps (None: once per epoch).")
+    max_seq_length: int = Field(8192, ge=64, le=2**20, description="Longest example (image + prompt + answer tokens) allowed.")
+    seed: int = Field(3407, ge=0, le=2**32 - 1, description="Seed of weights, data order and dropout.")
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA when installed, else hf.")
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
     compile: bool = Field(
         False, description="Unsloth backend: let Unsloth compile the model (Unsloth's own default). Off: on an H100 it "
                            "cost 52 s in the first step of a machine's first run (16 s once compiled before) and saved "
@@ -79,72 +87,72 @@ class TrainingConfig(_Section):
         True, description="Compute image features without autograd when no vision parameter is trained."
     )
     dataloader_workers: int = Field(
-        0, ge=0, description="Processes loading and preprocessing pages while the GPU trains (0: in the training process)."
+        0, ge=0, le=256, description="Processes loading and preprocessing pages while the GPU trains (0: in the training process)."
     )
     feature_cache: bool = Field(
         True, description="Compute each page's image features once and reuse them every epoch (when the vision tower is frozen)."
     )
     feature_pages_per_forward: int = Field(
-        2, ge=1, description="Pages per vision-tower pass when caching features. DeepSeek-OCR-2 at gundam on an H100 "
+        2, ge=1, le=1024, description="Pages per vision-tower pass when caching features. DeepSeek-OCR-2 at gundam on an H100 "
                              "(tower activations): 1 page 0.9 GiB and 0.10 s a page, 2 pages 1.0 GiB and 0.085 s, 4 pages "
                              "1.3 GiB and 0.07 s."
     )
     feature_cache_device_bytes: int = Field(
-        4 * 2**30, ge=0, description="Cached features kept on the GPU; the rest are read from disk ahead of each step."
+        4 * 2**30, ge=0, le=2**50, description="Cached features kept on the GPU; the rest are read from disk ahead of each step."
     )
     optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit"] = Field(
         "auto", description="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW. adamw_torch_fused: one "
                             "kernel for all parameters (CUDA), for full fine-tuning of small models."
     )
     merge: bool = Field(False, description="Also save LoRA merged into the base weights (re-evaluated after merging).")
-    report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
-    eval_max_pages: int = Field(32, ge=1, description="Validation pages read to compute CER during training.")
-    max_new_tokens: int = Field(1024, ge=1, description="Generation limit per page when reading.")
+    report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description="Where training logs also go.")
+    eval_max_pages: int = Field(32, ge=1, le=10**6, description="Validation pages read to compute CER during training.")
+    max_new_tokens: int = Field(1024, ge=1, le=131_072, description="Generation limit per page when reading.")
     skip_invalid: bool = Field(False, description="Train on the valid examples of a dataset that fails validation.")
 
 
 class LoopConfig(_Section):
     """When the repeatable loop retrains, and when a challenger is promoted."""
 
-    new_documents_threshold: int = Field(50, ge=1, description="Retrain when this many new documents arrived.")
-    max_validation_cer: float | None = Field(None, gt=0, description="Retrain when the champion's validation CER exceeds this.")
-    retrain_on_new_category: bool = True
-    schedule: Literal["none", "monthly", "weekly"] = "monthly"
-    drift_tolerance: float = Field(0.02, ge=0, description="Retrain when the champion's validation CER is this much worse than at promotion.")
+    new_documents_threshold: int = Field(50, ge=1, le=10**9, description="Retrain when this many new documents arrived.")
+    max_validation_cer: float | None = Field(None, gt=0, le=1, description="Retrain when the champion's validation CER exceeds this.")
+    retrain_on_new_category: bool = Field(True, description="Retrain when a document category appears for the first time.")
+    schedule: Literal["none", "monthly", "weekly"] = Field("monthly", description="Retrain at least this often.")
+    drift_tolerance: float = Field(0.02, ge=0, le=1, description="Retrain when the champion's validation CER is this much worse than at promotion.")
     check_drift: bool = Field(True, description="Re-read the validation split with the champion to detect drift.")
     train_from: Literal["base", "champion"] = Field("base", description="Start each challenger from the base model or the champion.")
-    promotion_margin: float = Field(0.0, ge=0, description="A challenger must beat the champion's test CER by at least this.")
-    category_regression_tolerance: float = Field(0.01, ge=0, description="No category may get worse by more than this.")
+    promotion_margin: float = Field(0.0, ge=0, le=1, description="A challenger must beat the champion's test CER by at least this.")
+    category_regression_tolerance: float = Field(0.01, ge=0, le=1, description="No category may get worse by more than this.")
 
 
 class ServeConfig(_Section):
     """The OCR service (``ocrloop serve``) and what every OCR answer passes through."""
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="Address the service listens on.")
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port (printed at start).")
     pii_policy: Literal["allow", "redact", "reject"] = Field(
         "redact", description="What happens to OCR text with PII: kept, replaced by [KIND] placeholders, or refused."
     )
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Larger uploads are answered 413.")
-    max_pages: int = Field(20, ge=1, description="Documents with more pages are answered 413.")
-    max_image_pixels: int = Field(25_000_000, ge=10_000, description="Pages with more pixels are answered 413.")
-    max_concurrent_requests: int = Field(16, ge=1, description="Requests beyond this are answered 429.")
-    max_batch_pages: int = Field(8, ge=1, description="Pages of concurrent requests read in one GPU batch.")
-    batch_wait_ms: float = Field(10, ge=0, description="How long the first page of a batch waits for others.")
-    champion_check_seconds: float = Field(2.0, gt=0, description="How often a promotion is looked for; the new champion is loaded, then swapped in.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, le=2**34, description="Larger uploads are answered 413.")
+    max_pages: int = Field(20, ge=1, le=10_000, description="Documents with more pages are answered 413.")
+    max_image_pixels: int = Field(25_000_000, ge=10_000, le=10**10, description="Pages with more pixels are answered 413.")
+    max_concurrent_requests: int = Field(16, ge=1, le=100_000, description="Requests beyond this are answered 429.")
+    max_batch_pages: int = Field(8, ge=1, le=1024, description="Pages of concurrent requests read in one GPU batch.")
+    batch_wait_ms: float = Field(10, ge=0, le=60_000, description="How long the first page of a batch waits for others.")
+    champion_check_seconds: float = Field(2.0, gt=0, le=86_400, description="How often a promotion is looked for; the new champion is loaded, then swapped in.")
 
 
 class OcrloopConfig(_Section):
     """Everything ocrloop needs to know about a workspace."""
 
-    dataset_dir: Path = Path("data/ocr_documents")
-    registry_path: Path = Path("ocrloop.db")
-    models_dir: Path = Path("models")
+    dataset_dir: Path = Field(Path("data/ocr_documents"), description="The dataset folder (annotations and split folders).")
+    registry_path: Path = Field(Path("ocrloop.db"), description="The SQLite registry of runs, models and champions.")
+    models_dir: Path = Field(Path("models"), description="Where the loop writes trained models.")
     base_model: str = Field(
         "deepseek-community/DeepSeek-OCR-2", min_length=1,
         description="Model to fine-tune: a local folder, a hub id, or a tiny preset (tiny-deepseek-ocr-2, tiny-qwen2.5-vl).",
     )
-    gpu_price_per_hour_usd: float = Field(2.0, ge=0, description="Used to report the cost of each run.")
+    gpu_price_per_hour_usd: float = Field(2.0, ge=0, le=10_000, description="Used to report the cost of each run.")
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
@@ -186,22 +194,58 @@ def config_from_dict(values: dict[str, Any], source: str = "configuration") -> O
         raise ConfigError(format_validation_error(error, source)) from None
 
 
-def load_config(path: str | Path) -> OcrloopConfig:
-    """Read and validate ``ocrloop.yaml``; relative paths are resolved against its folder."""
-    config_path = Path(path)
-    if config_path.is_dir():
-        config_path = config_path / CONFIG_FILENAME
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: no such configuration file (run `ocrloop init` first)")
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (PyYAML lets the last one win silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
+def _read_yaml(config_path: Path) -> Any:
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        return yaml.load(config_path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 - a safe loader
     except UnicodeDecodeError as error:
         raise ConfigError(f"{config_path}: not valid UTF-8 at byte {error.start}") from None
+    except RecursionError:
+        raise ConfigError(f"{config_path}: nested too deeply to be a configuration") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{config_path}:{where}: malformed YAML: {problem}") from None
+
+
+def _config_path(path: str | Path) -> Path:
+    config_path = Path(path)
+    if config_path.is_dir() and config_path.name != CONFIG_FILENAME:
+        config_path = config_path / CONFIG_FILENAME
+    if config_path.exists() and not config_path.is_file():
+        raise ConfigError(f"{config_path}: is not a file (a folder?); move it away and run `ocrloop init`")
+    return config_path
+
+
+def config_file(workspace: str | Path) -> Path | None:
+    """The workspace's ``ocrloop.yaml``, None if it has none; ``ConfigError`` if that name is not a file."""
+    path = _config_path(Path(workspace) / CONFIG_FILENAME)
+    return path if path.is_file() else None
+
+
+def load_config(path: str | Path) -> OcrloopConfig:
+    """Read and validate ``ocrloop.yaml`` (or the one in folder ``path``); relative paths are resolved against its folder."""
+    config_path = _config_path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: no such configuration file (run `ocrloop init` first)")
+    raw = _read_yaml(config_path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -234,11 +278,9 @@ def set_config_value(path: str | Path, dotted: str, raw_value: str) -> OcrloopCo
     The value is read as YAML (``30`` is a number, ``[attention, mlp]`` a list, ``null`` unsets).
     Other settings, and relative paths, are written back as they were.
     """
-    config_path = Path(path)
-    if config_path.is_dir():
-        config_path = config_path / CONFIG_FILENAME
+    config_path = _config_path(path)
     load_config(config_path)  # the file must be valid before it is changed
-    raw = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    raw = _read_yaml(config_path) or {}
     try:
         value = yaml.safe_load(raw_value)
     except yaml.YAMLError:
@@ -253,7 +295,7 @@ def set_config_value(path: str | Path, dotted: str, raw_value: str) -> OcrloopCo
     if leaf not in known:
         raise ConfigError(f"unknown setting {dotted!r}")
     node[leaf] = value
-    config = config_from_dict(raw, source=dotted)
+    config = config_from_dict(raw, source=f"config set {dotted}")
     atomic_write_text(config_path, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     return config
 

@@ -66,7 +66,7 @@ def run_checks(model: str, *, backend: str = "auto", resolution: str | None = No
     try:
         bundle = load_model(model, backend=backend)
     except OcrloopError as error:
-        add(Check("model loads", "fail", str(error), "check --model; download it once with huggingface-cli"))
+        add(Check("model loads", "fail", str(error), "check --model: a preset, a model folder, or a hub id in the local cache"))
         return checks
     add(Check("model loads", "pass", f"{model} ({bundle.family.name}, {bundle.backend}) in {time.perf_counter() - started:.1f}s"))
     try:

@@ -15,7 +15,8 @@ from ocrloop.config import LoopConfig
 from ocrloop.data.dataset import Manifest, ManifestEntry
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
 from ocrloop.evaluate.metrics import ScoredPair, evaluate_pairs
-from ocrloop.loop.recipe import FineTuneLoop, compare, serving_model
+from ocrloop.loop.recipe import FineTuneLoop, compare
+from ocrloop.registry.champions import serving_model
 from ocrloop.loop.triggers import data_triggers, drift_trigger, schedule_trigger
 from ocrloop.registry import Registry
 from ocrloop.workspace import Workspace

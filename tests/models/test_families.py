@@ -58,7 +58,7 @@ def test_model_folder_with_missing_files_is_a_clear_error(tiny_presets, tmp_path
 
 def test_unknown_source_says_how_to_get_it(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match="huggingface-cli download"):
+    with pytest.raises(ModelError, match="hf download"):
         load_model("no-such-org/no-such-model")
 
 

@@ -22,9 +22,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class ServerURL(str):
+    process: subprocess.Popen
+
+
 @contextmanager
-def running_server(workspace: Path, **serve_settings):
-    """Start ``ocrloop serve`` for ``workspace`` with ``serve_settings`` written to its config; yield its URL."""
+def running_server(workspace: Path, *args: str, **serve_settings):
+    """Start ``ocrloop serve ARGS`` for ``workspace`` with ``serve_settings`` written to its config; yield its URL
+    (a ``ServerURL``: its ``process`` is the server's)."""
     config_path = workspace / "ocrloop.yaml"
     values = yaml.safe_load(config_path.read_text())
     port = free_port()
@@ -32,9 +37,10 @@ def running_server(workspace: Path, **serve_settings):
     config_path.write_text(yaml.safe_dump(values))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     log = (workspace / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "ocrloop", "serve", "-w", str(workspace)], stdout=log,
+    process = subprocess.Popen([sys.executable, "-m", "ocrloop", "serve", "-w", str(workspace), *args], stdout=log,
                                stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    url = ServerURL(f"http://127.0.0.1:{port}")
+    url.process = process
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from ocrloop.config import OcrloopConfig, apply_overrides
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
@@ -169,3 +170,15 @@ def test_cudnn_attention_is_left_out_of_training_unless_asked(tiny_presets, rece
     train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=2, cudnn_attention=cudnn_attention), tmp_path / "out")
     assert seen == [cudnn_attention] * 2
     assert torch.backends.cuda.cudnn_sdp_enabled() == before  # the choice ends with the run
+
+
+def test_a_page_no_model_can_take_is_refused_by_name_and_skipped_when_asked(tiny_presets, receipts, tmp_path):
+    hostile = tmp_path / "hostile"
+    shutil.copytree(receipts, hostile)
+    annotations = json.loads((hostile / "annotations.json").read_text())
+    thin = next(a for a in annotations if a["image"].startswith("train/"))
+    Image.new("RGB", (1, 4000), "white").save(hostile / thin["image"])  # Qwen2.5-VL's processor raises above 200:1
+    with pytest.raises(DatasetError, match="1 validation error"):
+        train(_config(hostile, tmp_path, "tiny-qwen2.5-vl", max_steps=1), tmp_path / "run")
+    result = train(_config(hostile, tmp_path, "tiny-qwen2.5-vl", max_steps=1, skip_invalid=True), tmp_path / "run2")
+    assert result.card["data"]["train_pages"] == sum(a["image"].startswith("train/") for a in annotations) - 1

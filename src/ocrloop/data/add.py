@@ -1,28 +1,31 @@
 """Adding labeled documents to a dataset without ever leaving it half-written.
 
 Order of operations: every incoming file is checked first (nothing is copied if one is bad),
-then files are copied atomically into their split folder, then the annotation file is
-rewritten atomically. A process killed in between leaves at most an unreferenced file,
-never an annotation that points at a missing or partial one.
+then the names about to be written go into a journal, files are copied atomically into their
+split folder, the annotation file is rewritten atomically, and the journal is removed. A process
+killed in between never leaves an annotation that points at a missing or partial file; the copies
+and temporary files it did leave are named by the journal and removed by the next ``add``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ocrloop.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from ocrloop.config import SPLITS, DataConfig
 from ocrloop.data.dataset import Dataset
 from ocrloop.data.files import inspect_file
-from ocrloop.data.formats import ANNOTATIONS_JSON, ANNOTATIONS_JSONL, find_annotation_files, record_to_entry
+from ocrloop.data.formats import (ANNOTATIONS_JSON, ANNOTATIONS_JSONL, encoding_problem, find_annotation_files,
+                                  read_records, record_to_entry)
 from ocrloop.data.records import DocumentRecord
 from ocrloop.errors import DatasetError
 from ocrloop.locking import file_lock
 
 LOCK_NAME = ".ocrloop-dataset.lock"
+JOURNAL_NAME = ".ocrloop-add.journal"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -42,6 +45,7 @@ class IncomingDocument:
 class AddResult:
     added: list[DocumentRecord]
     refused: list[str]
+    cleaned: list[str] = field(default_factory=list)  # files an interrupted earlier add left, now removed
 
 
 def _check_incoming(document: IncomingDocument, data: DataConfig) -> tuple[str | None, str | None]:
@@ -50,8 +54,13 @@ def _check_incoming(document: IncomingDocument, data: DataConfig) -> tuple[str |
     for label, value in (("category", document.category), ("business", document.business)):
         if not value or not value.strip():
             return None, f"{label} must not be empty"
+        if reason := encoding_problem(value):
+            return None, f"{label} {reason}"
     if not document.texts or any(not isinstance(t, str) or not t.strip() for t in document.texts):
         return None, "text is missing or empty"
+    for text in document.texts:
+        if reason := encoding_problem(text):
+            return None, f"text {reason}"
     info, reason = inspect_file(document.path, data)
     if reason:
         return None, reason
@@ -70,6 +79,7 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
     data = data or DataConfig()
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(root / LOCK_NAME, what=f"dataset {root}"):
+        cleaned = _clean_interrupted_add(root)
         annotation_files = find_annotation_files(root)
         if annotation_files and annotation_files[0].name not in (ANNOTATIONS_JSON, ANNOTATIONS_JSONL):
             raise DatasetError(f"{root}: adding to an imagefolder (metadata.jsonl) dataset is not supported; use annotations.json")
@@ -94,12 +104,36 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
         for document, digest in checked:
             source = _destination_name(root, document, digest, used_names)
             used_names.add(source)
-            atomic_copy(document.path, root / source)
             added.append(DocumentRecord(source, document.texts, document.split, document.category.strip().lower(), document.business.strip().lower(), source))
-
         if added:
+            atomic_write_json(root / JOURNAL_NAME, [record.source for record in added])
+            for (document, _), record in zip(checked, added):
+                atomic_copy(document.path, root / record.source)
             _append_entries(annotation_path, [record_to_entry(r) for r in added])
-        return AddResult(added, refused)
+            (root / JOURNAL_NAME).unlink()
+        return AddResult(added, refused, cleaned)
+
+
+def _clean_interrupted_add(root: Path) -> list[str]:
+    """Remove what a killed ``add`` left: journaled copies no annotation names, and half-written temporary files."""
+    cleaned: list[str] = []
+    journal = root / JOURNAL_NAME
+    if journal.exists():
+        try:
+            written = json.loads(journal.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            written = []  # killed while the journal itself was written: atomic, so it is absent or whole
+        referenced = {record.source for record in read_records(root)[0]} if find_annotation_files(root) else set()
+        for source in written:
+            if isinstance(source, str) and source not in referenced and (root / source).is_file():
+                (root / source).unlink()
+                cleaned.append(source)
+        journal.unlink()
+    for folder in (root, *(root / split for split in SPLITS)):
+        for temporary in folder.glob(".*.tmp") if folder.is_dir() else ():
+            temporary.unlink()
+            cleaned.append(temporary.relative_to(root).as_posix())
+    return cleaned
 
 
 def _destination_name(root: Path, document: IncomingDocument, digest: str, used: set[str]) -> str:

@@ -159,6 +159,7 @@ class Dataset:
             files[record.source] = info
             good_records.append(record)
         problems += _leakage_problems(good_records, files)
+        problems += _unreferenced_problems(root, {record.source for record in records})
         leaked = {p.location for p in problems if p.message.startswith("leakage")}
         good_records = [r for r in good_records if r.source not in leaked]
         return cls(root, data, good_records, files, problems)
@@ -261,6 +262,23 @@ def _leakage_problems(records: list[DocumentRecord], files: dict[str, FileInfo])
         elif len(group) > 1:
             listing = ", ".join(r.source for r in group[1:])
             problems.append(Problem(group[0].source, f"duplicate content also at {listing}", "warning"))
+    return problems
+
+
+def _unreferenced_problems(root: Path, referenced: set[str]) -> list[Problem]:
+    """Warnings for files in the split folders that no annotation names (e.g. left by a killed ``data add``)."""
+    problems = []
+    for split in SPLITS:
+        folder = root / split
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            source = path.relative_to(root).as_posix()
+            if not path.is_file() or source in referenced or path.name == "metadata.jsonl":
+                continue
+            hint = ("a temporary file of an interrupted write; the next `data add` removes it" if path.name.endswith(".tmp")
+                    else "no annotation names this file; it is not used")
+            problems.append(Problem(source, hint, "warning"))
     return problems
 
 

@@ -2,12 +2,16 @@
 
 Every check here reports a plain message instead of raising, so validation can list all
 problems in one pass; ``load_page`` raises ``DatasetError`` for the loaders.
+
+PDFium is not thread-safe: every call into it holds ``PDFIUM_LOCK`` (the service and the threaded
+page loader call it from several threads at once).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -23,6 +27,7 @@ PDF_SUFFIXES = frozenset({".pdf"})
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | PDF_SUFFIXES
 _EXIF_ORIENTATION_TAG = 0x0112
 _HASH_CHUNK = 1 << 20
+PDFIUM_LOCK = threading.RLock()
 
 
 def content_hash(path: Path) -> str:
@@ -44,11 +49,13 @@ def resolve_inside(root: Path, relative: str) -> tuple[Path | None, str | None]:
     if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
         return None, "absolute paths are not allowed; use a path relative to the dataset root"
     candidate = root / relative
-    root_resolved = root.resolve()
     lexical = Path(os.path.normpath(candidate))
     if not lexical.is_relative_to(Path(os.path.normpath(root))):
         return None, "path escapes the dataset root through '..'"
-    resolved = candidate.resolve()
+    try:
+        root_resolved, resolved = root.resolve(), candidate.resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13, OSError after)
+        return None, "path is a symlink loop"
     if not resolved.is_relative_to(root_resolved):
         return None, "path is a symlink that points outside the dataset root"
     return resolved, None
@@ -61,10 +68,13 @@ def inspect_file(path: Path, data: DataConfig) -> tuple[FileInfo | None, str | N
     file fails here, not in the middle of training); pixel limits are checked before decoding.
     """
     suffix = path.suffix.lower()
-    if not path.exists():
-        return None, "file not found"
-    if not path.is_file():
-        return None, "not a regular file"
+    try:
+        if not path.exists():
+            return None, "file not found"
+        if not path.is_file():
+            return None, "not a regular file"
+    except OSError as error:  # a symlink loop, a name too long, ...
+        return None, f"cannot open: {error.strerror or error}"
     if suffix not in SUPPORTED_SUFFIXES:
         return None, f"unsupported format {suffix or '(no extension)'}; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}"
     size = path.stat().st_size
@@ -107,6 +117,8 @@ def _inspect_image(path: Path, digest: str, data: DataConfig) -> tuple[FileInfo 
                 f"image is {width}x{height} = {width * height} pixels, over the limit of "
                 f"{data.max_image_pixels} (data.max_image_pixels)"
             )
+        if reason := page_shape_problem(width, height, data):
+            return None, f"image {reason}"
         try:
             image.load()
         except (OSError, SyntaxError, ValueError) as error:
@@ -117,40 +129,77 @@ def _inspect_image(path: Path, digest: str, data: DataConfig) -> tuple[FileInfo 
     return FileInfo(digest, "image", [(width, height)], orientation), None
 
 
+def page_shape_problem(width: int, height: int, data: DataConfig) -> str | None:
+    """Why a page of ``width`` x ``height`` pixels cannot be read by the models, or None.
+
+    Vision processors refuse or collapse extreme shapes (Qwen2.5-VL raises above 200:1; a 1-pixel side
+    resizes to nothing), so such pages are refused here, by name, before they reach a model.
+    """
+    if min(width, height) < data.min_page_side:
+        return f"is {width}x{height} pixels: a side is under data.min_page_side ({data.min_page_side} px)"
+    ratio = max(width, height) / min(width, height)
+    if ratio > data.max_aspect_ratio:
+        return (f"is {width}x{height} pixels: aspect ratio {ratio:.0f}:1 is over data.max_aspect_ratio "
+                f"({data.max_aspect_ratio:g}:1)")
+    return None
+
+
 def _pdf_page_pixels(page: pypdfium2.PdfPage, dpi: int) -> tuple[int, int]:
     width_pt, height_pt = page.get_size()
     return round(width_pt * dpi / 72), round(height_pt * dpi / 72)
 
 
 def _inspect_pdf(path: Path, digest: str, data: DataConfig) -> tuple[FileInfo | None, str | None]:
-    try:
-        document = pypdfium2.PdfDocument(path)
-    except pypdfium2.PdfiumError as error:
-        return None, f"unreadable PDF: {error}"
-    try:
-        if len(document) == 0:
-            return None, "PDF has no pages"
-        sizes = []
-        for index in range(len(document)):
-            page = document[index]
-            width, height = _pdf_page_pixels(page, data.pdf_dpi)
-            if width * height > data.max_image_pixels:
-                return None, (
-                    f"page {index + 1} is {width}x{height} pixels at {data.pdf_dpi} dpi, over the limit "
-                    f"of {data.max_image_pixels}; lower data.pdf_dpi"
-                )
-            sizes.append((width, height))
-        return FileInfo(digest, "pdf", sizes), None
-    except pypdfium2.PdfiumError as error:
-        return None, f"unreadable PDF page: {error}"
-    finally:
-        document.close()
+    with PDFIUM_LOCK:
+        try:
+            document = pypdfium2.PdfDocument(path)
+        except pypdfium2.PdfiumError as error:
+            return None, f"unreadable PDF: {error}"
+        try:
+            if len(document) == 0:
+                return None, "PDF has no pages"
+            if len(document) > data.max_pdf_pages:
+                return None, f"PDF has {len(document)} pages, over the limit of {data.max_pdf_pages} (data.max_pdf_pages)"
+            sizes = []
+            for index in range(len(document)):
+                width, height = _pdf_page_pixels(document[index], data.pdf_dpi)
+                if width * height > data.max_image_pixels:
+                    return None, (
+                        f"page {index + 1} is {width}x{height} pixels at {data.pdf_dpi} dpi, over the limit "
+                        f"of {data.max_image_pixels}; lower data.pdf_dpi"
+                    )
+                if reason := page_shape_problem(width, height, data):
+                    return None, f"page {index + 1} {reason} at {data.pdf_dpi} dpi"
+                sizes.append((width, height))
+            return FileInfo(digest, "pdf", sizes), None
+        except pypdfium2.PdfiumError as error:
+            return None, f"unreadable PDF page: {error}"
+        finally:
+            document.close()
 
 
 def load_page(path: Path, page: int, data: DataConfig) -> Image.Image:
     """Decode one page as an RGB image: EXIF rotation applied, PDF pages rasterized at ``data.pdf_dpi``."""
     suffix = path.suffix.lower()
     if suffix in PDF_SUFFIXES:
+        return _render_pdf_page(path, page, data)
+    try:
+        image = _open_image_header(path, data)
+        with image:
+            if image.size[0] * image.size[1] > data.max_image_pixels:
+                raise DatasetError(f"{path}: image is over the pixel limit of {data.max_image_pixels}")
+            if reason := page_shape_problem(*image.size, data):
+                raise DatasetError(f"{path}: image {reason}")
+            image.load()
+            # Phones store portrait scans as rotated landscape plus an EXIF tag; models must see them upright.
+            upright = ImageOps.exif_transpose(image)
+            return upright.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"{path}: unreadable image: {error}") from None
+
+
+def _render_pdf_page(path: Path, page: int, data: DataConfig) -> Image.Image:
+    with PDFIUM_LOCK:
         try:
             document = pypdfium2.PdfDocument(path)
         except pypdfium2.PdfiumError as error:
@@ -161,18 +210,26 @@ def load_page(path: Path, page: int, data: DataConfig) -> Image.Image:
             width, height = _pdf_page_pixels(document[page], data.pdf_dpi)
             if width * height > data.max_image_pixels:
                 raise DatasetError(f"{path}: page {page + 1} is over the pixel limit at {data.pdf_dpi} dpi")
+            if reason := page_shape_problem(width, height, data):
+                raise DatasetError(f"{path}: page {page + 1} {reason}")
             bitmap = document[page].render(scale=data.pdf_dpi / 72)
-            return bitmap.to_pil().convert("RGB")
+            return bitmap.to_pil().convert("RGB")  # a copy: the bitmap's buffer is freed with the document
+        except pypdfium2.PdfiumError as error:
+            raise DatasetError(f"{path}: unreadable PDF page {page + 1}: {error}") from None
         finally:
             document.close()
-    try:
-        image = _open_image_header(path, data)
-        with image:
-            if image.size[0] * image.size[1] > data.max_image_pixels:
-                raise DatasetError(f"{path}: image is over the pixel limit of {data.max_image_pixels}")
-            image.load()
-            # Phones store portrait scans as rotated landscape plus an EXIF tag; models must see them upright.
-            upright = ImageOps.exif_transpose(image)
-            return upright.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"{path}: unreadable image: {error}") from None
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"II*\x00", ".tiff"), (b"MM\x00*", ".tiff"),
+               (b"BM", ".bmp"), (b"%PDF-", ".pdf"))
+
+
+def detect_format(head: bytes) -> str | None:
+    """The file suffix that the first bytes of a file say it is (``.png``, ``.pdf``, ...), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ".webp"
+    for signature, suffix in _SIGNATURES:
+        if head.startswith(signature):
+            return suffix
+    # PDF readers accept a header anywhere in the first kilobyte (after a BOM or junk), and so does PDFium.
+    return ".pdf" if b"%PDF-" in head[:1024] else None

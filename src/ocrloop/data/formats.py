@@ -15,6 +15,7 @@ never raised, so one pass reports all of them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,8 @@ def _read_json_list(path: Path, name: str) -> tuple[list[tuple[str, Any]], list[
         payload = json.loads(text)
     except json.JSONDecodeError as error:
         return [], [Problem(f"{name}:{error.lineno}:{error.colno}", f"malformed JSON: {error.msg}")]
+    except RecursionError:
+        return [], [Problem(name, "JSON nested too deeply to be a list of examples")]
     if not isinstance(payload, list):
         return [], [Problem(name, f"expected a JSON list of examples, got {type(payload).__name__}")]
     return [(f"{name}[{index}]", entry) for index, entry in enumerate(payload)], []
@@ -95,7 +98,18 @@ def _read_jsonl(path: Path, name: str) -> tuple[list[tuple[str, Any]], list[Prob
             entries.append((location, json.loads(line)))
         except json.JSONDecodeError as error:
             problems.append(Problem(location, f"malformed JSON at column {error.colno}: {error.msg}"))
+        except RecursionError:
+            problems.append(Problem(location, "JSON nested too deeply to be an example"))
     return entries, problems
+
+
+def encoding_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"has an invalid character U+{ord(value[error.start]):04X} (a lone surrogate) at position {error.start}"
+    return None
 
 
 def _text_problem(value: Any) -> str | None:
@@ -103,6 +117,15 @@ def _text_problem(value: Any) -> str | None:
         return f"must be a string, got {type(value).__name__}"
     if not value.strip():
         return "is empty"
+    return encoding_problem(value)
+
+
+def _escapes_root(source: str) -> str | None:
+    normalized = source.replace("\\", "/")
+    if os.path.isabs(normalized) or normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        return "absolute paths are not allowed; use a path relative to the dataset root"
+    if os.path.normpath(normalized).split(os.sep, 1)[0] == "..":
+        return "path escapes the dataset root through '..'"
     return None
 
 
@@ -114,6 +137,9 @@ def _parse_entry(entry: Any, location: str, prefix: str) -> tuple[DocumentRecord
     source = entry.get(path_field)
     if not isinstance(source, str) or not source.strip():
         problems.append(Problem(f"{location}.{path_field}", "missing or not a string (the path of the image or PDF)"))
+        source = None
+    elif reason := _escapes_root(source) or encoding_problem(source):
+        problems.append(Problem(f"{location}.{path_field}", f"{source!a}: {reason}"))
         source = None
     elif prefix:
         source = f"{prefix}/{source}"
@@ -146,13 +172,15 @@ def _parse_entry(entry: Any, location: str, prefix: str) -> tuple[DocumentRecord
         value = entry.get(label, UNKNOWN)
         if not isinstance(value, str) or not value.strip():
             problems.append(Problem(f"{location}.{label}", f"{label} must be a non-empty string"))
+        elif reason := encoding_problem(value):
+            problems.append(Problem(f"{location}.{label}", f"{label} {reason}"))
         labels[label] = value.strip().lower() if isinstance(value, str) else UNKNOWN
 
     split = entry.get("split")
     if split is None and source:
         first = source.replace("\\", "/").split("/", 1)[0]
         split = first if "/" in source.replace("\\", "/") else None
-    if split not in SPLITS:
+    if (source or "split" in entry) and split not in SPLITS:  # a bad path is reported once, not again as a split
         got = "no split folder and no 'split' field" if split is None else f"unknown split {split!r}"
         problems.append(Problem(f"{location}.split", f"{got}; expected one of {', '.join(SPLITS)}"))
 

@@ -587,7 +587,7 @@ def _look_alike(rng: random.Random) -> str:
 
 def planted_pii_documents(n: int, seed: int = 0) -> list[PlantedPiiDocument]:
     """``n`` synthetic document texts, each with 1-4 pieces of personal data and 2-5 look-alikes planted."""
-    from ocrloop.serve.pii import PII_KINDS
+    from ocrloop.pii import PII_KINDS
 
     rng = random.Random(seed)
     documents = []

@@ -36,11 +36,25 @@ def tesseract_name() -> str:
 def read_with_tesseract(dataset: Dataset, examples: list[PageExample], *, language: str = "eng",
                         progress: Callable[[int], None] | None = None) -> tuple[list[PageExample], list[str]]:
     """Tesseract's text for every page that loads (in order), like ``evaluate.evaluator.read_pages``."""
-    pytesseract = _pytesseract()
+    reader = TesseractReader(language)
     read, texts = [], []
     for example, image in dataset.iter_images(examples):
-        texts.append(pytesseract.image_to_string(image, lang=language).strip())
+        texts += reader.read([image])
         read.append(example)
         if progress:
             progress(len(read))
     return read, texts
+
+
+class TesseractReader:
+    """Tesseract where an agent expects a model: ``read(images, reading)`` gives each page's text."""
+
+    reading = None  # no saved reading settings: prompt and resolution do not apply
+
+    def __init__(self, language: str = "eng"):
+        self.language = language
+        self.name = tesseract_name()
+
+    def read(self, images, reading=None) -> list[str]:
+        pytesseract = _pytesseract()
+        return [pytesseract.image_to_string(image, lang=self.language).strip() for image in images]

@@ -29,20 +29,12 @@ from ocrloop.loop.triggers import Trigger, data_triggers, drift_trigger, schedul
 from ocrloop.models import MODEL_CARD, load_model, read_model_card
 from ocrloop.models.reading import ReadingSettings, resolve_reading
 from ocrloop.registry import Registry
+from ocrloop.registry.champions import Champion, base_model_name, serving_model
 from ocrloop.registry.store import GENERAL
 from ocrloop.train.finetune import RUN_CARD, card_measurements, failure_message, train
 from ocrloop.workspace import Workspace
 
 LOCK_NAME = ".ocrloop-loop.lock"
-
-
-@dataclass
-class Champion:
-    """What currently serves a business: its champion, else the general one, else the base model."""
-
-    name: str
-    path: str
-    key: str  # the promotions key it came from, or "base"
 
 
 @dataclass
@@ -56,21 +48,6 @@ class LoopResult:
     champion: str | None = None
     promoted: bool | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def base_model_name(base_model: str) -> str:
-    return f"base:{base_model}"
-
-
-def serving_model(registry: Registry, base_model: str, business: str | None) -> Champion:
-    """The model that answers OCR for ``business``: its champion, else the general champion, else the base."""
-    for key in ([business] if business and business != GENERAL else []) + [GENERAL]:
-        name = registry.champion(key)
-        if name:
-            row = registry.model(name)
-            if row:
-                return Champion(name, row["path"], key)
-    return Champion(base_model_name(base_model), base_model, "base")
 
 
 def compare(challenger: EvaluationReport, champion: EvaluationReport, margin: float, tolerance: float) -> tuple[bool, str]:

@@ -78,7 +78,7 @@ def resolve_model_path(source: str) -> Path:
     except Exception as error:  # the hub client raises many kinds; all mean "not available here"
         raise ModelError(
             f"{source}: no such folder, and it could not be fetched from the hub ({type(error).__name__}); "
-            "download it once with `huggingface-cli download ID --local-dir DIR` and pass DIR"
+            "download it once with `hf download ID --local-dir DIR` and pass DIR"
         ) from None
 
 

@@ -1,7 +1,8 @@
 """One worker thread owns the GPU and reads pages of concurrent requests in batches.
 
 A page waits at most ``max_wait_seconds`` for others that share its model, prompt and resolution;
-up to ``max_batch_pages`` of them are generated in one call. Each page carries the model it was
+up to ``max_batch_pages`` of them are generated in one call. When a batch fails, each of its pages is
+read alone, so a page the model cannot read fails only its own request. Each page carries the model it was
 submitted with, so a champion swapped in meanwhile never changes a request already accepted.
 """
 
@@ -84,14 +85,22 @@ class PageBatcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            first = batch[0]
             try:
-                texts = first.agent.read([page.image for page in batch], prompt=first.prompt, resolution=first.resolution)
-            except BaseException as error:  # noqa: BLE001 - handed to every waiting request
+                self._read(batch)
+            except BaseException as error:  # noqa: BLE001 - one page spoiled the batch: read each alone
+                if len(batch) == 1:
+                    batch[0].future.set_exception(error)
+                    continue
                 for page in batch:
-                    page.future.set_exception(error)
-                continue
-            for page, text in zip(batch, texts):
-                page.future.set_result(text)
-            if self.on_batch:
-                self.on_batch(len(batch))
+                    try:
+                        self._read([page])
+                    except BaseException as page_error:  # noqa: BLE001 - handed to that page's request only
+                        page.future.set_exception(page_error)
+
+    def _read(self, batch: list[_Page]) -> None:
+        first = batch[0]
+        texts = first.agent.read([page.image for page in batch], prompt=first.prompt, resolution=first.resolution)
+        for page, text in zip(batch, texts):
+            page.future.set_result(text)
+        if self.on_batch:
+            self.on_batch(len(batch))

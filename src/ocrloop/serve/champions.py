@@ -14,7 +14,7 @@ from typing import Callable
 
 from ocrloop.agent import OCRAgent
 from ocrloop.config import OcrloopConfig
-from ocrloop.loop.recipe import serving_model
+from ocrloop.registry.champions import Champion, serving_model
 from ocrloop.models import load_model
 from ocrloop.registry.store import GENERAL, Registry
 
@@ -24,8 +24,9 @@ log = logging.getLogger("ocrloop.serve")
 class ChampionModels:
     """Loaded champions by business key (``GENERAL`` for requests that name none)."""
 
-    def __init__(self, config: OcrloopConfig, on_swap: Callable[[str, str, str], None] | None = None):
+    def __init__(self, config: OcrloopConfig, engine: str = "model", on_swap: Callable[[str, str, str], None] | None = None):
         self.config = config
+        self.engine = engine  # "tesseract": every business is read by Tesseract, no registry involved
         self.on_swap = on_swap  # called with (business key, old model, new model)
         self._serving: dict[str, OCRAgent] = {}
         self._lock = threading.Lock()
@@ -33,10 +34,14 @@ class ChampionModels:
         self._watcher: threading.Thread | None = None
 
     def _resolve(self, key: str):
+        if self.engine == "tesseract":
+            return Champion("tesseract", "", key)
         with Registry(self.config.registry_path) as registry:
             return serving_model(registry, self.config.base_model, None if key == GENERAL else key)
 
     def _load(self, name: str, path: str) -> OCRAgent:
+        if self.engine == "tesseract":
+            return next(iter(self._serving.values()), None) or OCRAgent.tesseract(self.config)
         for agent in list(self._serving.values()):
             if agent.model_name == name:
                 return agent
@@ -61,6 +66,8 @@ class ChampionModels:
 
     def check(self) -> None:
         """Swap in any champion promoted since the last check (loaded before it is swapped in)."""
+        if self.engine == "tesseract":
+            return
         for key in list(self._serving):
             champion = self._resolve(key)
             current = self._serving[key]

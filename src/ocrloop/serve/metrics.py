@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ocrloop.loop.recipe import serving_model
+from ocrloop.registry.champions import serving_model
 from ocrloop.registry.store import GENERAL, Registry, business_label
 
 log = logging.getLogger("ocrloop.serve")

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from ocrloop.data.synth import planted_pii_documents
-from ocrloop.serve.pii import PII_KINDS, PiiRejected, apply_pii_policy, find_pii
+from ocrloop.pii import PII_KINDS, PiiRejected, apply_pii_policy, find_pii
 
 
 def test_precision_and_recall_per_kind_on_planted_documents():

@@ -20,14 +20,26 @@ from stdnum import luhn
 PII_KINDS = ("ssn", "credit_card", "iban", "email", "phone", "secret")
 PiiPolicy = Literal["allow", "redact", "reject"]
 
-# An identifier prefix such as "INV-", "ORD#" or "ref/" in front of digits makes them an id, not PII.
+# OCR output writes the same number many ways: unicode dashes, no-break spaces, a line break inside it.
+# Detectors read a copy with those folded to "-" and " " (one character for one, so spans stay valid).
+_FOLD = str.maketrans({**dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d", "-"),
+                       **dict.fromkeys("\u00a0\u2007\u202f\t\r\n", " ")})
+# An identifier prefix such as "INV-", "ORD#" or "ref/" in front of digits makes them an id, not PII...
 _ID_PREFIX = re.compile(r"[A-Za-z0-9][-#/_.]?$")
-_SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
-_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
+# ...unless the word in front names the personal data itself ("SSN#", "Card#", "Tel.").
+_PII_LABEL = re.compile(
+    r"(?i)\b(?:ssn|ss|sin|soc(?:ial)?\.? ?sec(?:urity)?\.?(?: ?(?:no|num|number))?|card|cc|credit|debit|visa|mastercard|"
+    r"amex|tel|phone|ph|fax|mob|mobile|cell|iban)\s?[#:.]?[#:.]?\s?$")
+_SEP = r"(?: {0,2}[-.] {0,2}| {1,2})"  # "-", ".", " ", a dash with spaces, or one of them before a line break
+_SSN = re.compile(rf"(?<![\w-])(?!000|666|9\d\d)\d{{3}}{_SEP}(?!00)\d{{2}}{_SEP}(?!0000)\d{{4}}(?![\w-])")
+_SSN_LABELLED = re.compile(
+    r"(?i)\b(?:ssn|ss#|soc(?:ial)?\.? ?sec(?:urity)?\.?(?: ?(?:no|num|number))?)\s?[#:.]?[#:.]?\s?"
+    r"(?P<value>(?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})(?![\w-])")
+_CARD = re.compile(rf"(?<![\w-])\d(?:{_SEP}?\d){{12,18}}(?![\w-])")
 # Issuer prefix -> card lengths: Visa, Mastercard, American Express, Discover, JCB, Diners.
 _CARD_ISSUERS = ((re.compile(r"4"), (13, 16, 19)), (re.compile(r"5[1-5]|2[2-7]"), (16,)), (re.compile(r"3[47]"), (15,)),
                  (re.compile(r"6011|65|64[4-9]|35"), (16, 17, 18, 19)), (re.compile(r"30[0-5]|36|38"), (14, 15, 16, 17, 18, 19)))
-_IBAN = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![\w-])")
+_IBAN = re.compile(r"(?i)(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![\w-])")
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 _PHONE_WORD = re.compile(r"(?i)\b(tel|phone|mobile|cell|fax|call|ph)\b\.?\s*[:#.]?\**\s*(\w+\s*[:.]?\**\s*)?$")
 _SECRET_VALUE = re.compile(
@@ -59,6 +71,8 @@ class PiiRejected(Exception):
 
 
 def _is_id(text: str, start: int) -> bool:
+    if _PII_LABEL.search(text[max(0, start - 24):start]):
+        return False
     return bool(_ID_PREFIX.search(text[max(0, start - 2):start]))
 
 
@@ -76,8 +90,12 @@ def _emails(text: str):
 
 def _ibans(text: str):
     for match in _IBAN.finditer(text):
-        if stdnum_iban.is_valid(match.group()):
-            yield match.start(), match.end()
+        value = match.group()
+        # Case-blind matching can run on into the next word ("... 0130 00 and"): take the longest valid prefix.
+        for end in range(len(value), 14, -1):
+            if (end == len(value) or value[end] == " ") and stdnum_iban.is_valid(value[:end].upper()):
+                yield match.start(), match.start() + end
+                break
 
 
 def _cards(text: str):
@@ -92,6 +110,8 @@ def _ssns(text: str):
     for match in _SSN.finditer(text):
         if not _is_id(text, match.start()):
             yield match.start(), match.end()
+    for match in _SSN_LABELLED.finditer(text):  # nine bare digits are an SSN only when labelled as one
+        yield match.start("value"), match.end("value")
 
 
 def _phones(text: str):
@@ -104,6 +124,11 @@ def _phones(text: str):
         if raw.isdigit() and not _PHONE_WORD.search(text[max(0, match.start - 24):match.start]):
             continue
         yield match.start, match.end
+    # Grouped otherwise than the country's habit ("+49 89 2190 0"): still a phone when it is written with
+    # its country code or labelled as one.
+    for match in phonenumbers.PhoneNumberMatcher(text, "US", leniency=phonenumbers.Leniency.VALID):
+        if match.raw_string.startswith("+") or _PHONE_WORD.search(text[max(0, match.start - 24):match.start]):
+            yield match.start, match.end
 
 
 # Order matters: an earlier kind claims its span first (an email's digits are not a phone number).
@@ -114,10 +139,11 @@ _DETECTORS = (("secret", _secrets), ("email", _emails), ("iban", _ibans), ("cred
 def find_pii(text: str, kinds: tuple[str, ...] = PII_KINDS) -> list[PiiFinding]:
     """Every piece of personal data in ``text``, in order, without overlaps."""
     findings: list[PiiFinding] = []
+    folded = text.translate(_FOLD)
     for kind, detector in _DETECTORS:
         if kind not in kinds:
             continue
-        for start, end in detector(text):
+        for start, end in detector(folded):
             if all(end <= f.start or start >= f.end for f in findings):
                 findings.append(PiiFinding(kind, start, end))
     return sorted(findings, key=lambda f: f.start)
