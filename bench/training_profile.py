@@ -104,12 +104,14 @@ def train(out: Path, size: str, pages: int, backend: str, tag: str, profile_at: 
 
     prepare_backend(backend, compile=False)
     import torch
-    import transformers
     from torch.profiler import ProfilerActivity, profile, record_function
     from transformers import TrainerCallback
+    from typer.main import get_command
 
     from ocrloop.bench.train import VARIANTS, workload_flags
     from ocrloop.cli import app
+    from ocrloop.config import apply_overrides
+    from ocrloop.train.finetune import train as train_run
 
     workspace, checkpoint = _workload(size, pages)
     report: dict = {}
@@ -117,6 +119,8 @@ def train(out: Path, size: str, pages: int, backend: str, tag: str, profile_at: 
 
     class Profiler(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
+            self.step_label = record_function("## training_step")
+            self.step_label.__enter__()
             if state.global_step in (0, 6):
                 self.python = cProfile.Profile()
                 self.python.enable()
@@ -127,6 +131,7 @@ def train(out: Path, size: str, pages: int, backend: str, tag: str, profile_at: 
                 self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            self.step_label.__exit__(None, None, None)
             step = state.global_step
             if step in (1, 7):
                 self.python.disable()
@@ -153,27 +158,17 @@ def train(out: Path, size: str, pages: int, backend: str, tag: str, profile_at: 
                 report["by_cpu"] = averages.table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=70)
                 _log(report["profile_steps"])
 
-    original_init = transformers.Trainer.__init__
-
-    def init_with_profiler(self, *args, **kwargs):
-        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [Profiler()]
-        original_init(self, *args, **kwargs)
-        training_step = self.training_step
-
-        def labelled_training_step(*step_args, **step_kwargs):
-            with record_function("## training_step"):
-                return training_step(*step_args, **step_kwargs)
-
-        self.training_step = labelled_training_step
-
-    transformers.Trainer.__init__ = init_with_profiler
     run_dir = WORK / "runs" / f"profile-{tag}"
     flags = [*workload_flags("gundam", 8, 0, 3.0, 16, "attention,mlp,experts"), "--mode", "lora16"]
     variant = VARIANTS["ocrloop" if backend == "unsloth" else "ocrloop-hf"]
-    with contextlib.suppress(SystemExit):
-        app(["train", "-w", str(workspace.root), "--model", str(checkpoint), "--output", str(run_dir), "--eval-steps", "100000",
-             "--eval-max-pages", "1", "--max-new-tokens", "8", "--logging-steps", "1", *flags, *variant, *extra],
-            standalone_mode=False)
+    # The bench's flags, parsed by `ocrloop train` itself, become the run's configuration.
+    parsed = get_command(app).commands["train"].make_context("train", [
+        "-w", str(workspace.root), "--model", str(checkpoint), "--output", str(run_dir), "--eval-steps", "100000",
+        "--eval-max-pages", "1", "--max-new-tokens", "8", "--logging-steps", "1", *flags, *variant, *extra]).params
+    overrides = {key.replace("__", ".").lstrip("."): value for key, value in parsed.items() if "__" in key and value is not None}
+    if isinstance(overrides.get("training.lora_targets"), str):
+        overrides["training.lora_targets"] = overrides["training.lora_targets"].split(",")
+    train_run(apply_overrides(workspace.config, overrides), run_dir, callbacks=[Profiler()])
     card = json.loads((run_dir / "run_card.json").read_text())
     report.update(speed=card["speed"], memory=card["memory"], feature_cache=card["feature_cache"])
     (out / f"train-{tag}.json").write_text(json.dumps(report, indent=1, default=str))

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ocrloop.cli_flags import config_flags
 from ocrloop.config import CONFIG_FILENAME, DOCUMENT_CATEGORIES, OcrloopConfig, apply_overrides
 from ocrloop.errors import OcrloopError
 
@@ -59,14 +60,15 @@ def _progress() -> Progress:
 
 
 @app.command()
+@config_flags("", only=("base_model",))
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create or complete.")] = Path("."),
-    base_model: Annotated[Optional[str], typer.Option(help="Base model: preset, local folder or hub id.")] = None,
+    overrides: dict | None = None,
 ) -> None:
     """Create a workspace: data/ocr_documents/{train,val,test}, annotations.json, ocrloop.yaml, registry."""
     from ocrloop.workspace import init_workspace
 
-    config = apply_overrides(OcrloopConfig(), {"base_model": base_model})
+    config = apply_overrides(OcrloopConfig(), overrides)
     workspace, created = init_workspace(directory, config)
     if created:
         for item in created:
@@ -370,29 +372,28 @@ def data_synth(
 
 
 @app.command("eval")
+@config_flags("training", only=("resolution", "prompt", "max_new_tokens", "read_batch_size", "backend"))
+@config_flags("", only=("dataset_dir",), names={"dataset_dir": ("--dataset", "-d")})
 def evaluate(
     model: Annotated[Optional[str], typer.Option(help="Model to evaluate: folder, preset or hub id.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(help="Or: a JSONL of {image, page, text} to score.")] = None,
     engine: Annotated[Optional[str], typer.Option(help="Or: an off-the-shelf OCR engine to score (tesseract).")] = None,
     compare: Annotated[Optional[str], typer.Option(help="Baseline (before) to compare against: a model, a predictions .jsonl, or tesseract.")] = None,
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
-    resolution: Annotated[Optional[str], typer.Option(help="Read at this resolution instead of the model's own (training.resolution for a base model).")] = None,
-    prompt: Annotated[Optional[str], typer.Option(help="Read with this prompt instead of the model's own (training.prompt for a base model).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Pages per generation batch (training.batch_size).")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation limit instead of the model's own (training.max_new_tokens for a base model).")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="training.backend")] = None,
     lowercase: Annotated[bool, typer.Option(help="Ignore case.")] = False,
     strip_markdown: Annotated[bool, typer.Option(help="Ignore markdown markup (**, #, -, tables).")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Write the full report as JSON here.")] = None,
     save_predictions: Annotated[Optional[Path], typer.Option(help="Write the model's page texts as JSONL here.")] = None,
     workspace: WorkspaceOption = Path("."),
-    dataset: DatasetOption = None,
+    overrides: dict | None = None,
 ) -> None:
-    """CER/WER overall, per category and per business; with --compare, the before/after table."""
+    """CER/WER overall, per category and per business; with --compare, the before/after table.
+
+    --resolution, --prompt and --max-new-tokens read a model at those settings instead of its own."""
     if model is not None:
         from ocrloop.models.loading import prepare_backend
 
-        prepare_backend(backend or "auto")
+        prepare_backend(overrides.get("training.backend", "auto"))
     from ocrloop.atomic import atomic_write_json
     from ocrloop.data.dataset import Dataset
     from ocrloop.evaluate.metrics import Normalization, compare_reports
@@ -404,9 +405,8 @@ def evaluate(
         raise OcrloopError("give exactly one of --model, --predictions or --engine")
     if engine is not None and engine != ENGINE:
         raise OcrloopError(f"unknown --engine {engine!r}; the one available is {ENGINE}")
-    config = _config(workspace, {"dataset_dir": dataset, "training.batch_size": batch_size, "training.backend": backend})
-    explicit = {"resolution": resolution, "prompt": prompt, "max_new_tokens": max_new_tokens}
-    apply_overrides(config, {f"training.{name}": value for name, value in explicit.items()})  # validated like the settings
+    explicit = {name: overrides.pop(f"training.{name}", None) for name in ("resolution", "prompt", "max_new_tokens")}
+    config = _config(workspace, overrides)
     given = read_predictions(predictions) if predictions is not None else None
     baseline = read_predictions(Path(compare)) if compare is not None and compare.endswith(".jsonl") else None
     data = Dataset.open(config.dataset_dir, config.data)
@@ -435,10 +435,11 @@ def evaluate(
         payload["before"] = {"evaluated": compare, "report": before.to_json()}
     if (Path(workspace) / CONFIG_FILENAME).is_file():
         from ocrloop.registry import Registry
+        from ocrloop.registry.champions import registered_name
 
         with Registry(config.registry_path) as registry:
             name = after_name if engine is not None else (
-                _registered_name(registry, model) if model else f"predictions:{predictions.name}")
+                registered_name(registry, model) if model else f"predictions:{predictions.name}")
             registry.add_evaluation(name, split, after.to_json())
     if save_predictions is not None and texts is not None:
         write_predictions(save_predictions, examples, texts)
@@ -446,110 +447,29 @@ def evaluate(
         atomic_write_json(output, payload)
 
 
-def _registered_name(registry, model: str) -> str:
-    resolved = str(Path(model).resolve()) if Path(model).exists() else model
-    for row in registry.models():
-        if row["path"] == resolved:
-            return row["name"]
-    return model
-
-
 def _read_pages(source: str, config: OcrloopConfig, data, examples, explicit: dict) -> list[str]:
-    """Each example's text read by ``source`` (a model, or ``tesseract``); "" for a page that did not load.
+    from ocrloop.evaluate.evaluator import read_source
 
-    A model reads with its own saved settings unless ``explicit`` names others (each difference is noted)."""
-    from ocrloop.evaluate.evaluator import read_pages
-    from ocrloop.evaluate.tesseract import ENGINE, read_with_tesseract
-    from ocrloop.models.reading import ReadingSettings, resolve_reading
-
-    t = config.training
-    cache = None
-    if source == ENGINE:
-        def reader(progress):
-            return read_with_tesseract(data, examples, progress=progress)
-    else:
-        from ocrloop.models import load_model
-        from ocrloop.train.feature_cache import open_saved_cache
-
-        with console.status(f"loading {source}"):
-            bundle = load_model(source, backend=t.backend)
-            reading, notes = resolve_reading(bundle.reading, ReadingSettings.from_training(t), model_name=source, **explicit)
-            cache = open_saved_cache(bundle, Path(source), reading.resolution, pdf_dpi=config.data.pdf_dpi)
-        for note in notes:
-            notices.print(f"note: {note}", markup=False)
-
-        def reader(progress):
-            return read_pages(bundle, data, examples, reading, batch_size=t.batch_size, progress=progress)
     with _progress() as progress:
         task = progress.add_task(f"reading with {Path(source).name}", total=len(examples))
-        read, texts = reader(lambda done: progress.update(task, completed=done))
-    if cache is not None and cache.stats.hits:
-        console.print(f"{cache.stats.hits} page(s) read with image features cached by the training run", markup=False)
-    by_id = {(e.source, e.page): text for e, text in zip(read, texts)}
-    return [by_id.get((e.source, e.page), "") for e in examples]
+        texts, cached = read_source(source, config, data, examples, explicit,
+                                    progress=lambda done: progress.update(task, completed=done),
+                                    on_note=lambda note: notices.print(f"note: {note}", markup=False))
+    if cached:
+        notices.print(f"{cached} page(s) read with image features cached by the training run", markup=False)
+    return texts
 
 
 @app.command("train")
+@config_flags("training")
+@config_flags("", only=("base_model", "dataset_dir"), names={"base_model": ("--model",), "dataset_dir": ("--dataset", "-d")})
 def train_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, the adapter and the run card.")],
-    model: Annotated[Optional[str], typer.Option(help="Base model: folder, hub id or tiny preset (base_model).")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="training.epochs")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="training.max_steps")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="training.batch_size")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="training.learning_rate")] = None,
-    gradient_accumulation_steps: Annotated[Optional[int], typer.Option(help="training.gradient_accumulation_steps")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="training.warmup_steps")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="training.mode: lora16, qlora4, lora8 or full")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="training.backend: auto, unsloth or hf")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="training.resolution: tiny, small, base, large, gundam")] = None,
-    prompt: Annotated[Optional[str], typer.Option(help="training.prompt: markdown, ocr, free, figure, describe, locate")] = None,
-    lora_rank: Annotated[Optional[int], typer.Option(help="training.lora_rank")] = None,
-    lora_alpha: Annotated[Optional[int], typer.Option(help="training.lora_alpha")] = None,
-    lora_dropout: Annotated[Optional[float], typer.Option(help="training.lora_dropout")] = None,
-    lora_targets: Annotated[Optional[str], typer.Option(help="training.lora_targets, comma-separated: attention,mlp,experts,vision")] = None,
-    save_steps: Annotated[Optional[int], typer.Option(help="training.save_steps")] = None,
-    eval_steps: Annotated[Optional[int], typer.Option(help="training.eval_steps")] = None,
-    max_seq_length: Annotated[Optional[int], typer.Option(help="training.max_seq_length")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="training.max_new_tokens")] = None,
-    eval_max_pages: Annotated[Optional[int], typer.Option(help="training.eval_max_pages")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="training.weight_decay")] = None,
-    max_grad_norm: Annotated[Optional[float], typer.Option(help="training.max_grad_norm")] = None,
-    logging_steps: Annotated[Optional[int], typer.Option(help="training.logging_steps")] = None,
-    report_to: Annotated[Optional[str], typer.Option(help="training.report_to: none, tensorboard, mlflow, wandb")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="training.seed")] = None,
-    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="training.gradient_checkpointing")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="training.compile")] = None,
-    cudnn_attention: Annotated[Optional[bool], typer.Option("--cudnn-attention/--no-cudnn-attention", help="training.cudnn_attention")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="training.optimizer: auto, adamw_torch, adamw_torch_fused or adamw_8bit")] = None,
-    skip_frozen_vision_backward: Annotated[Optional[bool], typer.Option("--skip-frozen-vision-backward/--no-skip-frozen-vision-backward", help="training.skip_frozen_vision_backward")] = None,
-    feature_cache: Annotated[Optional[bool], typer.Option("--feature-cache/--no-feature-cache", help="training.feature_cache")] = None,
-    feature_pages_per_forward: Annotated[Optional[int], typer.Option(help="training.feature_pages_per_forward")] = None,
-    dataloader_workers: Annotated[Optional[int], typer.Option(help="training.dataloader_workers")] = None,
-    merge: Annotated[Optional[bool], typer.Option("--merge/--no-merge", help="training.merge")] = None,
-    skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid/--no-skip-invalid", help="training.skip_invalid")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
     workspace: WorkspaceOption = Path("."),
-    dataset: DatasetOption = None,
+    overrides: dict | None = None,
 ) -> None:
     """Fine-tune a model on the dataset: LoRA by default, Unsloth on CUDA, plain transformers + peft elsewhere."""
-    overrides = {
-        "base_model": model, "dataset_dir": dataset,
-        "training.epochs": epochs, "training.max_steps": max_steps, "training.batch_size": batch_size,
-        "training.learning_rate": learning_rate, "training.gradient_accumulation_steps": gradient_accumulation_steps,
-        "training.warmup_steps": warmup_steps, "training.mode": mode, "training.backend": backend,
-        "training.resolution": resolution, "training.prompt": prompt, "training.lora_rank": lora_rank,
-        "training.lora_alpha": lora_alpha, "training.lora_dropout": lora_dropout,
-        "training.lora_targets": [g.strip() for g in lora_targets.split(",")] if lora_targets else None,
-        "training.save_steps": save_steps, "training.eval_steps": eval_steps, "training.max_seq_length": max_seq_length,
-        "training.max_new_tokens": max_new_tokens, "training.eval_max_pages": eval_max_pages,
-        "training.weight_decay": weight_decay, "training.max_grad_norm": max_grad_norm,
-        "training.logging_steps": logging_steps, "training.report_to": report_to, "training.seed": seed,
-        "training.gradient_checkpointing": gradient_checkpointing, "training.optimizer": optimizer,
-        "training.skip_frozen_vision_backward": skip_frozen_vision_backward, "training.merge": merge,
-        "training.feature_cache": feature_cache, "training.dataloader_workers": dataloader_workers,
-        "training.skip_invalid": skip_invalid, "training.compile": compile, "training.cudnn_attention": cudnn_attention,
-        "training.feature_pages_per_forward": feature_pages_per_forward,
-    }
     config = _config(workspace, overrides)
     from ocrloop.models.loading import prepare_backend
 
@@ -568,19 +488,20 @@ def train_command(
 
 
 @app.command()
+@config_flags("training", only=("backend",))
+@config_flags("", only=("base_model",), names={"base_model": ("--model",)})
 def doctor(
-    model: Annotated[Optional[str], typer.Option(help="Model to check (default: base_model of the workspace).")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="training.backend")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="Resolution for the test steps (default: the family's smallest).")] = None,
     workspace: WorkspaceOption = Path("."),
+    overrides: dict | None = None,
 ) -> None:
     """Check the set-up: Python, torch, CUDA, unsloth, the model loads, LoRA attaches, a few steps train."""
     from ocrloop.models.loading import prepare_backend
 
-    prepare_backend(backend or "auto")
+    prepare_backend(overrides.get("training.backend", "auto"))
     from ocrloop.doctor import run_checks
 
-    config = _config(workspace, {"base_model": model, "training.backend": backend})
+    config = _config(workspace, overrides)
     marks = {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]", "skip": "[yellow]skip[/yellow]"}
 
     def show(check) -> None:
@@ -699,14 +620,11 @@ def _pct(value: float | None) -> str:
 def models_list(workspace: WorkspaceOption = Path(".")) -> None:
     """Every model version with its latest test CER and where it is champion."""
     from ocrloop.registry import Registry
+    from ocrloop.registry.champions import champions_by_model
 
     ws = _workspace(workspace)
     with Registry(ws.config.registry_path) as registry:
-        champions: dict[str, list[str]] = {}
-        for key in {p["business"] for p in registry.promotions()}:
-            name = registry.champion(key)
-            if name:
-                champions.setdefault(name, []).append("general" if key == "*" else key)
+        champions = champions_by_model(registry)
         table = Table(title="models")
         for column in ("name", "family", "business", "test CER", "champion of", "created"):
             table.add_column(column, no_wrap=column == "name")
@@ -754,31 +672,26 @@ def models_rollback(business: Annotated[Optional[str], typer.Option(help="Busine
                     workspace: WorkspaceOption = Path(".")) -> None:
     """Make the previous champion the champion again."""
     from ocrloop.registry import Registry
-    from ocrloop.registry.store import GENERAL
+    from ocrloop.registry.champions import roll_back
 
     ws = _workspace(workspace)
-    key = business or GENERAL
     with Registry(ws.config.registry_path) as registry:
-        current = registry.champion(key)
-        earlier = [p["model_name"] for p in registry.promotions(key) if p["decision"] != "rejected" and p["model_name"] != current]
-        if current is None or not earlier:
-            raise OcrloopError(f"nothing to roll back to for {business or 'all businesses'}")
-        registry.record_promotion(earlier[-1], "rollback", f"rolled back from {current}", business=key)
-    console.print(f"{earlier[-1]} is the champion for {business or 'all businesses'} again (was {current})", markup=False)
+        restored, replaced = roll_back(registry, business)
+    console.print(f"{restored} is the champion for {business or 'all businesses'} again (was {replaced})", markup=False)
 
 
 @app.command("ocr")
+@config_flags("serve", only=("pii_policy",))
+@config_flags("training", only=("prompt", "resolution"), names={"resolution": ("--resolution", "--mode")})
 def ocr_command(
     paths: Annotated[list[Path], typer.Argument(help="Images, PDFs or folders of them.")],
     business: Annotated[Optional[str], typer.Option(help="Use this business's champion.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Use this model instead of a champion.")] = None,
     engine: EngineOption = "model",
-    prompt: Annotated[Optional[str], typer.Option(help="training.prompt")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", "--resolution", help="training.resolution")] = None,
     output_format: Annotated[str, typer.Option("--format", help="md or json")] = "md",
-    pii_policy: Annotated[Optional[str], typer.Option(help="serve.pii_policy: allow, redact or reject")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write one file per document here; finished files are skipped on rerun.")] = None,
     workspace: WorkspaceOption = Path("."),
+    overrides: dict | None = None,
 ) -> None:
     """OCR files with the champion (of --business, else general, else the base model), or with Tesseract."""
     from ocrloop.atomic import atomic_write_json, atomic_write_text
@@ -801,7 +714,9 @@ def ocr_command(
         notices.print(f"{len(files) - len(todo)} already done in {out}, skipped", markup=False)
     if not todo:
         return
-    config = _config(workspace, {"serve.pii_policy": pii_policy})
+    # Prompt and resolution given here are explicit reading choices; unset, the model reads with its own.
+    prompt, mode = overrides.pop("training.prompt", None), overrides.pop("training.resolution", None)
+    config = _config(workspace, overrides)
     from ocrloop.agent import OCRAgent
 
     if engine == "model":
@@ -840,14 +755,11 @@ def ocr_command(
 
 
 @app.command("serve")
+@config_flags("serve")
 def serve_command(
-    host: Annotated[Optional[str], typer.Option(help="serve.host")] = None,
-    port: Annotated[Optional[int], typer.Option(help="serve.port")] = None,
-    pii_policy: Annotated[Optional[str], typer.Option(help="serve.pii_policy: allow, redact or reject")] = None,
-    max_batch_pages: Annotated[Optional[int], typer.Option(help="serve.max_batch_pages")] = None,
-    max_concurrent_requests: Annotated[Optional[int], typer.Option(help="serve.max_concurrent_requests")] = None,
     engine: EngineOption = "model",
     workspace: WorkspaceOption = Path("."),
+    overrides: dict | None = None,
 ) -> None:
     """The OCR service: POST /v1/ocr, GET /v1/models, /healthz, /readyz and /metrics (Prometheus)."""
     from ocrloop.agent import ENGINES
@@ -855,9 +767,7 @@ def serve_command(
     _workspace(workspace)
     if engine not in ENGINES:
         raise OcrloopError(f"--engine must be {' or '.join(ENGINES)}, not {engine!r}")
-    config = _config(workspace, {"serve.host": host, "serve.port": port, "serve.pii_policy": pii_policy,
-                                 "serve.max_batch_pages": max_batch_pages,
-                                 "serve.max_concurrent_requests": max_concurrent_requests})
+    config = _config(workspace, overrides)
     if engine == "tesseract":
         from ocrloop.evaluate.tesseract import tesseract_name
 

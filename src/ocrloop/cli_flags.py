@@ -2,7 +2,7 @@
 
 ``@config_flags("training", exclude=...)`` adds a ``--flag`` to a typer command for every field of that
 section of ``OcrloopConfig``: its help is the field's description, its choices the field's ``Literal``
-values, a ``bool`` becomes ``--flag/--no-flag`` and a list of choices a comma-separated value. The command
+values (listed in the help, checked by the model), a ``bool`` becomes ``--flag/--no-flag`` and a list of choices a comma-separated value. The command
 receives the flags that were given as ``overrides`` (``{"training.epochs": 1.0}``), ready for
 ``apply_overrides``; flags left out are absent, so the workspace's value stands.
 """
@@ -15,7 +15,6 @@ import types
 import typing
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
-import click
 import typer
 from pydantic import BaseModel
 
@@ -37,29 +36,31 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def flag_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
+def _flag_names(field: str, section: str) -> str:
+    name = field.replace("_", "-")
+    is_bool = _unwrap_optional(section_model(section).model_fields[field].annotation) is bool
+    return f"--{name}/--no-{name}" if is_bool else f"--{name}"
 
 
-def _option(section: str, field: str) -> tuple[Any, typer.models.OptionInfo]:
-    """The Python type and typer option of one config field."""
+def _option(section: str, field: str, decls: tuple[str, ...]) -> tuple[Any, typer.models.OptionInfo]:
+    """The Python type and typer option (named ``decls``) of one config field."""
     info = section_model(section).model_fields[field]
     key = f"{section}.{field}" if section else field
     annotation = _unwrap_optional(info.annotation)
     text = f"{info.description} ({key})" if info.description else key
     if annotation is bool:
-        name = field.replace("_", "-")
-        return Optional[bool], typer.Option(f"--{name}/--no-{name}", help=text, show_default=False)
+        return Optional[bool], typer.Option(*decls, help=text, show_default=False)
     if typing.get_origin(annotation) is Literal:
-        return Optional[str], typer.Option(flag_name(field), help=text, click_type=click.Choice(typing.get_args(annotation)),
+        # Checked by the config model, not by click: a wrong choice is the same one-line error as in ocrloop.yaml.
+        return Optional[str], typer.Option(*decls, help=f"{text}: {', '.join(typing.get_args(annotation))}",
                                            show_default=False)
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
         choices = ", ".join(typing.get_args(item)) if typing.get_origin(item) is Literal else "values"
-        return Optional[str], typer.Option(flag_name(field), help=f"{text}; comma-separated {choices}", show_default=False)
+        return Optional[str], typer.Option(*decls, help=f"{text}; comma-separated {choices}", show_default=False)
     if annotation in (int, float, str):
-        return Optional[annotation], typer.Option(flag_name(field), help=text, show_default=False)
-    return Optional[str], typer.Option(flag_name(field), help=text, show_default=False)  # paths and the rest: as text
+        return Optional[annotation], typer.Option(*decls, help=text, show_default=False)
+    return Optional[str], typer.Option(*decls, help=text, show_default=False)  # paths and the rest: as text
 
 
 def _value(section: str, field: str, raw: Any) -> Any:
@@ -83,9 +84,8 @@ def config_flags(section: str, *, only: tuple[str, ...] | None = None, exclude: 
         own = [p for p in signature.parameters.values() if p.name != "overrides"]
         generated = []
         for field in fields:
-            python_type, option = _option(section, field)
-            if names and field in names:
-                option.param_decls = names[field]
+            decls = (names or {}).get(field) or (_flag_names(field, section),)
+            python_type, option = _option(section, field, decls)
             parameter = f"{section}{_SEPARATOR}{field}"
             generated.append(inspect.Parameter(parameter, inspect.Parameter.KEYWORD_ONLY, default=None,
                                                annotation=Annotated[python_type, option]))

@@ -20,6 +20,10 @@ CONFIG_FILENAME = "ocrloop.yaml"
 SPLITS = ("train", "val", "test")
 DOCUMENT_CATEGORIES = ("receipt", "invoice", "contract", "tax_form")
 BUSINESS_TYPES = ("ecommerce", "content", "saas", "legal", "accounting")
+# The one vocabulary of reading modes and prompts; models/base.py gives each its size and its text.
+Resolution = Literal["tiny", "small", "base", "large", "gundam"]
+Prompt = Literal["markdown", "ocr", "free", "figure", "describe", "locate"]
+PiiPolicy = Literal["allow", "redact", "reject"]
 
 
 class _Section(BaseModel):
@@ -48,7 +52,7 @@ class TrainingConfig(_Section):
 
     epochs: float = Field(3, gt=0, le=10_000, description="Passes over the training split.")
     max_steps: int | None = Field(None, gt=0, le=10**9, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(8, ge=1, le=4096, description="Examples per device per forward pass (training and reading).")
+    batch_size: int = Field(8, ge=1, le=4096, description="Training examples per device per forward pass.")
     gradient_accumulation_steps: int = Field(2, ge=1, le=4096, description="Forward passes per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate (linear decay after warm-up).")
     warmup_steps: int = Field(10, ge=0, le=10**9, description="Optimizer steps of linear warm-up.")
@@ -61,9 +65,9 @@ class TrainingConfig(_Section):
     lora_targets: list[Literal["attention", "mlp", "experts", "vision"]] = Field(
         default_factory=lambda: ["attention"], description="Module groups that get LoRA adapters."
     )
-    resolution: Literal["tiny", "small", "base", "large", "gundam"] = Field(
+    resolution: Resolution = Field(
         "base", description="Resolution mode pages are trained and read at (a model reads at its own by default).")
-    prompt: Literal["markdown", "ocr", "free", "figure", "describe", "locate"] = Field(
+    prompt: Prompt = Field(
         "markdown", description="Prompt template pages are trained and read with (a model reads with its own by default).")
     save_steps: int = Field(50, ge=1, le=10**9, description="Write a resumable checkpoint every N optimizer steps.")
     logging_steps: int = Field(10, ge=1, le=10**9, description="Log the loss every N optimizer steps.")
@@ -108,6 +112,8 @@ class TrainingConfig(_Section):
     report_to: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description="Where training logs also go.")
     eval_max_pages: int = Field(32, ge=1, le=10**6, description="Validation pages read to compute CER during training.")
     max_new_tokens: int = Field(1024, ge=1, le=131_072, description="Generation limit per page when reading.")
+    read_batch_size: int = Field(8, ge=1, le=4096, description="Pages per generation batch when reading (validation "
+                                                               "during training, eval, the loop's test reads).")
     skip_invalid: bool = Field(False, description="Train on the valid examples of a dataset that fails validation.")
 
 
@@ -130,7 +136,7 @@ class ServeConfig(_Section):
 
     host: str = Field("127.0.0.1", description="Address the service listens on.")
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port (printed at start).")
-    pii_policy: Literal["allow", "redact", "reject"] = Field(
+    pii_policy: PiiPolicy = Field(
         "redact", description="What happens to OCR text with PII: kept, replaced by [KIND] placeholders, or refused."
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, le=2**34, description="Larger uploads are answered 413.")

@@ -164,3 +164,14 @@ def test_bounded_vision_memory_runs_few_views_at_a_time_and_gives_the_same_featu
     assert attention.forward is counted and "forward" not in vars(bundle.model.model.vision_tower)  # ...and nothing stays patched
     for a, b in zip(whole, bounded):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_prompts_and_resolutions_are_the_configs_vocabulary():
+    from typing import get_args
+
+    from ocrloop.config import Prompt, Resolution
+    from ocrloop.models import PROMPT_TEMPLATES, RESOLUTIONS
+
+    assert tuple(PROMPT_TEMPLATES) == get_args(Prompt) and tuple(RESOLUTIONS) == get_args(Resolution)
+    for family in FAMILIES.values():
+        assert set(family.resolutions) <= set(get_args(Resolution))

@@ -156,16 +156,16 @@ def test_a_checkpoint_cut_off_by_a_crash_is_skipped_on_resume(tiny_presets, rece
 
 @pytest.mark.parametrize("cudnn_attention", [False, True])
 def test_cudnn_attention_is_left_out_of_training_unless_asked(tiny_presets, receipts, tmp_path, monkeypatch, cudnn_attention):
-    import ocrloop.train.finetune as finetune
+    import ocrloop.train.trainer as trainer  # the training step lives there
 
     seen: list[bool] = []
-    loss = finetune.labelled_token_loss
+    loss = trainer.labelled_token_loss
 
     def recording(*args, **kwargs):
         seen.append(torch.backends.cuda.cudnn_sdp_enabled())
         return loss(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "labelled_token_loss", recording)
+    monkeypatch.setattr(trainer, "labelled_token_loss", recording)
     before = torch.backends.cuda.cudnn_sdp_enabled()
     train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=2, cudnn_attention=cudnn_attention), tmp_path / "out")
     assert seen == [cudnn_attention] * 2

@@ -168,7 +168,7 @@ class FineTuneLoop:
             examples = self.dataset.examples(split, business=self.business)
             # Each model reads with its own saved settings; the base model, which has none, with the workspace's.
             reading, _ = resolve_reading(bundle.reading, ReadingSettings.from_training(t))
-            evaluation = evaluate_model(bundle, self.dataset, examples, reading, batch_size=t.batch_size)
+            evaluation = evaluate_model(bundle, self.dataset, examples, reading, batch_size=t.read_batch_size)
             self._reports[cache_key] = evaluation.report
         return self._reports[cache_key]
 

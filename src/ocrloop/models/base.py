@@ -12,7 +12,7 @@ import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from PIL import Image
@@ -72,7 +72,6 @@ class OCRModel:
     source: str
     backend: str = "hf"
     extras: dict = field(default_factory=dict)
-    feature_cache: Any = None  # a train.feature_cache.FeatureCache answering get_image_features, if any
     reading: ReadingSettings | None = None  # the settings it was trained to read with (saved in its model card)
 
     @property
@@ -91,32 +90,29 @@ class OCRModel:
     def encode(self, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         return self.family.encode(self, image, prompt, target, resolution)
 
-    def read(self, images: list[Image.Image], reading: ReadingSettings, feature_keys: list[str] | None = None) -> list[str]:
-        """Greedy OCR of ``images`` at ``reading``'s resolution, prompt and generation limit."""
+    def read(self, images: list[Image.Image], reading: ReadingSettings) -> list[str]:
+        """Greedy OCR of ``images`` at ``reading``'s resolution, prompt and generation limit.
+
+        Inside ``FeatureCache.reading(keys)`` the image features come from the cache, not the vision tower."""
         return self.generate(images, prompt=reading.prompt, resolution=reading.resolution,
-                             max_new_tokens=reading.max_new_tokens, feature_keys=feature_keys)
+                             max_new_tokens=reading.max_new_tokens)
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], prompt: str = "markdown", resolution: str = "base",
-                 max_new_tokens: int = 512, feature_keys: list[str] | None = None, min_new_tokens: int = 0,
-                 cache_implementation: str | None = None) -> list[str]:
+                 max_new_tokens: int = 512, min_new_tokens: int = 0, cache_implementation: str | None = None) -> list[str]:
         """Greedy OCR of ``images``: one cleaned text per image.
 
-        With ``feature_keys`` (one per image) and a ``feature_cache`` holding them all, the image
-        features come from the cache instead of the vision tower. ``min_new_tokens`` forces output
-        lengths (benchmarks of random weights); ``cache_implementation="static"`` compiles the decode."""
+        ``min_new_tokens`` forces output lengths (benchmarks of random weights); ``cache_implementation="static"``
+        compiles the decode."""
         encoded = [self.encode(image, prompt, None, resolution) for image in images]
         batch = collate(encoded, self.tokenizer.pad_token_id, padding_side="left", family=self.family,
                         tokenizer=self.tokenizer, dtype=self.dtype)
         batch.pop("labels")
         batch = to_device(batch, self.device)
-        if self.feature_cache is not None:
-            self.feature_cache.restore_vision()  # generate() places its own tensors by the first parameter's device
         was_training = self.model.training
         self._inference_mode(True)
-        serving = self.feature_cache.serving(feature_keys) if self.feature_cache is not None and feature_keys else nullcontext()
         try:
-            with serving, self.family.bounded_vision_memory(self.model):
+            with self.family.bounded_vision_memory(self.model):
                 output = self.model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,
@@ -141,6 +137,21 @@ class OCRModel:
             (FastVisionModel.for_inference if on else FastVisionModel.for_training)(self.model)
         else:
             self.model.train(not on)
+
+
+def wrap_image_features(owner: Any, wrap: Callable[[Callable], Callable]) -> Callable[[], None]:
+    """Replace ``owner.get_image_features`` by ``wrap(current)`` on this instance; return what puts the previous one
+    back. The one way ocrloop changes how image features are computed (no autograd, answers from a cache)."""
+    before = owner.__dict__.get("get_image_features")
+    owner.get_image_features = wrap(owner.get_image_features)
+
+    def restore() -> None:
+        if before is None:
+            del owner.get_image_features
+        else:
+            owner.get_image_features = before
+
+    return restore
 
 
 def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str = "right",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ocrloop.atomic import atomic_write_json
-from ocrloop.models.base import ModelError, OCRFamily, OCRModel
+from ocrloop.models.base import ModelError, OCRFamily, OCRModel, wrap_image_features
 
 QUANTIZED_MODES = ("qlora4", "lora8")
 
@@ -178,15 +178,16 @@ def skip_frozen_vision_backward(bundle: OCRModel) -> bool:
     """
     if not vision_is_frozen(bundle):
         return False
+    def no_autograd(original):
+        def without_autograd(*args, **kwargs):
+            with torch.no_grad():
+                return original(*args, **kwargs)
+
+        return without_autograd
+
     owners = [m for m in bundle.model.modules() if callable(getattr(m, "get_image_features", None))]
     for owner in owners:
-        original = owner.get_image_features
-
-        def without_autograd(*args, _original=original, **kwargs):
-            with torch.no_grad():
-                return _original(*args, **kwargs)
-
-        owner.get_image_features = without_autograd
+        wrap_image_features(owner, no_autograd)
     return bool(owners)
 
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
 import phonenumbers
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
 
+from ocrloop.config import PiiPolicy
+
 PII_KINDS = ("ssn", "credit_card", "iban", "email", "phone", "secret")
-PiiPolicy = Literal["allow", "redact", "reject"]
 
 # OCR output writes the same number many ways: unicode dashes, no-break spaces, a line break inside it.
 # Detectors read a copy with those folded to "-" and " " (one character for one, so spans stay valid).
@@ -164,8 +165,8 @@ def apply_pii_policy(text: str, policy: PiiPolicy) -> tuple[str, dict[str, int]]
     ``allow`` returns the text unchanged, ``redact`` with placeholders, ``reject`` raises ``PiiRejected``
     if anything was found.
     """
-    if policy not in ("allow", "redact", "reject"):
-        raise ValueError(f"unknown PII policy {policy!r}: choose allow, redact or reject")
+    if policy not in get_args(PiiPolicy):
+        raise ValueError(f"unknown PII policy {policy!r}: choose {', '.join(get_args(PiiPolicy))}")
     findings = find_pii(text)
     counts = dict(Counter(f.kind for f in findings))
     if policy == "reject" and findings:

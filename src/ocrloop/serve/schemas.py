@@ -7,12 +7,9 @@ from typing import Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from ocrloop.config import ServeConfig, TrainingConfig
+from ocrloop.config import PiiPolicy, Prompt, Resolution
 from ocrloop.pii import PII_KINDS
 
-Prompt = TrainingConfig.model_fields["prompt"].annotation
-Resolution = TrainingConfig.model_fields["resolution"].annotation
-PiiPolicyName = ServeConfig.model_fields["pii_policy"].annotation
 BUSINESS_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -29,7 +26,7 @@ class OcrOptions(BaseModel):
     business: str = Field(None, pattern=BUSINESS_PATTERN, description="Read with this business's champion (one the "
                                                                       "workspace knows); default: the general one.")
     format: Literal["json", "md"] = Field("json", description="json: the answer below; md: the text as markdown.")
-    pii_policy: PiiPolicyName = Field(None, description="allow, redact or reject personal data; default: serve.pii_policy.")
+    pii_policy: PiiPolicy = Field(None, description="allow, redact or reject personal data; default: serve.pii_policy.")
 
 
 class OcrForm(OcrOptions):

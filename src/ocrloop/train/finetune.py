@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from rich.console import Console
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import TrainingArguments
 
 from ocrloop.atomic import atomic_write_json
 from ocrloop.config import OcrloopConfig
@@ -37,19 +38,21 @@ from ocrloop.models.base import EncodedExample, ExampleTooLong, ModelError, OCRM
 from ocrloop.models.reading import ReadingSettings
 from ocrloop.models.loading import (
     attach_lora,
-    load_adapter_weights,
     save_model,
     skip_frozen_vision_backward,
     trainable_parameters,
     vision_is_frozen,
 )
-from ocrloop.train.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
-from ocrloop.train.feature_cache import FeatureCache, image_feature_owner
-from ocrloop.train.loss import labelled_token_loss
+from ocrloop.models.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
+from ocrloop.models.feature_cache import FeatureCache, image_feature_owner
+from ocrloop.train.trainer import OCRTrainer, ParkVisionTower, StepTimer, ValidationCER
 from ocrloop.registry import Registry
 
 RUN_CARD = "run_card.json"
 PREPARE_THREADS = 8  # threads preparing pages before training; beyond this the GPU is the bottleneck
+# Pages handed to the feature pass at a time (each pass of the tower takes training.feature_pages_per_forward):
+# threads prepare the next chunk while the GPU computes this one.
+FEATURE_PASS_CHUNK = 16
 # Attention kernels while training.cudnn_attention is off: cuDNN plans every attention call on the CPU.
 WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -57,8 +60,9 @@ WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDP
 class PageDataset(torch.utils.data.Dataset):
     """Training pages, loaded and encoded on access (images are never all held in memory)."""
 
-    def __init__(self, dataset: Dataset, examples: list[PageExample], bundle: OCRModel, prompt: str, resolution: str):
-        self.dataset, self.examples, self.bundle = dataset, examples, bundle
+    def __init__(self, dataset: Dataset, examples: list[PageExample], bundle: OCRModel, prompt: str, resolution: str,
+                 cache: FeatureCache | None = None):
+        self.dataset, self.examples, self.bundle, self.cache = dataset, examples, bundle, cache
         self.prompt, self.resolution = prompt, resolution
 
     def __len__(self) -> int:
@@ -66,7 +70,7 @@ class PageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> EncodedExample:
         example = self.examples[index]
-        cache = self.bundle.feature_cache
+        cache = self.cache
         if cache is not None:  # features cached: no image to load, no pixels to process
             template = cache.template(cache.key(example))
             if template is not None:
@@ -78,14 +82,14 @@ class PageCollator:
     """Pads a list of encoded pages into a batch, pixels cast to the model's dtype; starts reading
     cached features kept on disk for the batch (the Trainer collates one batch ahead)."""
 
-    def __init__(self, bundle: OCRModel):
-        self.bundle = bundle
+    def __init__(self, bundle: OCRModel, cache: FeatureCache | None = None):
+        self.bundle, self.cache = bundle, cache
 
     def __call__(self, examples: list[EncodedExample]) -> dict[str, Any]:
         b = self.bundle
         batch = collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer, dtype=b.dtype)
-        if b.feature_cache is not None and "feature_keys" in batch:
-            b.feature_cache.prefetch(batch["feature_keys"])
+        if self.cache is not None and "feature_keys" in batch:
+            self.cache.prefetch(batch["feature_keys"])
         return batch
 
 
@@ -189,6 +193,7 @@ class FineTuner:
     def _setup_feature_cache(self) -> None:
         """Cache image features when nothing changes them between epochs; say in one line why not otherwise."""
         t = self.training
+        self.feature_cache: FeatureCache | None = None
         self.feature_cache_off: str | None = None
         self.feature_cache_summary: dict[str, Any] | None = None
         if not t.feature_cache:
@@ -201,7 +206,7 @@ class FineTuner:
             self.console.print(f"image-feature cache {self.feature_cache_off}", markup=False)
             return
         started = time.perf_counter()
-        self.bundle.feature_cache = FeatureCache(
+        self.feature_cache = FeatureCache(
             self.bundle, self.output_dir / FEATURE_CACHE_FOLDER, t.resolution, device_budget_bytes=t.feature_cache_device_bytes,
             page_settings=f"pdf_dpi={self.config.data.pdf_dpi}", pages_per_forward=t.feature_pages_per_forward,
             warn=lambda message: self.console.print(f"warning: {message}", markup=False))
@@ -212,7 +217,7 @@ class FineTuner:
         image_token_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.family.image_token)
         self.lengths: list[int] = []
         kept: dict[str, list[PageExample]] = {"train": [], "val": []}
-        cache = self.bundle.feature_cache
+        cache = self.feature_cache
         missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
         queued: set[str] = set()  # a page listed twice (same file twice) is computed once
         t = self.training
@@ -242,7 +247,7 @@ class FineTuner:
                     if cache.add(key, encoded) and key not in queued:
                         queued.add(key)
                         missing.append((key, encoded))
-                    if len(missing) >= t.batch_size:
+                    if len(missing) >= FEATURE_PASS_CHUNK:
                         cache.compute(missing)
                         missing = []
         if cache is not None:
@@ -274,24 +279,21 @@ class FineTuner:
         if not self.val_examples:
             return None
         evaluation = evaluate_model(self.bundle, self.val_dataset, self.val_examples, ReadingSettings.from_training(self.training),
-                                    batch_size=self.training.batch_size)
+                                    batch_size=self.training.read_batch_size, cache=self.feature_cache)
         metrics = {"cer": evaluation.report.overall.cer, "wer": evaluation.report.overall.wer,
                    "by_category": {k: v.cer for k, v in evaluation.report.by_category.items()},
                    "wer_by_category": {k: v.wer for k, v in evaluation.report.by_category.items()}}
         self.console.print(f"validation CER {label}: {metrics['cer']:.2%}  WER {metrics['wer']:.2%}", markup=False)
         return metrics
 
-    def run(self) -> RunResult:
-        from transformers import Trainer, TrainerCallback, TrainingArguments
-
+    def _training_arguments(self) -> TrainingArguments:
+        """Every argument of the Hugging Face ``Trainer``, spelled out."""
         t = self.training
         bf16 = self.device_is_cuda and torch.cuda.is_bf16_supported()
         eight_bit_adam = t.optimizer == "adamw_8bit" or (
             t.optimizer == "auto" and self.device_is_cuda and importlib.util.find_spec("bitsandbytes") is not None
         )
-        steps_per_epoch = math.ceil(len(self.train_examples) / (t.batch_size * t.gradient_accumulation_steps))
-        eval_steps = t.eval_steps or steps_per_epoch
-        args = TrainingArguments(
+        return TrainingArguments(
             output_dir=str(self.output_dir / "checkpoints"),
             num_train_epochs=t.epochs,
             max_steps=t.max_steps or -1,
@@ -319,113 +321,41 @@ class FineTuner:
             use_cpu=not self.device_is_cuda,
             disable_tqdm=False,
         )
-        fine_tuner = self
 
-        class ValidationCER(TrainerCallback):
-            """Validation CER on generated text every ``eval_steps`` optimizer steps, not only loss."""
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step % eval_steps == 0 and state.global_step < state.max_steps:
-                    metrics = fine_tuner._validate(f"at step {state.global_step}")
-                    if metrics:
-                        fine_tuner.history["validation"].append({"step": state.global_step, **metrics})
-
-        step_seconds: list[float] = self.history.setdefault("step_seconds", [])
-        epoch_seconds: list[float] = self.history.setdefault("epoch_seconds", [])
-        cuda = self.device_is_cuda
-
-        class WallTimer(TrainerCallback):
-            """Time of every optimizer step (so warm-up can be told apart) and of every epoch (data loading
-            included: what a whole run is made of). On CUDA, steps are timed by events on the GPU's stream,
-            read at epoch ends: waiting for the GPU at every step would keep the CPU from queueing the next."""
-
-            def __init__(self):
-                self.pending: list[tuple[Any, Any]] = []
-
-            def _mark(self) -> Any:
-                if not cuda:
-                    return time.perf_counter()
-                event = torch.cuda.Event(enable_timing=True)
-                event.record()
-                return event
-
-            def _settle(self) -> float:
-                if cuda:
-                    torch.cuda.synchronize()
-                step_seconds.extend(start.elapsed_time(end) / 1000 if cuda else end - start for start, end in self.pending)
-                self.pending = []
-                return time.perf_counter()
-
-            def on_step_begin(self, args, state, control, **kwargs):
-                self.step_started = self._mark()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                self.pending.append((self.step_started, self._mark()))
-
-            def on_epoch_begin(self, args, state, control, **kwargs):
-                self.epoch_started = self._settle()
-
-            def on_epoch_end(self, args, state, control, **kwargs):
-                epoch_seconds.append(self._settle() - self.epoch_started)
-
-            def on_train_end(self, args, state, control, **kwargs):
-                self._settle()
-
-        class ParkVisionTower(TrainerCallback):
-            """Every training page is answered from the cache: the tower can leave the GPU during steps. Parked
-            at each step's start (after the Trainer has placed the model, and again after a validation
-            generated text, which brings it back)."""
-
-            def on_step_begin(self, args, state, control, **kwargs):
-                cache = fine_tuner.bundle.feature_cache
-                if cache is not None:
-                    fine_tuner.vision_offloaded_bytes = max(cache.offload_vision(), fine_tuner.vision_offloaded_bytes)
-
-        class AdapterSafeTrainer(Trainer):
-            """Resumes LoRA checkpoints through ``load_adapter_weights`` (see ``models.loading``),
-            answers image features from the cache for the batch's pages and, on the hf backend, runs
-            the output head on labelled positions only (Unsloth fuses its own loss)."""
-
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-                keys = inputs.pop("feature_keys", None)
-                cache = fine_tuner.bundle.feature_cache
-                with cache.serving(keys) if cache is not None else nullcontext():
-                    if fine_tuner.bundle.backend == "hf" and not return_outputs:
-                        return labelled_token_loss(model, inputs, num_items_in_batch)
-                    return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-
-            def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-                weights = Path(resume_from_checkpoint) / "adapter_model.safetensors"
-                if weights.is_file():
-                    load_adapter_weights(model or self.model, weights, what="the model being trained")
-                    return
-                super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-        trainer = AdapterSafeTrainer(
+    def run(self) -> RunResult:
+        """Train (the step is ``train.trainer.OCRTrainer``), validate, save the model and write the run card."""
+        t = self.training
+        steps_per_epoch = math.ceil(len(self.train_examples) / (t.batch_size * t.gradient_accumulation_steps))
+        cache = self.feature_cache
+        park = ParkVisionTower(cache)
+        trainer = OCRTrainer(
             model=self.bundle.model,
-            args=args,
-            train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution),
-            data_collator=PageCollator(self.bundle),
-            callbacks=[WallTimer(), ValidationCER(), ParkVisionTower(), *self.extra_callbacks],
+            args=self._training_arguments(),
+            train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution, cache),
+            data_collator=PageCollator(self.bundle, cache),
+            callbacks=[StepTimer(self.device_is_cuda, self.history.setdefault("step_seconds", []),
+                                 self.history.setdefault("epoch_seconds", [])),
+                       ValidationCER(self._validate, t.eval_steps or steps_per_epoch, self.history["validation"]),
+                       park, *self.extra_callbacks],
+            bundle=self.bundle,
+            cache=cache,
         )
-        if self.bundle.backend == "hf":
-            # labelled_token_loss divides by the accumulated batch's token count itself: no second division.
-            trainer.model_accepts_loss_kwargs = True
-        self.vision_offloaded_bytes = 0
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         with nullcontext() if t.cudnn_attention else sdpa_kernel(WITHOUT_CUDNN):
             train_output = trainer.train(resume_from_checkpoint=self._last_checkpoint() if self.resume else None)
         train_seconds = time.perf_counter() - started
+        self.vision_offloaded_bytes = park.offloaded_bytes
 
         self.history["train_loss_by_epoch"] = _loss_by_epoch(trainer.state.log_history)
         final = self._validate("final")
         if final:
             self.history["validation"].append({"step": trainer.state.global_step, **final})
-        if self.bundle.feature_cache is not None:
-            self.feature_cache_summary = {**self.bundle.feature_cache.summary(), "setup_seconds": self.feature_cache_setup_seconds}
-            self.bundle.feature_cache.close()
+        if cache is not None:
+            self.feature_cache_summary = {**cache.summary(), "setup_seconds": self.feature_cache_setup_seconds}
+            cache.close()
+            self.feature_cache = None
         save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, mark_complete=False)
         merged_metrics = self._save_merged(final) if t.merge else None
 
@@ -494,8 +424,9 @@ class FineTuner:
         }
 
     def cleanup(self) -> None:
-        if getattr(self, "bundle", None) is not None and self.bundle.feature_cache is not None:
-            self.bundle.feature_cache.close()
+        if getattr(self, "feature_cache", None) is not None:
+            self.feature_cache.close()
+            self.feature_cache = None
         self.bundle = None
         if self.device_is_cuda:
             torch.cuda.empty_cache()
@@ -538,12 +469,14 @@ def failure_message(error: BaseException) -> str:
 
 
 def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, registry: Registry | None = None,
-          console: Console | None = None, business: str | None = None) -> RunResult:
-    """Run the recipe and record it in ``registry``: ``running`` first, then ``succeeded`` or ``failed``."""
+          console: Console | None = None, business: str | None = None, callbacks: list | None = None) -> RunResult:
+    """Run the recipe and record it in ``registry``: ``running`` first, then ``succeeded`` or ``failed``.
+
+    ``callbacks`` are more ``transformers.TrainerCallback``s for the run (a profiler, a logger)."""
     recorded = {"output_dir": str(Path(output_dir)), **config.model_dump(mode="json")}
     run_id = registry.start_run("train", recorded, business=business) if registry else None
     started = time.perf_counter()
-    fine_tuner = FineTuner(config, output_dir, resume=resume, console=console, business=business)
+    fine_tuner = FineTuner(config, output_dir, resume=resume, console=console, business=business, callbacks=callbacks)
     try:
         fine_tuner.setup()
         result = fine_tuner.run()

@@ -4,7 +4,7 @@ When the vision tower and projector are frozen, a page's projected image feature
 every step, so they are computed once, without autograd and eagerly (a few pages per tower pass, the
 tower's attention a few views at a time: ``OCRFamily.bounded_vision_memory``), while the examples are checked before training. The model's
 ``get_image_features`` is then answered from the cache for the pages of each batch
-(``FeatureCache.serving``), and the training batch carries a 1-value placeholder instead of pixels,
+(``FeatureCache.serving``; ``FeatureCache.reading`` when generating text), and the training batch carries a 1-value placeholder instead of pixels,
 so neither the vision tower nor the image processor runs again.
 
 A page's key is the hash of its image content and page number, the model family, the resolution
@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ocrloop.data.records import PageExample
-from ocrloop.models.base import EncodedExample, OCRModel, collate, to_device
+from ocrloop.models.base import EncodedExample, OCRModel, collate, to_device, wrap_image_features
 
 log = logging.getLogger("ocrloop.train")
 
@@ -114,13 +114,16 @@ class FeatureCache:
         self._pending_writes: dict[str, Future] = {}
         self._offloaded: list[torch.nn.Module] = []  # vision modules parked on the CPU (offload_vision)
         self._active: list[str] | None = None
-        self._installed_before = self.owner.__dict__.get("get_image_features")  # e.g. the no-autograd wrapper
-        self._compute = self.owner.get_image_features
+        def answer_from_cache(compute):
+            self._compute = compute  # the tower's own (or the no-autograd wrapper): for pages not cached
 
-        def answer(*args, **kwargs):  # a plain function: deep copies of the model (merging) stay copyable
-            return self._answer(*args, **kwargs)
+            def answer(*args, **kwargs):  # a plain function: deep copies of the model (merging) stay copyable
+                return self._answer(*args, **kwargs)
 
-        self.owner.get_image_features = answer
+            return answer
+
+        self._restore_image_features = wrap_image_features(self.owner, answer_from_cache)
+        self._closed = False
         self.folder.mkdir(parents=True, exist_ok=True)
 
     # --- keys and lookups -------------------------------------------------------------------------
@@ -145,6 +148,20 @@ class FeatureCache:
         self.stats.loaded_from_disk += 1
         self._keep(key, features)
         return True
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def reading(self, keys: list[str] | None) -> Iterator[None]:
+        """For generating text: the whole model on its device (``generate`` places its tensors by the first
+        parameter's device), and the features of ``keys`` from the cache."""
+        self.restore_vision()
+        with self.serving(keys):
+            yield
 
     @contextmanager
     def serving(self, keys: list[str] | None) -> Iterator[None]:
@@ -313,14 +330,13 @@ class FeatureCache:
 
     def close(self) -> None:
         """Finish writing, bring the vision tower back, give ``get_image_features`` back and free the device copies."""
+        if self._closed:
+            return
+        self._closed = True
         self.flush()
         self.restore_vision()
         self._writer.shutdown(wait=True)
-        if self._installed_before is None:
-            del self.owner.get_image_features
-        else:
-            self.owner.get_image_features = self._installed_before
-        self.bundle.feature_cache = None
+        self._restore_image_features()
         self._on_device.clear()
         self._reader.shutdown(wait=True)
 
@@ -334,12 +350,10 @@ def _without_pixels(vision: dict[str, torch.Tensor], pixel_keys: tuple[str, ...]
 
 def open_saved_cache(bundle: OCRModel, model_dir: Path, resolution: str, *, pdf_dpi: int,
                      device_budget_bytes: int = 2 * 2**30) -> FeatureCache | None:
-    """Attach the feature cache a training run left in ``model_dir`` (for reading its pages again), if any.
-
-    Keys carry the vision weights' fingerprint, so a cache made by other weights or settings simply misses."""
+    """The feature cache a training run left in ``model_dir`` (for reading its pages again), if any; close it
+    (or use it as a context) when done. Keys carry the vision weights' fingerprint, so a cache made by other
+    weights or settings simply misses."""
     folder = Path(model_dir) / FOLDER
     if not folder.is_dir() or image_feature_owner(bundle) is None:
         return None
-    bundle.feature_cache = FeatureCache(bundle, folder, resolution, device_budget_bytes=device_budget_bytes,
-                                        page_settings=f"pdf_dpi={pdf_dpi}")
-    return bundle.feature_cache
+    return FeatureCache(bundle, folder, resolution, device_budget_bytes=device_budget_bytes, page_settings=f"pdf_dpi={pdf_dpi}")

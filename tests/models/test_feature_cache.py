@@ -12,7 +12,7 @@ from ocrloop.data.dataset import Dataset
 from ocrloop.models import load_model
 from ocrloop.models.base import collate, to_device
 from ocrloop.models.loading import attach_lora, skip_frozen_vision_backward
-from ocrloop.train.feature_cache import FeatureCache
+from ocrloop.models.feature_cache import FeatureCache
 from tests.conftest import FAST_RESOLUTION, SMALL_PAGES, run_cli
 
 FAMILIES = ["tiny-deepseek-ocr-2", "tiny-qwen2.5-vl"]
@@ -29,6 +29,11 @@ def _bundle(preset_path, vision_lora: bool = False):
 def _pages(synthetic_dataset, count=3):
     dataset = Dataset.open(synthetic_dataset, SMALL_PAGES)
     return dataset, list(dataset.iter_images(dataset.examples("train")[:count]))
+
+
+def _generate_cached(bundle, cache, images, resolution, keys):
+    with cache.reading(keys):
+        return bundle.generate(images, resolution=resolution, max_new_tokens=12)
 
 
 def _loss_and_grads(bundle, encoded, cache=None):
@@ -67,7 +72,6 @@ def test_cached_features_give_the_same_loss_gradients_and_text(preset, tiny_pres
 
     # Two pages per tower pass: 3 pages are computed as a pass of 2 and a pass of 1.
     cache = FeatureCache(bundle, tmp_path / "cache", resolution, device_budget_bytes=2**30, pages_per_forward=2)
-    bundle.feature_cache = cache
     templates = _fill(cache, bundle, pages, resolution)
     assert cache.stats.entries == len(pages) and all("pixel_values_local" not in t.vision and t.vision["pixel_values"].numel() == 1 for t in templates)
     vision_calls = []
@@ -84,7 +88,7 @@ def test_cached_features_give_the_same_loss_gradients_and_text(preset, tiny_pres
     images = [image for _, image in pages]
     keys = [cache.key(example) for example, _ in pages]
     plain = bundle.generate(images, resolution=resolution, max_new_tokens=12)
-    cached = bundle.generate(images, resolution=resolution, max_new_tokens=12, feature_keys=keys)
+    cached = _generate_cached(bundle, cache, images, resolution, keys)
     assert cached == plain and cache.stats.hits == 2 * len(pages)
 
 
@@ -164,7 +168,7 @@ def test_training_with_and_without_the_cache_learns_the_same(tiny_presets, datas
     # `eval` of the trained model reads the validation pages with the run's cached features.
     result = run_cli("eval", "--model", str(tmp_path / "cached"), "--split", "val", "--dataset", str(dataset_copy),
                      "--resolution", "small", "--max-new-tokens", "4", "-w", str(tmp_path), check=True)
-    assert "read with image features cached by the training run" in result.stdout
+    assert "read with image features cached by the training run" in result.stderr  # a note, not a result
 
 
 def test_vision_training_turns_the_cache_off_and_says_why(tiny_presets, dataset_copy, tmp_path):
@@ -186,12 +190,11 @@ def test_a_parked_vision_tower_trains_the_same_and_comes_back_when_needed(preset
     _, pages = _pages(synthetic_dataset)
     images = [image for _, image in pages]
     cache = FeatureCache(bundle, tmp_path / "cache", resolution, device_budget_bytes=2**30)
-    bundle.feature_cache = cache
     templates = _fill(cache, bundle, pages, resolution)
     keys = [cache.key(example) for example, _ in pages]
     loss, grads = _loss_and_grads(bundle, templates, cache)
     # bf16 kernels differ with batch shapes, so each path is compared with itself before parking.
-    cached = bundle.generate(images, resolution=resolution, max_new_tokens=12, feature_keys=keys)
+    cached = _generate_cached(bundle, cache, images, resolution, keys)
     plain = bundle.generate(images, resolution=resolution, max_new_tokens=12)
 
     tower = next(m for name, m in bundle.model.named_modules() if name.endswith(("vision_tower", "visual")))
@@ -201,8 +204,8 @@ def test_a_parked_vision_tower_trains_the_same_and_comes_back_when_needed(preset
     assert on_cpu() and parked_loss == pytest.approx(loss, rel=1e-5)  # a training step needs no tower
     for name in grads:
         torch.testing.assert_close(parked_grads[name], grads[name], rtol=1e-3, atol=1e-6, msg=name)
-    assert bundle.generate(images, resolution=resolution, max_new_tokens=12, feature_keys=keys) == cached
+    assert _generate_cached(bundle, cache, images, resolution, keys) == cached
     assert not on_cpu()  # generation brought it back
     assert cache.offload_vision() > 0
-    assert bundle.generate(images, resolution=resolution, max_new_tokens=12) == plain and not on_cpu()
+    assert _generate_cached(bundle, cache, images, resolution, None) == plain and not on_cpu()
     cache.close()

@@ -1,0 +1,125 @@
+"""One training step, and the callbacks around the steps. Read this file to know what a step does.
+
+A step (``OCRTrainer.compute_loss``, called by the Hugging Face ``Trainer`` for each micro-batch):
+
+1. The batch holds token ids, labels (-100 on the prompt and image positions) and, per page, either the
+   pixels or a ``feature_keys`` entry naming features the vision tower computed once before training.
+2. While the model runs, ``cache.serving(keys)`` answers ``get_image_features`` from the cache for those
+   pages, so the frozen tower does no work (``models/feature_cache.py``).
+3. On the hf backend the output head runs on labelled positions only (``train/loss.py``): the loss is the
+   mean cross-entropy of the answer tokens over the whole accumulated batch. Unsloth fuses its own loss.
+4. The Trainer does the rest as configured (``FineTuner._training_arguments``): backward, gradient
+   accumulation, clipping to ``max_grad_norm``, the AdamW step, the linear schedule, checkpoints.
+
+Callbacks: ``StepTimer`` (step and epoch wall time), ``ValidationCER`` (CER on generated text every N
+steps), ``ParkVisionTower`` (the tower leaves the GPU when every page is cached). Pass more with
+``FineTuner(callbacks=[...])``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ocrloop.models.base import OCRModel
+from ocrloop.models.feature_cache import FeatureCache
+from ocrloop.models.loading import load_adapter_weights
+from ocrloop.train.loss import labelled_token_loss
+
+
+class OCRTrainer(Trainer):
+    """A ``Trainer`` whose step answers image features from the cache and, on the hf backend, computes
+    the loss on labelled positions only; it resumes LoRA checkpoints through ``load_adapter_weights``."""
+
+    def __init__(self, *args, bundle: OCRModel, cache: FeatureCache | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bundle, self.cache = bundle, cache
+        if bundle.backend == "hf":
+            # labelled_token_loss divides by the accumulated batch's token count itself: no second division.
+            self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        keys = inputs.pop("feature_keys", None)
+        with self.cache.serving(keys) if self.cache is not None else nullcontext():
+            if self.bundle.backend == "hf" and not return_outputs:
+                return labelled_token_loss(model, inputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        weights = Path(resume_from_checkpoint) / "adapter_model.safetensors"
+        if weights.is_file():
+            load_adapter_weights(model or self.model, weights, what="the model being trained")
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+class StepTimer(TrainerCallback):
+    """Time of every optimizer step (so warm-up can be told apart) and of every epoch (data loading
+    included: what a whole run is made of). On CUDA, steps are timed by events on the GPU's stream,
+    read at epoch ends: waiting for the GPU at every step would keep the CPU from queueing the next."""
+
+    def __init__(self, cuda: bool, step_seconds: list[float], epoch_seconds: list[float]):
+        self.cuda, self.step_seconds, self.epoch_seconds = cuda, step_seconds, epoch_seconds
+        self.pending: list[tuple[Any, Any]] = []
+
+    def _mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _settle(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.step_seconds.extend(start.elapsed_time(end) / 1000 if self.cuda else end - start for start, end in self.pending)
+        self.pending = []
+        return time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_started = self._mark()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.pending.append((self.step_started, self._mark()))
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch_started = self._settle()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.epoch_seconds.append(self._settle() - self.epoch_started)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._settle()
+
+
+class ValidationCER(TrainerCallback):
+    """Validation CER on generated text every ``every_steps`` optimizer steps (not only loss), appended to
+    ``history`` as ``{"step", "cer", "wer", ...}``; the last step is left to the final validation."""
+
+    def __init__(self, validate: Callable[[str], dict | None], every_steps: int, history: list[dict]):
+        self.validate, self.every_steps, self.history = validate, every_steps, history
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every_steps == 0 and state.global_step < state.max_steps:
+            metrics = self.validate(f"at step {state.global_step}")
+            if metrics:
+                self.history.append({"step": state.global_step, **metrics})
+
+
+class ParkVisionTower(TrainerCallback):
+    """When every training page is answered from the cache, the tower leaves the GPU during steps. Parked at
+    each step's start (after the Trainer has placed the model, and again after a validation generated text,
+    which brings it back); ``offloaded_bytes`` is the most it moved."""
+
+    def __init__(self, cache: FeatureCache | None):
+        self.cache = cache
+        self.offloaded_bytes = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.cache is not None:
+            self.offloaded_bytes = max(self.cache.offload_vision(), self.offloaded_bytes)
