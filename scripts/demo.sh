@@ -16,7 +16,8 @@ cd "$WORKSPACE"
 # CPU-sized training: a few full fine-tuning steps of the 0.4 M-parameter model.
 for setting in "training.mode full" "training.max_steps 30" "training.batch_size 2" "training.gradient_accumulation_steps 1" \
                "training.warmup_steps 0" "training.learning_rate 0.003" "training.resolution small" \
-               "training.max_new_tokens 64" "training.gradient_checkpointing false" "loop.new_documents_threshold 10"; do
+               "training.max_new_tokens 64" "training.gradient_checkpointing false" "loop.new_documents_threshold 10" \
+               "loop.min_test_pages 2"; do
   ocrloop config set $setting > /dev/null
 done
 

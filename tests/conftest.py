@@ -57,9 +57,9 @@ def dataset_copy(synthetic_dataset, tmp_path) -> Path:
     return target
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run ``python -m ocrloop ARGS`` in a real subprocess, as a user would."""
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m ocrloop ARGS`` in a real subprocess, as a user would (a 200-column terminal unless ``env`` says)."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-m", "ocrloop", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -79,7 +79,7 @@ def make_workspace(root: Path, n: int = 10, seed: int = 1, **loop) -> Workspace:
     values["base_model"] = "tiny-qwen2.5-vl"
     values["data"]["pdf_dpi"] = SMALL_PAGES.pdf_dpi
     values["training"].update(FAST_TRAINING)
-    values["loop"].update({"new_documents_threshold": 5, "check_drift": False, **loop})
+    values["loop"].update({"new_documents_threshold": 5, "check_drift": False, "min_test_pages": 1, **loop})
     config_path.write_text(yaml.safe_dump(values))
     workspace = Workspace.load(root)
     synthesize_dataset(workspace.config.dataset_dir, SynthOptions(n=n, seed=seed, scale=0.3, categories=("receipt", "invoice")),

@@ -1,6 +1,7 @@
 """The CLI as users run it: a real subprocess, one clear line for every mistake, never a traceback."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -165,3 +166,32 @@ def test_ocr_reads_the_good_files_and_names_the_bad_one(tmp_path):
     assert "1 unreadable" in result.stderr.strip().splitlines()[-1]
     answer = json.loads(result.stdout)  # stdout holds results only: valid JSON
     assert answer["model"].startswith("tesseract") and "HELLO" in answer["pages"][0]["text"]
+
+
+def test_config_set_takes_negatives_and_lists_and_suggests_names(tmp_path):
+    run_cli("init", str(tmp_path), check=True)
+    negative = run_cli("config", "set", "training.epochs", "-1", "-w", str(tmp_path))
+    assert negative.returncode == 1 and "training.epochs: Input should be greater than 0" in negative.stderr  # a value, not an option
+    run_cli("config", "set", "training.lora_targets", "attention,mlp", "-w", str(tmp_path), check=True)
+    shown = run_cli("config", "show", "-w", str(tmp_path), check=True).stdout
+    assert "- attention\n  - mlp" in shown
+    typo = run_cli("config", "set", "training.epoch", "2", "-w", str(tmp_path))
+    assert typo.returncode == 1 and "did you mean 'training.epochs'?" in typo.stderr
+    assert run_cli("--version", check=True).stdout.startswith("ocrloop ")
+
+
+def test_extras_are_declared_and_a_missing_one_is_one_line(synthetic_dataset, tmp_path):
+    import tomllib
+
+    from ocrloop.extras import GPU_EXTRA, TRACKING_EXTRA
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert [spec.split("==")[0] for spec in extras["gpu"]] == list(GPU_EXTRA)
+    assert [spec.split("==")[0] for spec in extras["tracking"]] == list(TRACKING_EXTRA)
+    assert all("==" in spec for name in ("gpu", "tracking", "dev") for spec in extras[name])
+    result = run_cli("train", "-d", str(synthetic_dataset), "--model", "tiny-qwen2.5-vl", "--output", str(tmp_path / "out"),
+                     "--report-to", "tensorboard", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("error: training.report_to = tensorboard needs the tensorboard package: "
+                                                      "pip install 'ocrloop[tracking]', or set training.report_to none")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -16,6 +17,7 @@ from rich.table import Table
 from ocrloop.cli_flags import config_flags
 from ocrloop.config import CONFIG_FILENAME, DOCUMENT_CATEGORIES, OcrloopConfig, apply_overrides
 from ocrloop.errors import OcrloopError
+from ocrloop.registry.store import GENERAL, business_key, business_label
 
 app = typer.Typer(help="Fine-tune OCR vision-language models on your own documents.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -30,7 +32,21 @@ app.add_typer(config_app, name="config")
 bench_app = typer.Typer(help="Benchmarks: measure and write JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-console = Console()
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"ocrloop {version('ocrloop')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Fine-tune OCR vision-language models on your own documents."""
+
+console = Console(soft_wrap=True)  # results on stdout: long lines stay whole for scripts
 notices = Console(stderr=True)  # notes about how a command runs, kept out of its results on stdout
 
 WorkspaceOption = Annotated[
@@ -237,10 +253,10 @@ def bench_learn_command(
                   f"{results['final_strip_markdown']['cer']:.2%}", markup=False)
 
 
-@config_app.command("set")
+@config_app.command("set", context_settings={"ignore_unknown_options": True})  # `training.epochs -1` is a value
 def config_set(
     key: Annotated[str, typer.Argument(help="Dotted setting, e.g. training.max_steps or loop.new_documents_threshold.")],
-    value: Annotated[str, typer.Argument(help="New value, read as YAML.")],
+    value: Annotated[str, typer.Argument(help="New value, read as YAML; a list setting also takes a, b, c.")],
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Change one setting of the workspace's ocrloop.yaml (validated before it is written)."""
@@ -313,7 +329,8 @@ def data_add(
     files: Annotated[list[Path], typer.Argument(help="Images or PDFs to import.")],
     category: Annotated[str, typer.Option(help="Document type, e.g. receipt, invoice.")],
     business: Annotated[str, typer.Option(help="Business type, e.g. ecommerce, saas.")],
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "train",
+    split: Annotated[Optional[str], typer.Option(help="train, val or test; default: chosen by each document's content hash "
+                                                      "(data.val_fraction, data.test_fraction), the same on every run.")] = None,
     text: Annotated[Optional[str], typer.Option(help="Ground truth (one file only); default: NAME.md/NAME.txt beside each file. Pages separated by form feeds.")] = None,
     workspace: WorkspaceOption = Path("."),
     dataset: DatasetOption = None,
@@ -332,7 +349,9 @@ def data_add(
         console.print(f"added {record.source}", markup=False)
     for reason in result.refused:
         console.print(f"refused {reason}", markup=False, style="yellow")
-    console.print(f"{len(result.added)} added, {len(result.refused)} refused as duplicates", markup=False)
+    splits = ", ".join(f"{n} {s}" for s in ("train", "val", "test") if (n := sum(r.split == s for r in result.added)))
+    console.print(f"{len(result.added)} added{f' ({splits})' if splits else ''}, {len(result.refused)} refused as duplicates",
+                  markup=False)
 
 
 @data_app.command("synth")
@@ -478,7 +497,7 @@ def train_command(
     from ocrloop.train.finetune import train
 
     with Registry(config.registry_path) as registry:
-        result = train(config, output, resume=resume, registry=registry, console=console)
+        result = train(config, output, resume=resume, registry=registry, console=notices)  # its log: stderr
     final = result.card["metrics"]["final_validation"]
     speed = result.card["speed"]
     console.print(f"saved {result.output_dir} (model {result.model_name}, run {result.run_id})", markup=False)
@@ -523,8 +542,8 @@ def _workspace(workspace: Path):
 
 @loop_app.command("run")
 def loop_run(
-    business: Annotated[Optional[str], typer.Option(help="Run the loop for this business type's documents only.")] = None,
-    all_businesses: Annotated[bool, typer.Option("--all-businesses", help="One loop per business type of the plan.")] = False,
+    business: Annotated[Optional[str], typer.Option(help="Run the loop for this business's documents only (default: general).")] = None,
+    all_businesses: Annotated[bool, typer.Option("--all-businesses", help="One loop per business the dataset or registry knows.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say whether and why it would retrain; change nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if no trigger fires.")] = False,
     workspace: WorkspaceOption = Path("."),
@@ -534,15 +553,20 @@ def loop_run(
     from ocrloop.models.loading import prepare_backend
 
     prepare_backend(ws.config.training.backend, compile=ws.config.training.compile)
-    from ocrloop.config import BUSINESS_TYPES
     from ocrloop.loop.recipe import FineTuneLoop
+    from ocrloop.workspace import known_businesses
 
+    business = _business(business)
     if all_businesses and business:
         raise OcrloopError("give --business or --all-businesses, not both")
-    targets = list(BUSINESS_TYPES) if all_businesses else [business]
+    targets = sorted(known_businesses(ws.config)) if all_businesses else [business]
+    blocked = []
     for target in targets:
-        result = FineTuneLoop(ws, business=target, dry_run=dry_run, force=force, console=console).run()
-        label = target or "all businesses"
+        result = FineTuneLoop(ws, business=target, dry_run=dry_run, force=force, console=notices).run()  # log: stderr
+        if result.blocked:
+            blocked.append(f"{business_label(target)}: {result.reason}")
+            continue
+        label = business_label(target)
         for trigger in result.triggers if dry_run or not result.ran else []:
             console.print(f"trigger {trigger.name}: {trigger.reason}", markup=False)
         if not result.ran:
@@ -551,6 +575,8 @@ def loop_run(
             console.print(f"{label}: promoted {result.challenger} over {result.champion}: {result.reason}", markup=False)
         else:
             console.print(f"{label}: kept {result.champion}; {result.challenger} rejected: {result.reason}", markup=False)
+    if blocked:
+        raise OcrloopError("; ".join(blocked))
 
 
 @loop_app.command("status")
@@ -560,24 +586,24 @@ def loop_status(workspace: WorkspaceOption = Path(".")) -> None:
 
     ws = _workspace(workspace)
     prepare_backend(ws.config.training.backend)
-    from ocrloop.config import BUSINESS_TYPES
     from ocrloop.loop.recipe import FineTuneLoop
-    from ocrloop.registry.champions import serving_model
     from ocrloop.registry import Registry
+    from ocrloop.registry.champions import serving_model
+    from ocrloop.workspace import known_businesses
 
     table = Table(title="who serves OCR")
     for column in ("business", "model", "from"):
         table.add_column(column)
     with Registry(ws.config.registry_path) as registry:
-        for business in (None, *BUSINESS_TYPES):
+        for business in (None, *sorted(known_businesses(ws.config))):
             serving = serving_model(registry, ws.config.base_model, business)
-            table.add_row(business or "(general)", serving.name, serving.key)
+            table.add_row(business_label(business), serving.name, business_label(serving.key) if serving.key != "base" else "base")
         runs = registry.runs("loop")
     console.print(table)
     if runs:
         last = runs[-1]
         console.print(f"last loop run {last['id']} ({last['business']}): {last['status']}", markup=False)
-    result = FineTuneLoop(ws, dry_run=True, console=console).run()
+    result = FineTuneLoop(ws, dry_run=True, console=notices).run()
     for trigger in result.triggers:
         console.print(f"would trigger {trigger.name}: {trigger.reason}", markup=False)
     console.print(f"now: {result.reason}", markup=False)
@@ -612,6 +638,11 @@ def loop_history(
                       markup=False, highlight=False)
 
 
+def _business(name: str | None) -> str | None:
+    """A --business value as the library takes it: None for the general scope (``general`` or nothing)."""
+    return None if business_key(name) == GENERAL else name
+
+
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.2%}"
 
@@ -620,18 +651,19 @@ def _pct(value: float | None) -> str:
 def models_list(workspace: WorkspaceOption = Path(".")) -> None:
     """Every model version with its latest test CER and where it is champion."""
     from ocrloop.registry import Registry
-    from ocrloop.registry.champions import champions_by_model
+    from ocrloop.registry.champions import champions_by_model, latest_test_cer
 
     ws = _workspace(workspace)
     with Registry(ws.config.registry_path) as registry:
         champions = champions_by_model(registry)
-        table = Table(title="models")
-        for column in ("name", "family", "business", "test CER", "champion of", "created"):
-            table.add_column(column, no_wrap=column == "name")
+        # Fits 80 columns: the family and the full time stamp are in `ocrloop models show NAME`.
+        table = Table(title="models", box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("name", "business", "test CER", "champion of", "created"):
+            table.add_column(column, no_wrap=True, justify="right" if column == "test CER" else "left")
         for row in registry.models():
-            tests = [e for e in registry.evaluations(row["name"]) if e["split"] == "test"]
-            table.add_row(row["name"], row["family"], row["business"] or "", _pct(tests[-1]["cer"]) if tests else "",
-                          ", ".join(sorted(champions.get(row["name"], []))), row["created_at"][:19])
+            cer = latest_test_cer(registry, row["name"])
+            table.add_row(row["name"], row["business"] or "", _pct(cer) if cer is not None else "",
+                          ", ".join(sorted(champions.get(row["name"], []))), row["created_at"][:10])
     console.print(table)
 
 
@@ -654,30 +686,28 @@ def models_show(name: Annotated[str, typer.Argument(help="Model name from `model
 @models_app.command("promote")
 def models_promote(name: Annotated[str, typer.Argument(help="Model to make champion.")],
                    business: Annotated[Optional[str], typer.Option(help="Champion for this business (default: general).")] = None,
+                   force: Annotated[bool, typer.Option("--force", help="Promote even if it reads the test split worse than the champion.")] = False,
                    workspace: WorkspaceOption = Path(".")) -> None:
-    """Make a model the champion by hand."""
+    """Make a model the champion by hand (one that scores worse than the champion needs --force)."""
     from ocrloop.registry import Registry
-    from ocrloop.registry.store import GENERAL
+    from ocrloop.registry.champions import promote
 
     ws = _workspace(workspace)
     with Registry(ws.config.registry_path) as registry:
-        if registry.model(name) is None:
-            raise OcrloopError(f"no model named {name!r}; see `ocrloop models list`")
-        registry.record_promotion(name, "manual", "promoted by hand", business=business or GENERAL)
-    console.print(f"{name} is now the champion for {business or 'all businesses'}", markup=False)
+        console.print(promote(registry, name, business, force=force), markup=False)
 
 
 @models_app.command("rollback")
-def models_rollback(business: Annotated[Optional[str], typer.Option(help="Business whose champion to roll back.")] = None,
+def models_rollback(business: Annotated[Optional[str], typer.Option(help="Business whose champion to roll back (default: general).")] = None,
                     workspace: WorkspaceOption = Path(".")) -> None:
-    """Make the previous champion the champion again."""
+    """Make the previous champion the champion again (the base model when there was none before)."""
     from ocrloop.registry import Registry
     from ocrloop.registry.champions import roll_back
 
     ws = _workspace(workspace)
     with Registry(ws.config.registry_path) as registry:
-        restored, replaced = roll_back(registry, business)
-    console.print(f"{restored} is the champion for {business or 'all businesses'} again (was {replaced})", markup=False)
+        restored, replaced = roll_back(registry, business, ws.config.base_model)
+    console.print(f"{restored} is the {business_label(business)} champion again (was {replaced})", markup=False)
 
 
 @app.command("ocr")
@@ -723,7 +753,7 @@ def ocr_command(
         from ocrloop.models.loading import prepare_backend
 
         prepare_backend(config.training.backend)
-    agent = OCRAgent.load(workspace, business=business, model=model, engine=engine)
+    agent = OCRAgent.load(workspace, business=_business(business), model=model, engine=engine)
     for note in agent.settings(prompt=prompt, resolution=mode)[1] if engine == "model" else ():
         notices.print(f"note: {note}", markup=False)
     refused = failed = 0

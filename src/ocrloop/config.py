@@ -6,6 +6,7 @@ the value read from the YAML file, which overrides the default.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,10 @@ class DataConfig(_Section):
                                        "processors fail on them (Qwen2.5-VL above 200:1)."
     )
     min_page_side: int = Field(8, ge=1, le=1024, description="Pages with a side shorter than this (pixels) are refused.")
+    val_fraction: float = Field(0.1, ge=0, le=0.5, description="Share of documents `data add` puts in val when no "
+                                                               "--split is given (chosen by content hash).")
+    test_fraction: float = Field(0.1, ge=0, le=0.5, description="Share of documents `data add` puts in test when no "
+                                                                "--split is given (chosen by content hash).")
 
 
 class TrainingConfig(_Section):
@@ -128,6 +133,9 @@ class LoopConfig(_Section):
     check_drift: bool = Field(True, description="Re-read the validation split with the champion to detect drift.")
     train_from: Literal["base", "champion"] = Field("base", description="Start each challenger from the base model or the champion.")
     promotion_margin: float = Field(0.0, ge=0, le=1, description="A challenger must beat the champion's test CER by at least this.")
+    min_test_pages: int = Field(10, ge=1, le=10**6, description="The loop decides nothing on a test split with fewer "
+                                                                 "pages: a champion/challenger verdict on a handful of "
+                                                                 "pages is noise.")
     category_regression_tolerance: float = Field(0.01, ge=0, le=1, description="No category may get worse by more than this.")
 
 
@@ -273,7 +281,7 @@ def apply_overrides(config: OcrloopConfig, overrides: dict[str, Any]) -> Ocrloop
         for part in parents:
             node = node[part]
         if leaf not in node:
-            raise ConfigError(f"unknown setting {dotted!r}")
+            raise ConfigError(_unknown_setting(dotted))
         node[leaf] = value
     return config_from_dict(merged, source="command-line flags")
 
@@ -296,14 +304,32 @@ def set_config_value(path: str | Path, dotted: str, raw_value: str) -> OcrloopCo
     *parents, leaf = dotted.split(".")
     for part in parents:
         if not isinstance(known, dict) or part not in known or not isinstance(known[part], dict):
-            raise ConfigError(f"unknown setting {dotted!r}")
+            raise ConfigError(_unknown_setting(dotted))
         node, known = node.setdefault(part, {}), known[part]
     if leaf not in known:
-        raise ConfigError(f"unknown setting {dotted!r}")
+        raise ConfigError(_unknown_setting(dotted))
+    if isinstance(known[leaf], list) and isinstance(value, str):  # `attention,mlp`, as the flag takes it
+        value = [part.strip() for part in value.split(",") if part.strip()]
     node[leaf] = value
-    config = config_from_dict(raw, source=f"config set {dotted}")
+    config = config_from_dict(raw, source=config_path.name)
     atomic_write_text(config_path, yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     return config
+
+
+def setting_names() -> list[str]:
+    """Every dotted setting name (``training.epochs``, ``base_model``, ...)."""
+    names = []
+    for name, field in OcrloopConfig.model_fields.items():
+        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        names += [f"{name}.{leaf}" for leaf in section.model_fields] if section else [name]
+    return names
+
+
+def _unknown_setting(dotted: str) -> str:
+    names = setting_names()
+    close = difflib.get_close_matches(dotted, names, n=1, cutoff=0.6) or \
+        [n for n in names if n.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1]][:1]
+    return f"unknown setting {dotted!r}" + (f"; did you mean {close[0]!r}?" if close else "; see `ocrloop config show`")
 
 
 def dump_config(config: OcrloopConfig) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ocrloop.errors import OcrloopError
+from ocrloop.extras import GPU_EXTRA, TRACKING_EXTRA, TRACKING_MODULES
 
 
 @dataclass
@@ -50,14 +51,15 @@ def run_checks(model: str, *, backend: str = "auto", resolution: str | None = No
               else "no CUDA GPU: training runs on the CPU with the hf backend",
               "" if cuda else "on a GPU machine install the CUDA build of torch"))
     if cuda:
-        has_unsloth = importlib.util.find_spec("unsloth") is not None
-        add(Check("unsloth", "pass" if has_unsloth else "fail", _version("unsloth") or "not installed",
-                  "" if has_unsloth else "pip install unsloth (or train with --backend hf)"))
-        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-        add(Check("bitsandbytes", "pass" if has_bnb else "fail", _version("bitsandbytes") or "not installed",
-                  "" if has_bnb else "pip install bitsandbytes for qlora4/lora8 and 8-bit AdamW"))
+        missing = [p for p in GPU_EXTRA if importlib.util.find_spec(p.replace("-", "_")) is None]
+        add(Check("gpu extra", "fail" if missing else "pass",
+                  f"missing {', '.join(missing)}" if missing else ", ".join(f"{p} {_version(p)}" for p in GPU_EXTRA),
+                  "pip install 'ocrloop[gpu]' (or train with --backend hf, without 8-bit AdamW or qlora4/lora8)" if missing else ""))
     else:
-        add(Check("unsloth", "skip", "needs CUDA"))
+        add(Check("gpu extra", "skip", "needs CUDA"))
+    tracking = [p for p in TRACKING_EXTRA if importlib.util.find_spec(TRACKING_MODULES[p]) is not None]
+    add(Check("tracking extra", "pass" if tracking else "skip", ", ".join(tracking) if tracking else "none installed",
+              "" if tracking else "pip install 'ocrloop[tracking]' for training.report_to tensorboard, mlflow or wandb"))
 
     from ocrloop.models import load_model
     from ocrloop.models.loading import attach_lora, trainable_parameters

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ocrloop.atomic import atomic_write_json
 from ocrloop.config import CONFIG_FILENAME, SPLITS, OcrloopConfig, load_config, save_config
-from ocrloop.data.formats import ANNOTATIONS_JSON, find_annotation_files
+from ocrloop.data.formats import ANNOTATIONS_JSON, find_annotation_files, read_records
 from ocrloop.registry import Registry
 
 
@@ -26,6 +26,17 @@ class Workspace:
 
     def registry(self) -> Registry:
         return Registry(self.config.registry_path)
+
+
+def known_businesses(config: OcrloopConfig) -> set[str]:
+    """Every business the workspace knows: named in its dataset's annotations, or seen by its registry."""
+    from ocrloop.registry.champions import known_businesses as registered
+
+    with Registry(config.registry_path) as registry:
+        known = registered(registry)
+    if config.dataset_dir.is_dir():
+        known |= {record.business for record in read_records(config.dataset_dir)[0]}
+    return known
 
 
 def _shown(path: Path, root: Path) -> str:

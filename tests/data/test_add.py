@@ -85,3 +85,21 @@ def test_killing_an_import_at_any_moment_leaves_a_consistent_dataset(tmp_path):
         assert dataset.errors == [], dataset.errors[:3]
         assert len(dataset.records) == len(annotations)
     assert len(annotations) > 4
+
+
+def test_without_a_split_documents_are_split_by_content_the_same_every_time(tmp_path):
+    from collections import Counter
+
+    from ocrloop.config import DataConfig
+
+    scans = [_scan(tmp_path / f"s{i}.png", (i % 256, i // 256, 3)) for i in range(200)]
+    first = add_documents(tmp_path / "a", [IncomingDocument(p, ("t",), "receipt", "ecommerce") for p in scans])
+    again = add_documents(tmp_path / "b", [IncomingDocument(p, ("t",), "receipt", "ecommerce") for p in reversed(scans)])
+    by_name = lambda result: {r.source.split("/", 1)[1]: r.split for r in result.added}  # noqa: E731
+    assert by_name(first) == by_name(again)  # order and batches do not matter, only content
+    counts = Counter(r.split for r in first.added)
+    assert counts["train"] > 130 and 8 <= counts["val"] <= 35 and 8 <= counts["test"] <= 35, counts
+    none = add_documents(tmp_path / "c", [IncomingDocument(p, ("t",), "receipt", "ecommerce") for p in scans[:20]],
+                         DataConfig(test_fraction=0, val_fraction=0))
+    assert {r.split for r in none.added} == {"train"}
+    assert all(r.source.startswith(f"{r.split}/") for r in first.added)

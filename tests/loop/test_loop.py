@@ -104,8 +104,9 @@ def test_first_run_then_nothing_then_new_documents(tiny_presets, tmp_path):
 
 def test_per_business_loop_trains_on_its_own_documents(tiny_presets, tmp_path):
     workspace = make_workspace(tmp_path / "ws", n=12)
-    businesses = {r.business for r in __import__("ocrloop.data.dataset", fromlist=["Dataset"]).Dataset.open(workspace.config.dataset_dir).records}
-    business = sorted(businesses)[0]
+    dataset = __import__("ocrloop.data.dataset", fromlist=["Dataset"]).Dataset.open(workspace.config.dataset_dir)
+    # A business with test pages: the loop refuses to judge one without (loop.min_test_pages).
+    business = next(b for b in sorted({r.business for r in dataset.records}) if dataset.examples("test", business=b))
     result = FineTuneLoop(workspace, business=business, force=True).run()
     assert result.ran and result.business == business
     with Registry(workspace.config.registry_path) as registry:
@@ -169,10 +170,40 @@ def test_models_promote_and_rollback_by_hand(tiny_presets, tmp_path):
     ws = str(tmp_path / "ws")
     run_cli("models", "promote", "v1", "-w", ws, check=True)
     run_cli("models", "promote", "v2", "-w", ws, check=True)
-    assert "v1 is the champion for all businesses again (was v2)" in run_cli("models", "rollback", "-w", ws, check=True).stdout
+    assert "v1 is the general champion again (was v2)" in run_cli("models", "rollback", "-w", ws, check=True).stdout
     with Registry(workspace.config.registry_path) as registry:
         assert registry.champion() == "v1"
     missing = run_cli("models", "promote", "v9", "-w", ws)
     assert missing.returncode == 1 and "no model named 'v9'" in missing.stderr
-    listed = run_cli("models", "list", "-w", ws, check=True).stdout
+    listed = run_cli("models", "list", "-w", ws, check=True, env={"COLUMNS": "80"}).stdout
     assert "v1" in listed and "general" in listed
+    assert max(len(line) for line in listed.splitlines()) <= 80 and "…" not in listed
+
+    # A worse model needs --force; rolling back past the first champion returns to the base model.
+    with Registry(workspace.config.registry_path) as registry:
+        registry.add_evaluation("v1", "test", _scored(0.10))
+        registry.add_evaluation("v2", "test", _scored(0.30))
+    worse = run_cli("models", "promote", "v2", "-w", ws)
+    assert worse.returncode == 1 and "CER 30.00% vs 10.00%" in worse.stderr and "--force" in worse.stderr
+    assert "v2 is now the general champion" in run_cli("models", "promote", "v2", "--force", "-w", ws, check=True).stdout
+    run_cli("models", "rollback", "-w", ws, check=True)
+    back_to_base = run_cli("models", "rollback", "-w", ws, check=True).stdout
+    assert "base:tiny-qwen2.5-vl is the general champion again (was v1)" in back_to_base, back_to_base
+    with Registry(workspace.config.registry_path) as registry:
+        assert serving_model(registry, "tiny-qwen2.5-vl", None).name == "base:tiny-qwen2.5-vl"
+    nothing = run_cli("models", "rollback", "-w", ws)
+    assert nothing.returncode == 1 and "served by the base model already" in nothing.stderr
+
+
+def _scored(cer: float) -> dict:
+    overall = {"pages": 1, "cer": cer, "wer": cer, "accuracy": 1 - cer}
+    return {"overall": overall, "by_category": {"receipt": overall}, "by_business": {"ecommerce": overall}}
+
+
+def test_the_loop_refuses_to_judge_on_a_test_split_too_small(tiny_presets, tmp_path):
+    make_workspace(tmp_path / "ws", n=6, min_test_pages=50)
+    result = run_cli("loop", "run", "-w", str(tmp_path / "ws"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "fewer than loop.min_test_pages = 50" in result.stderr and "ocrloop data add" in result.stderr
+    with Registry(tmp_path / "ws" / "ocrloop.db") as registry:
+        assert registry.runs() == [] and registry.promotions() == []

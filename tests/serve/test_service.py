@@ -42,7 +42,7 @@ def test_health_models_and_metrics(server, looped_workspace):
     with Registry(Workspace.load(looped_workspace).config.registry_path) as registry:
         assert [v["name"] for v in models["versions"]] == [m["name"] for m in registry.models()]
         champion = registry.champion()
-    assert models["champions"].get("all") == champion
+    assert models["champions"].get("general") == champion
     metrics = httpx.get(server + "/metrics")
     assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
     assert "ocrloop_registry_up 1.0" in metrics.text
@@ -144,5 +144,32 @@ def test_promoted_champion_is_swapped_in_without_failing_requests(served_workspa
         assert answers and all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
         models = [a.json()["model"] for a in answers]
         assert models[0] == before and models[-1] == "deepseek-v2"
-        assert httpx.get(url + "/v1/models").json()["serving"]["all"] == "deepseek-v2"
+        assert httpx.get(url + "/v1/models").json()["serving"]["general"] == "deepseek-v2"
         assert "ocr_model_swaps_total 1.0" in httpx.get(url + "/metrics").text
+
+
+def test_openapi_names_the_file_every_option_and_the_answer(server):
+    schema = httpx.get(server + "/openapi.json").json()
+    operation = schema["paths"]["/v1/ocr"]["post"]
+    options = {"prompt", "mode", "business", "format", "pii_policy"}
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "query"} == options
+    body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]] if "$ref" in body else body
+    assert set(form["properties"]) == options | {"file"}
+    assert form["properties"]["file"]["contentMediaType"] == "application/octet-stream"
+    answer = schema["components"]["schemas"]["OcrAnswer"]
+    assert {"request_id", "model", "pages", "pii", "text"} <= set(answer["properties"])
+    page = schema["components"]["schemas"]["PageAnswer"]
+    assert set(page["properties"]) == {"page", "width", "height", "text", "seconds"}
+    assert {"413", "415", "422", "429", "503"} <= set(operation["responses"])
+    assert {"/healthz", "/readyz", "/v1/models", "/metrics"} <= set(schema["paths"])
+
+
+def test_docs_work_offline(server):
+    page = httpx.get(server + "/docs")
+    assert page.status_code == 200 and "cdn." not in page.text
+    scripts = [src for src in page.text.split('src="')[1:]]
+    assert scripts, page.text
+    for source in (s.split('"')[0] for s in scripts):
+        asset = httpx.get(server + source)
+        assert asset.status_code == 200 and len(asset.content) > 100_000, source  # served by the app itself

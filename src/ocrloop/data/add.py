@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ocrloop.atomic import atomic_copy, atomic_write_json, atomic_write_text
@@ -37,7 +37,7 @@ class IncomingDocument:
     texts: tuple[str, ...]
     category: str
     business: str
-    split: str
+    split: str | None = None  # None: chosen from the content hash (``split_by_content``)
     name: str | None = None  # file name to use inside the dataset; defaults to the source's
 
 
@@ -49,7 +49,7 @@ class AddResult:
 
 
 def _check_incoming(document: IncomingDocument, data: DataConfig) -> tuple[str | None, str | None]:
-    if document.split not in SPLITS:
+    if document.split is not None and document.split not in SPLITS:
         return None, f"unknown split {document.split!r}; expected one of {', '.join(SPLITS)}"
     for label, value in (("category", document.category), ("business", document.business)):
         if not value or not value.strip():
@@ -98,7 +98,7 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
                 refused.append(f"{document.path}: already in the dataset (same content)")
                 continue
             known.add(digest)
-            checked.append((document, digest))
+            checked.append((replace(document, split=document.split or split_by_content(digest, data)), digest))
 
         added: list[DocumentRecord] = []
         for document, digest in checked:
@@ -112,6 +112,15 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
             _append_entries(annotation_path, [record_to_entry(r) for r in added])
             (root / JOURNAL_NAME).unlink()
         return AddResult(added, refused, cleaned)
+
+
+def split_by_content(content_hash: str, data: DataConfig) -> str:
+    """``test``, ``val`` or ``train`` for a document, from its content hash: the same document always lands in the
+    same split, whatever order or batches it arrives in, at ``data.test_fraction`` / ``data.val_fraction``."""
+    position = int(content_hash[:12], 16) / 16**12
+    if position < data.test_fraction:
+        return "test"
+    return "val" if position < data.test_fraction + data.val_fraction else "train"
 
 
 def _clean_interrupted_add(root: Path) -> list[str]:

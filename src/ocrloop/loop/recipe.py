@@ -48,6 +48,7 @@ class LoopResult:
     champion: str | None = None
     promoted: bool | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    blocked: bool = False  # the loop cannot decide until the user fixes something (``reason`` says what)
 
 
 def compare(challenger: EvaluationReport, champion: EvaluationReport, margin: float, tolerance: float) -> tuple[bool, str]:
@@ -99,6 +100,12 @@ class FineTuneLoop:
         self.dataset = Dataset.open(self.config.dataset_dir, self.config.data)
         if not self.dataset.examples("train", business=self.business):
             return LoopResult(self.key, [], False, f"no training documents{self._for()}")
+        test_pages = len(self.dataset.examples("test", business=self.business))
+        if test_pages < self.config.loop.min_test_pages:
+            return LoopResult(self.key, [], False, (
+                f"the test split has {test_pages} page(s){self._for()}, fewer than loop.min_test_pages = "
+                f"{self.config.loop.min_test_pages}: a challenger cannot be judged on it. Add labelled documents "
+                "(`ocrloop data add` splits them train/val/test by content), or lower loop.min_test_pages"), blocked=True)
         self.manifest = self.dataset.manifest(self.business)
         triggers = self.decide()
         if stale and not triggers:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ocrloop.errors import OcrloopError
-from ocrloop.registry.store import GENERAL, Registry
+from ocrloop.registry.store import GENERAL, Registry, business_key, business_label
 
 
 @dataclass
@@ -55,18 +55,57 @@ def champions_by_model(registry: Registry) -> dict[str, list[str]]:
     for key in sorted({p["business"] for p in registry.promotions()}):
         name = registry.champion(key)
         if name:
-            champions.setdefault(name, []).append("general" if key == GENERAL else key)
+            champions.setdefault(name, []).append(business_label(key))
     return champions
 
 
-def roll_back(registry: Registry, business: str | None = None) -> tuple[str, str]:
-    """Make the most recent earlier champion of ``business`` (general when None) the champion again.
+def latest_test_cer(registry: Registry, name: str) -> float | None:
+    """The test CER of ``name``'s latest evaluation on the test split, None if it was never tested."""
+    tests = [row for row in registry.evaluations(name) if row["split"] == "test"]
+    return tests[-1]["cer"] if tests else None
 
-    Returns ``(restored, replaced)``; raises ``OcrloopError`` when there is no earlier champion."""
-    key = business or GENERAL
+
+def promote(registry: Registry, name: str, business: str | None = None, *, force: bool = False) -> str:
+    """Make ``name`` the champion of ``business`` (general when None) by hand; returns what was decided.
+
+    A model whose latest test CER is worse than the champion's is refused unless ``force``."""
+    if registry.model(name) is None:
+        raise OcrloopError(f"no model named {name!r}; see `ocrloop models list`")
+    key = business_key(business)
     current = registry.champion(key)
-    earlier = [p["model_name"] for p in registry.promotions(key) if p["decision"] != "rejected" and p["model_name"] != current]
-    if current is None or not earlier:
-        raise OcrloopError(f"nothing to roll back to for {business or 'all businesses'}")
-    registry.record_promotion(earlier[-1], "rollback", f"rolled back from {current}", business=key)
-    return earlier[-1], current
+    new, old = latest_test_cer(registry, name), latest_test_cer(registry, current) if current else None
+    if new is not None and old is not None and new > old and not force:
+        raise OcrloopError(f"{name} reads the test split worse than the champion {current} (CER {new:.2%} vs {old:.2%}); "
+                           "pass --force to promote it anyway")
+    registry.record_promotion(name, "manual", "promoted by hand" + (" over a better champion (--force)" if force and
+                              new is not None and old is not None and new > old else ""), business=key)
+    return f"{name} is now the {business_label(key)} champion" + (f" (was {current})" if current else "")
+
+
+def roll_back(registry: Registry, business: str | None, base_model: str) -> tuple[str, str]:
+    """Make the most recent earlier champion of ``business`` (general when None) the champion again; with no
+    earlier one, go back to the base model (a business then falls back to the general champion).
+
+    Returns ``(restored, replaced)``; raises ``OcrloopError`` when there is no champion to roll back."""
+    key = business_key(business)
+    reigns = champion_stack(registry, key)
+    current = reigns[-1] if reigns else None
+    if current is None or current == base_model_name(base_model):
+        raise OcrloopError(f"nothing to roll back for {business_label(key)}: it is served by the base model already")
+    restored = reigns[-2] if len(reigns) > 1 else base_model_name(base_model)
+    registry.record_promotion(restored, "rollback", f"rolled back from {current}", business=key)
+    return restored, current
+
+
+def champion_stack(registry: Registry, key: str) -> list[str]:
+    """The champions of ``key`` still to roll back through, oldest first: a promotion pushes, a rollback pops,
+    so rolling back twice goes two champions back, never to and fro."""
+    stack: list[str] = []
+    for row in registry.promotions(key):
+        if row["decision"] == "rejected":
+            continue
+        if row["decision"] == "rollback" and stack:
+            stack.pop()
+        if not stack or stack[-1] != row["model_name"]:
+            stack.append(row["model_name"])
+    return stack

@@ -84,12 +84,18 @@ CREATE INDEX IF NOT EXISTS evaluations_by_model ON evaluations(model_name);
 CREATE INDEX IF NOT EXISTS promotions_by_business ON promotions(business, id);
 """
 
-GENERAL = "*"  # the business key of the general (all-business) champion
+GENERAL = "*"  # the business key of the general (all-business) champion, as stored
+GENERAL_NAME = "general"  # its one name everywhere a person reads or types it
 
 
 def business_label(key: str | None) -> str:
-    """How a business key is shown (metrics labels, API answers): ``all`` for the general champion."""
-    return "all" if key in (None, GENERAL) else key
+    """How a business key is shown (CLI, metrics labels, API answers): ``general`` for the general scope."""
+    return GENERAL_NAME if key in (None, GENERAL) else key
+
+
+def business_key(name: str | None) -> str:
+    """The stored key of a business a person named; ``general`` (or nothing) is the general scope."""
+    return GENERAL if name in (None, "", GENERAL_NAME, GENERAL) else name
 
 
 def _now() -> str:

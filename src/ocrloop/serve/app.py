@@ -12,9 +12,12 @@ from __future__ import annotations
 import difflib
 from contextlib import asynccontextmanager
 
+from importlib.metadata import version
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from ocrloop.config import OcrloopConfig
@@ -39,7 +42,9 @@ def create_app(config: OcrloopConfig, engine: str = "model") -> FastAPI:
         finally:
             service.stop()
 
-    app = FastAPI(title="ocrloop", summary="OCR with the champion models of an ocrloop workspace.", lifespan=lifespan)
+    # FastAPIOffline serves /docs with Swagger UI's files from its own package: the page works with no internet.
+    app = FastAPIOffline(title="ocrloop", summary="OCR with the champion models of an ocrloop workspace.", lifespan=lifespan,
+                         version=version("ocrloop"))
     app.state.service = service
     for router in (ocr.router, models.router, health.router, metrics.router):
         app.include_router(router)

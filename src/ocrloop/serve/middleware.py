@@ -55,9 +55,9 @@ class RequestAccounting:
                                                      f"{request_id})", "request_id": request_id},
                                 [(b"x-request-id", request_id.encode())])
         finally:
-            # The route's template (set by the router) is a bounded label; the raw path is used only for the
-            # few built-in routes that set no template (/openapi.json, /docs), never for a 404.
-            path = getattr(scope.get("route"), "path", None) or (scope["path"] if "endpoint" in scope else "unmatched")
+            # The route's template (set by the router) is a bounded label, never the raw path: the built-in
+            # routes (/openapi.json, /docs, their static files) and 404s count as "other".
+            path = getattr(scope.get("route"), "path", None) or "other"
             self.metrics.requests.labels(path, str(status["code"])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 

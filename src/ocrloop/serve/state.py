@@ -14,13 +14,11 @@ from PIL import Image
 
 from ocrloop.agent import OCRAgent
 from ocrloop.config import DataConfig, OcrloopConfig
-from ocrloop.data.formats import read_records
 from ocrloop.errors import OcrloopError
-from ocrloop.registry import Registry
-from ocrloop.registry.champions import known_businesses
 from ocrloop.serve.batcher import PageBatcher
 from ocrloop.serve.champions import ChampionModels
 from ocrloop.serve.metrics import ServiceMetrics
+from ocrloop.workspace import known_businesses
 
 log = logging.getLogger("ocrloop.serve")
 
@@ -99,10 +97,7 @@ class Service:
             return
         checked_at, known = self._businesses
         if business not in known and time.monotonic() - checked_at > 1.0:  # a miss re-reads, at most once a second
-            with Registry(self.config.registry_path) as registry:
-                known = known_businesses(registry)
-            if self.config.dataset_dir.is_dir():
-                known |= {record.business for record in read_records(self.config.dataset_dir)[0]}
+            known = known_businesses(self.config)
             self._businesses = (time.monotonic(), known)
         if business not in known:
             listing = ", ".join(sorted(known)) or "none yet"

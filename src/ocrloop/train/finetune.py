@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,10 +25,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from tqdm.auto import tqdm
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from ocrloop.atomic import atomic_write_json
+from ocrloop.extras import require_tracking
 from ocrloop.config import OcrloopConfig
 from ocrloop.data.dataset import Dataset
 from ocrloop.data.records import PageExample
@@ -45,7 +49,7 @@ from ocrloop.models.loading import (
 )
 from ocrloop.models.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
 from ocrloop.models.feature_cache import FeatureCache, image_feature_owner
-from ocrloop.train.trainer import OCRTrainer, ParkVisionTower, StepTimer, ValidationCER
+from ocrloop.train.trainer import OCRTrainer, ParkVisionTower, StepTimer, TrainingProgress, ValidationCER
 from ocrloop.registry import Registry
 
 RUN_CARD = "run_card.json"
@@ -136,6 +140,7 @@ class FineTuner:
     # --- setup -----------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        require_tracking(self.training.report_to)
         self._check_output_dir()
         self._setup_data()
         self._setup_model()
@@ -175,7 +180,8 @@ class FineTuner:
 
         t = self.training
         set_seed(t.seed)  # LoRA weights are initialized from the global generator: same seed, same run
-        self.bundle = load_model(self.config.base_model, backend=t.backend, mode=t.mode, for_training=True)
+        with self.console.status(f"loading {self.config.base_model}"):
+            self.bundle = load_model(self.config.base_model, backend=t.backend, mode=t.mode, for_training=True)
         self.bundle.family.check_resolution(t.resolution)
         self.bundle.reading = ReadingSettings.from_training(t)  # saved with the model: it reads as it was trained
         if t.mode == "full":
@@ -184,6 +190,10 @@ class FineTuner:
         else:
             attach_lora(self.bundle, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
                         groups=list(t.lora_targets), seed=t.seed, gradient_checkpointing=t.gradient_checkpointing)
+        if t.gradient_checkpointing:  # no KV cache in training steps: said once here, not warned at every forward
+            for config in (self.bundle.model.config, getattr(self.bundle.model.config, "text_config", None)):
+                if config is not None and getattr(config, "use_cache", None):
+                    config.use_cache = False
         self.vision_without_autograd = t.skip_frozen_vision_backward and skip_frozen_vision_backward(self.bundle)
         self.trainable, self.total_parameters = trainable_parameters(self.bundle.model)
         if self.trainable == 0:
@@ -227,8 +237,11 @@ class FineTuner:
 
         # Pages are decoded and preprocessed by threads while the GPU computes the features of the last batch.
         workers = min(PREPARE_THREADS, os.cpu_count() or 1)
+        bar = tqdm(total=len(self.train_examples) + len(self.val_examples), unit="page", file=sys.stderr, dynamic_ncols=True,
+                   desc="checking pages" + (" and computing image features" if cache is not None else ""))
         for split, dataset, examples in (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples)):
             for example, encoded in dataset.iter_prepared(examples, encode, workers=workers):
+                bar.update()
                 where = f"{example.source} page {example.page + 1}"
                 if len(encoded) > t.max_seq_length:
                     raise ExampleTooLong(
@@ -253,6 +266,7 @@ class FineTuner:
         if cache is not None:
             cache.compute(missing)
             cache.flush()
+        bar.close()
         skipped = [p for p in self.dataset.warnings if p.message.startswith("skipped")]
         for problem in skipped:
             self.console.print(f"[yellow]{problem}[/yellow]", markup=True, highlight=False)
@@ -278,8 +292,11 @@ class FineTuner:
     def _validate(self, label: str) -> dict[str, float] | None:
         if not self.val_examples:
             return None
-        evaluation = evaluate_model(self.bundle, self.val_dataset, self.val_examples, ReadingSettings.from_training(self.training),
-                                    batch_size=self.training.read_batch_size, cache=self.feature_cache)
+        with tqdm(total=len(self.val_examples), unit="page", desc=f"validation {label}", file=sys.stderr, leave=False,
+                  dynamic_ncols=True) as bar:
+            evaluation = evaluate_model(self.bundle, self.val_dataset, self.val_examples,
+                                        ReadingSettings.from_training(self.training), batch_size=self.training.read_batch_size,
+                                        cache=self.feature_cache, progress=lambda done: bar.update(done - bar.n))
         metrics = {"cer": evaluation.report.overall.cer, "wer": evaluation.report.overall.wer,
                    "by_category": {k: v.cer for k, v in evaluation.report.by_category.items()},
                    "wer_by_category": {k: v.wer for k, v in evaluation.report.by_category.items()}}
@@ -333,13 +350,14 @@ class FineTuner:
             args=self._training_arguments(),
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution, cache),
             data_collator=PageCollator(self.bundle, cache),
-            callbacks=[StepTimer(self.device_is_cuda, self.history.setdefault("step_seconds", []),
+            callbacks=[TrainingProgress(), StepTimer(self.device_is_cuda, self.history.setdefault("step_seconds", []),
                                  self.history.setdefault("epoch_seconds", [])),
                        ValidationCER(self._validate, t.eval_steps or steps_per_epoch, self.history["validation"]),
                        park, *self.extra_callbacks],
             bundle=self.bundle,
             cache=cache,
         )
+        trainer.remove_callback(ProgressCallback)  # TrainingProgress instead: a bar on stderr, no printed dicts
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()

@@ -11,13 +11,15 @@ A step (``OCRTrainer.compute_loss``, called by the Hugging Face ``Trainer`` for 
 4. The Trainer does the rest as configured (``FineTuner._training_arguments``): backward, gradient
    accumulation, clipping to ``max_grad_norm``, the AdamW step, the linear schedule, checkpoints.
 
-Callbacks: ``StepTimer`` (step and epoch wall time), ``ValidationCER`` (CER on generated text every N
-steps), ``ParkVisionTower`` (the tower leaves the GPU when every page is cached). Pass more with
+Callbacks: ``TrainingProgress`` (one bar on stderr with the loss, instead of the Trainer's printed dicts),
+``StepTimer`` (step and epoch wall time), ``ValidationCER`` (CER on generated text every N steps),
+``ParkVisionTower`` (the tower leaves the GPU when every page is cached). Pass more with
 ``FineTuner(callbacks=[...])``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -56,6 +58,27 @@ class OCRTrainer(Trainer):
             load_adapter_weights(model or self.model, weights, what="the model being trained")
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+class TrainingProgress(TrainerCallback):
+    """A progress bar of optimizer steps on stderr, with the last logged loss and learning rate; it replaces the
+    Trainer's own bar, which prints every log as a raw dict on stdout."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step", file=sys.stderr,
+                        dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", lr=f"{float(logs.get('learning_rate', 0)):.2e}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
 
 
 class StepTimer(TrainerCallback):

@@ -20,7 +20,7 @@ from ocrloop.agent import OCRAgent
 from ocrloop.data.files import PDF_SUFFIXES, SUPPORTED_SUFFIXES, detect_format, inspect_file, load_page
 from ocrloop.errors import OcrloopError
 from ocrloop.pii import PiiRejected
-from ocrloop.registry.store import business_label
+from ocrloop.registry.store import GENERAL_NAME, business_label
 from ocrloop.serve.schemas import ErrorAnswer, OcrAnswer, OcrForm, OcrOptions, PageAnswer
 from ocrloop.serve.state import RequestRefused, Service, ServiceDep
 
@@ -41,6 +41,8 @@ async def ocr(request: Request, service: ServiceDep, query: Annotated[OcrOptions
     with service.admitted():
         started = time.perf_counter()
         options = query.model_copy(update=form.model_dump(exclude={"file"}, exclude_none=True, exclude_unset=True))
+        if options.business == GENERAL_NAME:  # the general scope by name: the same as naming none
+            options = options.model_copy(update={"business": None})
         declared, body = await _upload(request, form, service.config.serve.max_upload_bytes)
         suffix = _document_format(body, declared)
         service.check_business(options.business)
