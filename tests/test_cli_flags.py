@@ -8,6 +8,8 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from ocrloop.bench.settings import (BenchLearnSettings, BenchLinesSettings, BenchOcrSettings, BenchSoakSettings,
+                                    BenchTrainSettings)
 from ocrloop.cli import app, evaluate, ocr_command, serve_command, train_command
 from ocrloop.cli_flags import command_config_flags, config_flags, section_model
 from ocrloop.config import OcrloopConfig, TrainingConfig
@@ -34,17 +36,26 @@ def _commands(group: click.Group, prefix: str = ""):
 
 def test_every_flag_sets_one_field_and_no_flag_is_written_by_hand():
     keys = {*_fields("training"), *_fields("serve"), *_fields("loop"), *_fields("data"), *OcrloopConfig.model_fields}
+    settings = {model.__name__: model for model in (BenchTrainSettings, BenchOcrSettings, BenchSoakSettings,
+                                                    BenchLinesSettings, BenchLearnSettings)}
     for name, command in _commands(get_command(app)):
         options = [p for p in command.params if isinstance(p, click.Option)]
         flags = [flag for option in options for flag in option.opts + option.secondary_opts]
         assert len(flags) == len(set(flags)), (name, flags)
         for option in options:
-            if "__" in option.name:  # generated: section__field
+            if "__" in option.name:  # generated: section__field, or SettingsModel__field
                 section, field = option.name.split("__")
-                assert (f"{section}.{field}" if section else field) in keys, (name, option.name)
-            elif not name.startswith("bench "):  # bench flags describe a benchmark's workload, not a setting
+                if section in settings:
+                    assert field in settings[section].model_fields, (name, option.name)
+                else:
+                    assert (f"{section}.{field}" if section else field) in keys, (name, option.name)
+            else:
                 assert not any(f"({key})" in (option.help or "") or (option.help or "") == key for key in keys), \
                     (name, option.name, option.help)
+        if name.startswith("bench "):  # a bench's workload is its settings model, every field a flag
+            generated = {o.name.split("__")[1] for o in options if "__" in o.name}
+            model = next(settings[o.name.split("__")[0]] for o in options if "__" in o.name)
+            assert generated == set(model.model_fields), name
 
 
 def test_flag_values_become_overrides():

@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ocrloop.cli_flags import config_flags
+from ocrloop.bench.settings import (BenchLearnSettings, BenchLinesSettings, BenchOcrSettings, BenchSoakSettings,
+                                    BenchTrainSettings)
+from ocrloop.cli_flags import config_flags, settings_flags
 from ocrloop.config import CONFIG_FILENAME, DOCUMENT_CATEGORIES, OcrloopConfig, apply_overrides
 from ocrloop.errors import OcrloopError
 from ocrloop.registry.store import GENERAL, business_key, business_label
@@ -94,22 +96,8 @@ def init(
 
 
 @bench_app.command("train")
-def bench_train_command(
-    out: Annotated[Path, typer.Option(help="JSON file to write (logs go beside it).")],
-    family: Annotated[str, typer.Option(help="Model family.")] = "deepseek-ocr-2",
-    size: Annotated[str, typer.Option(help="full (the published architecture) or tiny.")] = "full",
-    resolution: Annotated[str, typer.Option(help="Resolution mode of the pages.")] = "gundam",
-    batch_size: Annotated[int, typer.Option(help="Pages per step, the same for every variant.")] = 8,
-    steps: Annotated[int, typer.Option(help="Optimizer steps per variant (the first two are warm-up).")] = 12,
-    variants: Annotated[str, typer.Option(help="Comma-separated: baseline, unsloth, ocrloop, ocrloop-compile, ocrloop-cudnn, ocrloop-hf, ocrloop-hf-nockpt.")] = "baseline,ocrloop",
-    lora_targets: Annotated[str, typer.Option(help="LoRA target groups, the same for every variant.")] = "attention,mlp,experts",
-    work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint, pages and runs.")] = Path("/tmp/ocrloop-bench"),
-    epochs: Annotated[Optional[float], typer.Option(help="Run mode: train --pages pages for this many epochs, timed end to end.")] = None,
-    pages: Annotated[int, typer.Option(help="Synthetic pages (run mode: exactly this many training pages).")] = 48,
-    mode: Annotated[str, typer.Option(help="Training mode of every variant: lora16 or qlora4 (training.mode).")] = "lora16",
-    categories: Annotated[str, typer.Option(help="Comma-separated document categories of the synthetic pages.")] = "receipt,invoice,tax_form",
-    workspace: WorkspaceOption = Path("."),
-) -> None:
+@settings_flags(BenchTrainSettings)
+def bench_train_command(workspace: WorkspaceOption = Path("."), settings: BenchTrainSettings | None = None) -> None:
     """Side-by-side training speed and memory: plain transformers + peft against ocrloop's path, same workload.
 
     Run inside a workspace, ocrloop's ratios are also recorded in its registry (and so reach /metrics)."""
@@ -117,10 +105,7 @@ def bench_train_command(
 
     registry_path = _config(workspace).registry_path if (workspace / CONFIG_FILENAME).is_file() else None
     try:
-        results = bench_train(out, family=family, size=size, resolution=resolution, batch_size=batch_size, steps=steps,
-                              variants=[v.strip() for v in variants.split(",")], work=work, lora_targets=lora_targets,
-                              epochs=epochs, pages=pages, mode=mode, registry_path=registry_path,
-                              categories=tuple(c.strip() for c in categories.split(",")))
+        results = bench_train(registry_path=registry_path, **{**settings.model_dump(), "categories": tuple(settings.categories)})
     except ValueError as error:
         raise OcrloopError(str(error)) from None
     for name, result in results["variants"].items():
@@ -137,75 +122,44 @@ def bench_train_command(
 
 
 @bench_app.command("ocr")
-def bench_ocr_command(
-    out: Annotated[Path, typer.Option(help="JSON file to write.")],
-    family: Annotated[str, typer.Option(help="Model family.")] = "deepseek-ocr-2",
-    size: Annotated[str, typer.Option(help="full (the published architecture) or tiny.")] = "full",
-    resolution: Annotated[str, typer.Option(help="Resolution mode of the pages.")] = "base",
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to measure.")] = "1,8,32",
-    pages: Annotated[int, typer.Option(help="Pages read per batch size above 1.")] = 32,
-    cache: Annotated[str, typer.Option(help="KV cache: static (compiled decode) or dynamic.")] = "static",
-    work: Annotated[Path, typer.Option(help="Scratch folder for the checkpoint and pages.")] = Path("/tmp/ocrloop-bench"),
-) -> None:
+@settings_flags(BenchOcrSettings)
+def bench_ocr_command(settings: BenchOcrSettings | None = None) -> None:
     """OCR generation speed: pages/s and seconds per page, one by one and batched, output lengths like real pages."""
     from ocrloop.bench.ocr import bench_ocr
 
-    if cache not in ("static", "dynamic"):
-        raise OcrloopError(f"--cache must be static or dynamic, not {cache!r}")
-    try:
-        sizes = tuple(int(b) for b in batch_sizes.split(","))
-    except ValueError:
-        raise OcrloopError(f"--batch-sizes must be comma-separated integers, not {batch_sizes!r}") from None
-    bench_ocr(out, family=family, size=size, resolution=resolution, batch_sizes=sizes, pages=pages,
-              cache_implementation="static" if cache == "static" else None, work=work,
-              progress=lambda line: console.print(line, markup=False))
+    bench_ocr(settings.out, family=settings.family, size=settings.size, resolution=settings.resolution,
+              batch_sizes=tuple(settings.batch_sizes), pages=settings.pages,
+              cache_implementation="static" if settings.cache == "static" else None, work=settings.work,
+              progress=lambda line: notices.print(line, markup=False))
 
 
 @bench_app.command("soak")
-def bench_soak_command(
-    out: Annotated[Path, typer.Option(help="JSON file to write (a PNG of the server's memory and the server log go beside it).")],
-    requests: Annotated[int, typer.Option(help="Requests to send.")] = 5000,
-    connections: Annotated[int, typer.Option(help="Concurrent connections.")] = 16,
-    engine: EngineOption = "model",
-    workspace: WorkspaceOption = Path("."),
-) -> None:
+@settings_flags(BenchSoakSettings)
+def bench_soak_command(workspace: WorkspaceOption = Path("."), settings: BenchSoakSettings | None = None) -> None:
     """Soak a real `ocrloop serve` on loopback with valid and hostile requests: 5xx, lost answers, RSS, p50/p99."""
     from ocrloop.bench.soak import bench_soak
 
     _workspace(workspace)
     with _progress() as progress:
-        task = progress.add_task(f"soak, {connections} connections", total=requests)
-        result = bench_soak(workspace, out, requests=requests, connections=connections, engine=engine,
-                            progress=lambda done: progress.update(task, completed=done))
+        task = progress.add_task(f"soak, {settings.connections} connections", total=settings.requests)
+        result = bench_soak(workspace, settings.out, requests=settings.requests, connections=settings.connections,
+                            engine=settings.engine, progress=lambda done: progress.update(task, completed=done))
     latency = result["latency_seconds"]
     console.print(f"{result['requests']} requests in {result['seconds']} s: {result['requests_per_second']} req/s, "
                   f"p50 {latency['p50'] * 1000:.0f} ms, p99 {latency['p99'] * 1000:.0f} ms; 5xx {result['server_errors']}, "
                   f"lost {result['lost_answers']}, RSS {result['rss_bytes']['end_vs_after_first_tenth']:+.1%}", markup=False)
     failed = [name for name, ok in result["passed"].items() if not ok]
     if failed:
-        raise OcrloopError(f"soak failed: {', '.join(failed)} (see {out})")
+        raise OcrloopError(f"soak failed: {', '.join(failed)} (see {settings.out})")
 
 
 @bench_app.command("lines")
-def bench_lines_command(
-    out: Annotated[Path, typer.Option(help="JSON file to write.")],
-    size: Annotated[str, typer.Option(help="Qwen2.5-VL preset size: small (17.6 M parameters) or tiny.")] = "small",
-    lines: Annotated[int, typer.Option(help="Distinct single-line images (rendered once into --work).")] = 20_000,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 256,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 300,
-    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    workers: Annotated[int, typer.Option(help="Data loader processes (training.dataloader_workers).")] = 8,
-    optimizer: Annotated[str, typer.Option(help="training.optimizer; auto: fused AdamW on CUDA.")] = "auto",
-    profile_steps: Annotated[int, typer.Option(help="Steady steps profiled for the GPU-busy share (CUDA; slows them, so 0 for whole-run figures).")] = 0,
-    work: Annotated[Path, typer.Option(help="Scratch folder for images, checkpoint and run.")] = Path("/tmp/ocrloop-lines"),
-) -> None:
+@settings_flags(BenchLinesSettings)
+def bench_lines_command(settings: BenchLinesSettings | None = None) -> None:
     """Training speed of a small model, fully fine-tuned on single-line images: samples/s, page check, GPU busy share."""
     from ocrloop.bench.lines import bench_lines
 
-    if size not in ("small", "tiny") or min(lines, batch_size, steps) < 1 or profile_steps < 0:
-        raise OcrloopError("--size is small or tiny; --lines, --batch-size and --steps are at least 1, --profile-steps at least 0")
-    results = bench_lines(out, size=size, lines=lines, batch_size=batch_size, steps=steps, learning_rate=learning_rate,
-                          workers=workers, optimizer=optimizer, profile_steps=profile_steps, work=work, console=console)
+    results = bench_lines(console=notices, **settings.model_dump())
     busy = results["profile"].get("gpu_busy_fraction")
     console.print(f"{results['samples_per_second']:.0f} samples/s over {results['workload']['steps']} steps "
                   f"(steady {results['steady_samples_per_second']:.0f}); page check {results['page_check_seconds']:.1f} s"
@@ -213,35 +167,18 @@ def bench_lines_command(
 
 
 @bench_app.command("learn")
-def bench_learn_command(
-    out: Annotated[Path, typer.Option(help="JSON file to write (the plot goes beside it as .png).")],
-    family: Annotated[str, typer.Option(help="Model family.")] = "qwen2.5-vl",
-    size: Annotated[str, typer.Option(help="small (trained from scratch) or tiny (a quick check).")] = "small",
-    train_documents: Annotated[int, typer.Option(help="Synthetic training documents (seed 1).")] = 2000,
-    heldout_documents: Annotated[int, typer.Option(help="Held-out documents (seed 2).")] = 64,
-    categories: Annotated[str, typer.Option(help="Comma-separated document categories.")] = "receipt,invoice",
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3000,
-    eval_steps: Annotated[int, typer.Option(help="Read the held-out pages every N steps.")] = 500,
-    batch_size: Annotated[int, typer.Option(help="Pages per step.")] = 16,
-    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    resolution: Annotated[str, typer.Option(help="Resolution mode.")] = "small",
-    scale: Annotated[float, typer.Option(help="Page scale of the synthetic documents (1.0: 850x1100 px).")] = 0.6,
-    workers: Annotated[int, typer.Option(help="Processes rendering the training documents.")] = 8,
-    work: Annotated[Path, typer.Option(help="Scratch folder for pages, checkpoint and run.")] = Path("/tmp/ocrloop-learn"),
-    add_tesseract_only: Annotated[bool, typer.Option("--add-tesseract", help="Only score Tesseract into an existing --out (made where Tesseract was missing).")] = False,
-) -> None:
+@settings_flags(BenchLearnSettings)
+def bench_learn_command(settings: BenchLearnSettings | None = None) -> None:
     """Learning curve: a small model trained from scratch, held-out CER/WER per category against Tesseract."""
     from ocrloop.bench.learn import add_tesseract, bench_learn
 
-    if add_tesseract_only:
-        if not out.is_file():
-            raise OcrloopError(f"{out}: no bench learn result to add Tesseract to")
-        results = add_tesseract(out, work)
+    if settings.add_tesseract:
+        if not settings.out.is_file():
+            raise OcrloopError(f"{settings.out}: no bench learn result to add Tesseract to")
+        results = add_tesseract(settings.out, settings.work)
     else:
-        results = bench_learn(out, family=family, size=size, train_documents=train_documents, heldout_documents=heldout_documents,
-                              categories=tuple(c.strip() for c in categories.split(",")), steps=steps, eval_steps=eval_steps,
-                              batch_size=batch_size, learning_rate=learning_rate, resolution=resolution, scale=scale,
-                              workers=workers, work=work, console=console)
+        values = settings.model_dump(exclude={"add_tesseract"})
+        results = bench_learn(console=notices, **{**values, "categories": tuple(settings.categories)})
     for point in results["curve"]:
         console.print(f"step {point['step']}: held-out CER {point['cer']:.2%}, WER {point['wer']:.2%}", markup=False)
     tesseract = results["tesseract"]

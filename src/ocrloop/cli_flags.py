@@ -16,9 +16,10 @@ import typing
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ocrloop.config import OcrloopConfig
+from ocrloop.errors import OcrloopError
 
 _SEPARATOR = "__"  # between section and field in the generated parameter names: training__epochs
 
@@ -36,38 +37,99 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def _flag_names(field: str, section: str) -> str:
+def _flag_names(model: type[BaseModel], field: str) -> str:
     name = field.replace("_", "-")
-    is_bool = _unwrap_optional(section_model(section).model_fields[field].annotation) is bool
-    return f"--{name}/--no-{name}" if is_bool else f"--{name}"
+    return f"--{name}/--no-{name}" if _unwrap_optional(model.model_fields[field].annotation) is bool else f"--{name}"
 
 
-def _option(section: str, field: str, decls: tuple[str, ...]) -> tuple[Any, typer.models.OptionInfo]:
-    """The Python type and typer option (named ``decls``) of one config field."""
-    info = section_model(section).model_fields[field]
-    key = f"{section}.{field}" if section else field
+def _option(model: type[BaseModel], field: str, key: str, decls: tuple[str, ...]) -> tuple[Any, typer.models.OptionInfo]:
+    """The Python type and typer option (named ``decls``) of one field; ``key`` is how its help names it."""
+    info = model.model_fields[field]
     annotation = _unwrap_optional(info.annotation)
-    text = f"{info.description} ({key})" if info.description else key
+    text = f"{info.description} ({key})" if info.description and key else info.description or key
     if annotation is bool:
         return Optional[bool], typer.Option(*decls, help=text, show_default=False)
     if typing.get_origin(annotation) is Literal:
-        # Checked by the config model, not by click: a wrong choice is the same one-line error as in ocrloop.yaml.
-        return Optional[str], typer.Option(*decls, help=f"{text}: {', '.join(typing.get_args(annotation))}",
+        # Checked by the model, not by click: a wrong choice is the same one-line error as in ocrloop.yaml.
+        return Optional[str], typer.Option(*decls, help=f"{text} Choices: {', '.join(map(str, typing.get_args(annotation)))}.",
                                            show_default=False)
-    if typing.get_origin(annotation) is list:
-        (item,) = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, tuple):
+        item = typing.get_args(annotation)[0]
         choices = ", ".join(typing.get_args(item)) if typing.get_origin(item) is Literal else "values"
-        return Optional[str], typer.Option(*decls, help=f"{text}; comma-separated {choices}", show_default=False)
+        return Optional[str], typer.Option(*decls, help=f"{text} Comma-separated {choices}.", show_default=False)
     if annotation in (int, float, str):
         return Optional[annotation], typer.Option(*decls, help=text, show_default=False)
     return Optional[str], typer.Option(*decls, help=text, show_default=False)  # paths and the rest: as text
 
 
-def _value(section: str, field: str, raw: Any) -> Any:
-    annotation = _unwrap_optional(section_model(section).model_fields[field].annotation)
-    if typing.get_origin(annotation) is list and isinstance(raw, str):
+def _value(model: type[BaseModel], field: str, raw: Any) -> Any:
+    annotation = _unwrap_optional(model.model_fields[field].annotation)
+    if typing.get_origin(annotation) in (list, tuple) and isinstance(raw, str):
         return [part.strip() for part in raw.split(",") if part.strip()]
     return raw
+
+
+def _generated(model: type[BaseModel], prefix: str, fields: list[str], names: dict | None, key: Callable[[str], str],
+               show_defaults: bool = False) -> list[inspect.Parameter]:
+    parameters = []
+    for field in fields:
+        decls = (names or {}).get(field) or (_flag_names(model, field),)
+        python_type, option = _option(model, field, key(field), decls)
+        default = model.model_fields[field].default
+        if show_defaults and not model.model_fields[field].is_required() and default is not None:
+            option.help = f"{option.help} [default: {','.join(map(str, default)) if isinstance(default, (list, tuple)) else default}]"
+        parameters.append(inspect.Parameter(f"{prefix}{_SEPARATOR}{field}", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[python_type, option]))
+    return parameters
+
+
+def _rewrapped(command: Callable, generated: list[inspect.Parameter], drop: str, collect: Callable[[dict], dict]) -> Callable:
+    """``command`` with ``generated`` parameters in its signature instead of ``drop``; ``collect`` turns the generated
+    keyword arguments (popped from the call) into what ``command`` receives as ``drop``."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != drop]
+    names = {p.name for p in generated}
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        given = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+        value = collect(given)
+        outer = kwargs.pop(drop, None)  # stacked decorators: the outer one's overrides join this one's
+        if isinstance(outer, dict) and isinstance(value, dict):
+            value = {**outer, **value}
+        return command(**{drop: value, **kwargs})
+
+    # typer calls commands with keywords only, so every parameter can be keyword-only, in any order.
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
+    wrapper.__signature__ = signature.replace(parameters=parameters)
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    del wrapper.__wrapped__  # typer must read the generated signature, not the command's own
+    return wrapper
+
+
+def settings_flags(model: type[BaseModel]) -> Callable[[Callable], Callable]:
+    """Give a typer command one flag per field of ``model`` (a bench's workload, ...); the command receives
+    ``settings``, a validated ``model`` instance. A value out of its field's bounds is one error line."""
+    fields = list(model.model_fields)
+    prefix = model.__name__
+
+    def collect(given: dict) -> BaseModel:
+        values = {name.split(_SEPARATOR, 1)[1]: _value(model, name.split(_SEPARATOR, 1)[1], raw)
+                  for name, raw in given.items() if raw is not None}
+        try:
+            return model.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "flags"
+            raise OcrloopError(f"{flag}: {first['msg']}") from None
+
+    def decorate(command: Callable) -> Callable:
+        wrapper = _rewrapped(command, _generated(model, prefix, fields, None, lambda f: "", show_defaults=True), "settings",
+                             collect)
+        wrapper.__settings_model__ = model
+        return wrapper
+
+    return decorate
 
 
 def config_flags(section: str, *, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (),
@@ -77,34 +139,21 @@ def config_flags(section: str, *, only: tuple[str, ...] | None = None, exclude: 
     ``names`` gives a field other flag names (``{"base_model": ("--model",)}``). The command must take
     ``overrides: dict``; it receives ``{"section.field": value}`` for each flag given.
     """
-    fields = [name for name in section_model(section).model_fields if (only is None or name in only) and name not in exclude]
+    model = section_model(section)
+    fields = [name for name in model.model_fields if (only is None or name in only) and name not in exclude]
+
+    def collect(given: dict) -> dict:
+        overrides = {}
+        for name, raw in given.items():
+            field = name.split(_SEPARATOR, 1)[1]
+            if raw is not None:
+                overrides[f"{section}.{field}" if section else field] = _value(model, field, raw)
+        return overrides
 
     def decorate(command: Callable) -> Callable:
-        signature = inspect.signature(command, eval_str=True)
-        own = [p for p in signature.parameters.values() if p.name != "overrides"]
-        generated = []
-        for field in fields:
-            decls = (names or {}).get(field) or (_flag_names(field, section),)
-            python_type, option = _option(section, field, decls)
-            parameter = f"{section}{_SEPARATOR}{field}"
-            generated.append(inspect.Parameter(parameter, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                               annotation=Annotated[python_type, option]))
-
-        @functools.wraps(command)
-        def wrapper(**kwargs):
-            overrides = dict(kwargs.pop("overrides", None) or {})
-            for field in fields:
-                raw = kwargs.pop(f"{section}{_SEPARATOR}{field}", None)
-                if raw is not None:
-                    overrides[f"{section}.{field}" if section else field] = _value(section, field, raw)
-            return command(overrides=overrides, **kwargs)
-
-        # typer calls commands with keywords only, so every parameter can be keyword-only, in any order.
-        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
-        wrapper.__signature__ = signature.replace(parameters=parameters)
-        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        key = (lambda f: f"{section}.{f}") if section else (lambda f: f)
+        wrapper = _rewrapped(command, _generated(model, section, fields, names, key), "overrides", collect)
         wrapper.__config_flags__ = [*getattr(command, "__config_flags__", []), *((section, f) for f in fields)]
-        del wrapper.__wrapped__  # typer must read the generated signature, not the command's own
         return wrapper
 
     return decorate

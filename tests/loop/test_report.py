@@ -20,7 +20,8 @@ def test_report_has_plots_and_the_before_after_table(looped_workspace, tmp_path)
     assert result.returncode == 0, result.stderr
     page = out.read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 4  # mix, runs per week, CER/WER per version, duration/VRAM/cost
+    assert len(images) == 5  # mix, loop runs per week, CER/WER per version, loss and validation curves, duration/VRAM/cost
+    assert "Training loss and validation CER of recent runs" in page and "Loop runs per week" in page
     for data in images:
         with Image.open(io.BytesIO(base64.b64decode(data))) as image:
             assert image.size[0] > 300 and image.size[1] > 150
@@ -39,4 +40,5 @@ def test_report_on_an_empty_registry_says_what_is_missing(tmp_path):
     with Registry(tmp_path / "ocrloop.db"):
         pass
     page = render_report(tmp_path / "ocrloop.db")
-    assert "no training or loop runs yet" in page and "no loop decision recorded yet" in page and "<img" not in page
+    assert "no loop run yet" in page and "no loop decision recorded yet" in page and "<img" not in page
+    assert "no training run has recorded its curves yet" in page

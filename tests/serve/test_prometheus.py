@@ -104,3 +104,25 @@ def test_real_prometheus_scrapes_the_service(service, tmp_path):
         process.terminate()
         process.wait(timeout=20)
         log.close()
+
+
+def test_dashboard_is_provisionable_with_variables_and_units():
+    grafana = DEPLOY / "grafana"
+    dashboard = json.loads((grafana / "ocrloop-dashboard.json").read_text())
+    provider = yaml.safe_load((grafana / "provisioning" / "dashboards" / "ocrloop.yaml").read_text())
+    (entry,) = provider["providers"]
+    assert provider["apiVersion"] == 1 and entry["type"] == "file" and entry["options"]["path"]
+    datasources = yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yaml").read_text())
+    assert datasources["datasources"][0]["type"] == "prometheus"
+    # Provisioned dashboards get no import dialog: no __inputs, every ${...} must be a dashboard variable.
+    assert "__inputs" not in dashboard and dashboard["uid"] and dashboard["title"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["business"]["type"] == "query"
+    text = json.dumps(dashboard)
+    references = set(re.findall(r"\$\{(\w+)\}", text)) | set(re.findall(r"\$(\w+)", text))
+    assert references - {"__all"} <= set(variables), references
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"no unit: {panel['title']}"
+    titles = " ".join(p["title"] for p in dashboard["panels"])
+    assert "1.4x" not in titles and "target 40%" not in titles

@@ -1,8 +1,9 @@
 """``ocrloop report``: the loop's history as one self-contained HTML page.
 
-Plots (matplotlib, embedded as PNG data) of the document mix over time, runs per week, test CER
-and WER per model version and document type, fine-tuning duration, peak VRAM and cost per run,
-then the before/after table of the last loop decision and the list of loop runs. Everything is
+Plots (matplotlib, embedded as PNG data) of the document mix over time, loop runs per week, test CER
+and WER per model version and document type, training loss and validation CER of recent runs,
+fine-tuning duration, peak VRAM and cost per run, then the before/after table of the last loop decision
+and the list of loop runs. A chart with nothing to show says so instead of drawing flat lines. Everything is
 read from the registry; the page needs no network and no other file.
 """
 
@@ -21,10 +22,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from ocrloop.atomic import atomic_write_text  # noqa: E402
 from ocrloop.loop.history import loop_history  # noqa: E402
 from ocrloop.registry import Registry  # noqa: E402
+from ocrloop.registry.store import business_label  # noqa: E402
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
@@ -65,16 +68,16 @@ def _document_mix(datasets: list[dict]) -> str:
         times.append(dt.datetime.now(dt.timezone.utc))
         ax.stackplot(times, *[values + values[-1:] for values in series.values()], labels=list(series), step="post")
         ax.legend(loc="upper left", fontsize=8)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+        _days(ax, times)
     ax.set_ylabel("documents")
     return _figure_html(fig, title)
 
 
 def _runs_per_week(runs: list[dict]) -> str:
-    title = "Runs per week"
-    runs = [r for r in runs if r["kind"] in ("loop", "train")]
+    title = "Loop runs per week"
+    runs = [r for r in runs if r["kind"] == "loop"]  # a loop run trains once: its train run is not a second one
     if not runs:
-        return _empty(title, "no training or loop runs yet")
+        return _empty(title, "no loop run yet")
     counts: Counter = Counter()
     for run in runs:
         year, week, _ = _time(run["started_at"]).isocalendar()
@@ -87,9 +90,21 @@ def _runs_per_week(runs: list[dict]) -> str:
         if any(values):
             ax.bar(weeks, values, bottom=bottom, label=status, color=color)
             bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_ylabel("runs")
+    ax.set_ylabel("loop runs")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     return _figure_html(fig, title)
+
+
+def _days(ax, times: list[dt.datetime]) -> None:
+    """A date axis in days: at least a day wide, ticks on dates, never on seconds."""
+    low, high = min(times), max(times)
+    if high - low < dt.timedelta(days=1):
+        middle = low + (high - low) / 2
+        low, high = middle - dt.timedelta(hours=12), middle + dt.timedelta(hours=12)
+    ax.set_xlim(low, high)
+    ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, (high - low).days // 6 or 1)))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d"))
 
 
 def _scores_by_version(models: list[dict], evaluations: list[dict]) -> str:
@@ -111,6 +126,7 @@ def _scores_by_version(models: list[dict], evaluations: list[dict]) -> str:
             ax.bar([i + offset * width for i in range(len(order))], values, width=width, label=category)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(order))], order, rotation=30, ha="right", fontsize=7)
         ax.set_title(metric.upper())
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     axes[0].legend(fontsize=7)
     return _figure_html(fig, title)
 
@@ -122,14 +138,47 @@ def _training_trends(runs: list[dict]) -> str:
         return _empty(title, "no finished training run yet")
     times = [_time(r["started_at"]) for r in trained]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    panels = (("minutes", [(r["wall_seconds"] or 0) / 60 for r in trained]),
-              ("peak VRAM (GiB)", [(r["peak_vram_bytes"] or 0) / 2**30 for r in trained]),
-              ("cost (USD)", [r["cost_usd"] or 0 for r in trained]))
-    for ax, (label, values) in zip(axes, panels):
-        ax.plot(times, values, marker="o")
+    panels = (("minutes", [(r["wall_seconds"] or 0) / 60 for r in trained], "no duration recorded"),
+              ("peak VRAM (GiB)", [(r["peak_vram_bytes"] or 0) / 2**30 for r in trained], "no data: runs on the CPU use no VRAM"),
+              ("cost (USD)", [r["cost_usd"] or 0 for r in trained], "no data: CPU runs cost no GPU hours"))
+    for ax, (label, values, nothing) in zip(axes, panels):
         ax.set_title(label, fontsize=10)
-        ax.set_ylim(bottom=0)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+        if not any(values):
+            ax.text(0.5, 0.5, nothing, ha="center", va="center", transform=ax.transAxes, color="#888", fontsize=9, wrap=True)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        ax.plot(times, values, marker="o")
+        ax.set_ylim(0, max(values) * 1.15)
+        _days(ax, times)
+    return _figure_html(fig, title)
+
+
+def _learning_curves(runs: list[dict], last: int = 6) -> str:
+    title = "Training loss and validation CER of recent runs"
+    curves = []
+    for run in [r for r in runs if r["kind"] == "train" and r["status"] == "succeeded" and r["metrics_json"]][-last:]:
+        metrics = json.loads(run["metrics_json"])
+        if metrics.get("loss_by_step") or metrics.get("validation_cer_by_step"):
+            curves.append((run["started_at"][:16].replace("T", " "), metrics.get("loss_by_step") or [],
+                           metrics.get("validation_cer_by_step") or []))
+    if not curves:
+        return _empty(title, "no training run has recorded its curves yet")
+    fig, (loss_ax, cer_ax) = plt.subplots(1, 2, figsize=(11, 3.4))
+    for label, loss, cer in curves:
+        if loss:
+            loss_ax.plot(*zip(*loss), label=label)
+        if cer:
+            cer_ax.plot(*zip(*cer), marker="o", label=label)
+    loss_ax.set(title="training loss", xlabel="optimizer step")
+    cer_ax.set(title="validation CER", xlabel="optimizer step")
+    cer_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    for ax in (loss_ax, cer_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="#888")
     return _figure_html(fig, title)
 
 
@@ -164,7 +213,7 @@ def _history_table(history: list[dict]) -> str:
     for row in history:
         cost = "n/a" if row["cost_usd"] is None else f"${row['cost_usd']:.2f}"
         minutes = "n/a" if row["wall_seconds"] is None else f"{row['wall_seconds'] / 60:.1f}"
-        cells = [row["started_at"][:16].replace("T", " "), row["business"] or "all", row["status"], ", ".join(row["triggers"]),
+        cells = [row["started_at"][:16].replace("T", " "), business_label(row["business"]), row["status"], ", ".join(row["triggers"]),
                  _percent(row["challenger_test_cer"]), _percent(row["champion_test_cer"]), row["decision"] or "", minutes, cost]
         lines.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>")
     lines.append("</table>")
@@ -179,7 +228,7 @@ def render_report(registry_path: Path) -> str:
     history = loop_history(registry_path)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [_document_mix(datasets), _runs_per_week(runs), _scores_by_version(models, evaluations),
-                _training_trends(runs), _before_after(history), _history_table(history)]
+                _learning_curves(runs), _training_trends(runs), _before_after(history), _history_table(history)]
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>ocrloop report</title><style>{_STYLE}</style></head>"
             f"<body><h1>ocrloop report</h1><p class=\"sub\">{html.escape(str(registry_path))} &middot; {generated} &middot; "
             f"{len(runs)} runs, {len(models)} model versions</p>\n" + "\n".join(sections) + "</body></html>\n")

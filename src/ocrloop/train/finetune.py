@@ -367,6 +367,7 @@ class FineTuner:
         self.vision_offloaded_bytes = park.offloaded_bytes
 
         self.history["train_loss_by_epoch"] = _loss_by_epoch(trainer.state.log_history)
+        self.history["loss_by_step"] = [[entry["step"], entry["loss"]] for entry in trainer.state.log_history if "loss" in entry]
         final = self._validate("final")
         if final:
             self.history["validation"].append({"step": trainer.state.global_step, **final})
@@ -422,6 +423,7 @@ class FineTuner:
             "metrics": {
                 "train_loss": train_output.training_loss,
                 "train_loss_by_epoch": self.history["train_loss_by_epoch"],
+                "loss_by_step": self.history.get("loss_by_step", []),
                 "validation": self.history["validation"],
                 "final_validation": final,
                 "merged_validation": merged,
@@ -515,7 +517,10 @@ def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, regi
             metrics={"val_cer": final.get("cer"), "val_wer": final.get("wer"), "train_loss": card["metrics"]["train_loss"],
                      "samples_per_second": speed.get("steady_samples_per_second") or speed["samples_per_second"],
                      "tokens_per_second": speed.get("steady_tokens_per_second") or speed["tokens_per_second"],
-                     "peak_vram_reserved_bytes": card["memory"]["peak_vram_reserved_bytes"], "dataset_id": dataset_id},
+                     "peak_vram_reserved_bytes": card["memory"]["peak_vram_reserved_bytes"], "dataset_id": dataset_id,
+                     # Curves for the report: loss at every logged step, validation CER at every validation.
+                     "loss_by_step": card["metrics"]["loss_by_step"],
+                     "validation_cer_by_step": [[v["step"], v["cer"]] for v in card["metrics"]["validation"]]},
         )
         name = output_dir.name if registry.model(output_dir.name) is None else f"{output_dir.name}-{run_id}"
         registry.add_model(name, str(output_dir.resolve()), card["family"], config.base_model, run_id=run_id, business=business)

@@ -1,0 +1,88 @@
+"""What each benchmark runs, as data: one pydantic model per ``ocrloop bench`` command (its flags are made from
+these fields by ``cli_flags.settings_flags``). Defaults are the workloads the published figures used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ocrloop.config import DOCUMENT_CATEGORIES, Resolution
+
+Family = Literal["deepseek-ocr", "deepseek-ocr-2", "qwen2.5-vl"]
+Category = Literal[DOCUMENT_CATEGORIES]
+
+
+class _Bench(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class BenchTrainSettings(_Bench):
+    out: Path = Field(description="JSON file to write (logs go beside it).")
+    family: Family = Field("deepseek-ocr-2", description="Model family.")
+    size: Literal["full", "tiny"] = Field("full", description="full (the published architecture) or tiny.")
+    resolution: Resolution = Field("gundam", description="Resolution mode of the pages.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Pages per step, the same for every variant.")
+    steps: int = Field(12, ge=3, le=100_000, description="Optimizer steps per variant (the first two are warm-up).")
+    variants: list[str] = Field(["baseline", "ocrloop"], description="baseline, unsloth, ocrloop, ocrloop-compile, "
+                                "ocrloop-cudnn, ocrloop-hf, ocrloop-hf-nockpt; NAME:MODE sets a variant's training mode.")
+    lora_targets: str = Field("attention,mlp,experts", description="LoRA target groups, the same for every variant.")
+    work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint, pages and runs.")
+    epochs: float | None = Field(None, gt=0, le=1000, description="Run mode: train --pages pages for this many epochs, "
+                                                                  "timed end to end.")
+    pages: int = Field(48, ge=1, le=100_000, description="Synthetic pages (run mode: exactly this many training pages).")
+    mode: Literal["lora16", "qlora4"] = Field("lora16", description="Training mode of every variant.")
+    categories: list[Category] = Field(["receipt", "invoice", "tax_form"], description="Document categories of the pages.")
+
+
+class BenchOcrSettings(_Bench):
+    out: Path = Field(description="JSON file to write.")
+    family: Family = Field("deepseek-ocr-2", description="Model family.")
+    size: Literal["full", "tiny"] = Field("full", description="full (the published architecture) or tiny.")
+    resolution: Resolution = Field("base", description="Resolution mode of the pages.")
+    batch_sizes: list[int] = Field([1, 8, 32], min_length=1, description="Batch sizes to measure.")
+    pages: int = Field(32, ge=1, le=100_000, description="Pages read per batch size above 1.")
+    cache: Literal["static", "dynamic"] = Field("static", description="KV cache: static (compiled decode) or dynamic.")
+    work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint and pages.")
+
+
+class BenchSoakSettings(_Bench):
+    out: Path = Field(description="JSON file to write (a PNG of the server's memory and the server log go beside it).")
+    requests: int = Field(5000, ge=1, le=10_000_000, description="Requests to send.")
+    connections: int = Field(16, ge=1, le=4096, description="Concurrent connections.")
+    engine: Literal["model", "tesseract"] = Field("model", description="What the service reads with.")
+
+
+class BenchLinesSettings(_Bench):
+    out: Path = Field(description="JSON file to write.")
+    size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset size: small (17.6 M parameters) or tiny.")
+    lines: int = Field(20_000, ge=1, le=10_000_000, description="Distinct single-line images (rendered once into --work).")
+    batch_size: int = Field(256, ge=1, le=65_536, description="Images per step.")
+    steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps.")
+    learning_rate: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate.")
+    workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
+    optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit"] = Field(
+        "auto", description="training.optimizer; auto: fused AdamW on CUDA.")
+    profile_steps: int = Field(0, ge=0, le=1000, description="Steady steps profiled for the GPU-busy share (CUDA; slows "
+                                                             "them, so 0 for whole-run figures).")
+    work: Path = Field(Path("/tmp/ocrloop-lines"), description="Scratch folder for images, checkpoint and run.")
+
+
+class BenchLearnSettings(_Bench):
+    out: Path = Field(description="JSON file to write (the plot goes beside it as .png).")
+    family: Family = Field("qwen2.5-vl", description="Model family.")
+    size: Literal["small", "tiny"] = Field("small", description="small (trained from scratch) or tiny (a quick check).")
+    train_documents: int = Field(2000, ge=1, le=10_000_000, description="Synthetic training documents (seed 1).")
+    heldout_documents: int = Field(64, ge=1, le=100_000, description="Held-out documents (seed 2).")
+    categories: list[Category] = Field(["receipt", "invoice"], description="Document categories.")
+    steps: int = Field(3000, ge=1, le=10_000_000, description="Optimizer steps.")
+    eval_steps: int = Field(500, ge=1, le=10_000_000, description="Read the held-out pages every N steps.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Pages per step.")
+    learning_rate: float = Field(1e-3, gt=0, lt=1, description="Peak learning rate.")
+    resolution: Resolution = Field("small", description="Resolution mode.")
+    scale: float = Field(0.6, gt=0, le=4, description="Page scale of the synthetic documents (1.0: 850x1100 px).")
+    workers: int = Field(8, ge=1, le=256, description="Processes rendering the training documents.")
+    work: Path = Field(Path("/tmp/ocrloop-learn"), description="Scratch folder for pages, checkpoint and run.")
+    add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "
+                                                   "was missing).")
