@@ -5,15 +5,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-workspace
 
-SYSTEM_PACKAGES := prometheus tesseract-ocr
+SYSTEM_PACKAGES := prometheus tesseract-ocr chromium chromium-driver
 
 .PHONY: demo test venv clean system-packages
 
 venv: $(STAMP)
 
-# Real Prometheus (scrape test) and Tesseract (the OCR yardstick) come from Debian; installed once.
+# Real Prometheus (scrape test), Tesseract (the OCR yardstick) and headless Chromium (the web page's test)
+# come from Debian; installed once.
 system-packages:
-	@command -v prometheus >/dev/null && command -v tesseract >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v tesseract >/dev/null && command -v chromedriver >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }
 

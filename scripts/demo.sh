@@ -52,3 +52,7 @@ ocrloop ocr "$(ls data/ocr_documents/test/* | head -n 1)"
 
 step "report: plots of the loop's history and the before/after table in one HTML file"
 ocrloop report --out report.html
+
+step "see it in a browser"
+echo "report: $PWD/report.html"
+echo "the web page: run \`ocrloop serve -w $PWD\`, then open http://127.0.0.1:8000/ (drop a document) and /runs"

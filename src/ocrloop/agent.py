@@ -55,9 +55,11 @@ class DocumentText:
         return counts
 
     def to_json(self) -> dict:
-        return {"source": self.source, "model": self.model, "pii": self.pii,
+        """The service's answer shape (``serve.schemas.OcrAnswer``), less what only a request has."""
+        return {"source": self.source, "model": self.model,
                 "pages": [{"page": p.page + 1, "width": p.width, "height": p.height, "text": p.text,
-                           "seconds": round(p.seconds, 4)} for p in self.pages]}
+                           "seconds": round(p.seconds, 4)} for p in self.pages],
+                "text": self.markdown, "pii": self.pii, "seconds": round(sum(p.seconds for p in self.pages), 4)}
 
 
 class OCRAgent:
@@ -142,4 +144,4 @@ class OCRAgent:
     async def process_document(self, path: str | Path) -> dict:
         """The plan's async entry point: OCR a file off the event loop; returns ``DocumentText.to_json()``."""
         document = await asyncio.to_thread(self.read_file, path)
-        return {**document.to_json(), "text": document.markdown}
+        return document.to_json()

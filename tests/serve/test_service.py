@@ -151,7 +151,7 @@ def test_promoted_champion_is_swapped_in_without_failing_requests(served_workspa
 def test_openapi_names_the_file_every_option_and_the_answer(server):
     schema = httpx.get(server + "/openapi.json").json()
     operation = schema["paths"]["/v1/ocr"]["post"]
-    options = {"prompt", "mode", "business", "format", "pii_policy"}
+    options = {"prompt", "mode", "business", "model", "format", "pii_policy"}
     assert {p["name"] for p in operation["parameters"] if p["in"] == "query"} == options
     body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     form = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]] if "$ref" in body else body

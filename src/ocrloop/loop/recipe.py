@@ -13,12 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from tqdm.auto import tqdm
 
 from ocrloop.data.dataset import Dataset, Manifest
 from ocrloop.errors import OcrloopError
@@ -175,7 +177,10 @@ class FineTuneLoop:
             examples = self.dataset.examples(split, business=self.business)
             # Each model reads with its own saved settings; the base model, which has none, with the workspace's.
             reading, _ = resolve_reading(bundle.reading, ReadingSettings.from_training(t))
-            evaluation = evaluate_model(bundle, self.dataset, examples, reading, batch_size=t.read_batch_size)
+            with tqdm(total=len(examples), unit="page", desc=f"reading {split} with {model.name}", file=sys.stderr,
+                      leave=False, dynamic_ncols=True) as bar:
+                evaluation = evaluate_model(bundle, self.dataset, examples, reading, batch_size=t.read_batch_size,
+                                            progress=lambda done: bar.update(done - bar.n))
             self._reports[cache_key] = evaluation.report
         return self._reports[cache_key]
 

@@ -62,8 +62,9 @@ def _document_mix(datasets: list[dict]) -> str:
         for row in json.loads(dataset["mix_json"]):
             series[row["category"]][index] += row["documents"]
     fig, ax = plt.subplots(figsize=(10, 3.5))
-    if len(times) == 1:  # one snapshot has no "over time" yet: show it as bars
-        ax.bar(list(series), [values[0] for values in series.values()])
+    if max(times) - min(times) < dt.timedelta(days=1):  # less than a day of history: the latest snapshot, as bars
+        ax.bar(list(series), [values[-1] for values in series.values()])
+        ax.set_title("latest snapshot (history is drawn once it spans more than a day)", fontsize=9, color="#555")
     else:  # each snapshot holds until the next one; the last holds until now
         times.append(dt.datetime.now(dt.timezone.utc))
         ax.stackplot(times, *[values + values[-1:] for values in series.values()], labels=list(series), step="post")

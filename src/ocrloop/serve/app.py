@@ -1,7 +1,7 @@
 """``ocrloop serve``: OCR over HTTP with the champions of the registry.
 
 Routes: ``POST /v1/ocr`` (routes/ocr.py), ``GET /v1/models``, ``/healthz`` (liveness), ``/readyz`` (a model
-is loaded and has read a page), ``/metrics`` (Prometheus). Every refusal is one ``{"error": ...}`` line with
+is loaded and has read a page), ``/metrics`` (Prometheus), and a web page at ``/`` and ``/runs`` (routes/web.py). Every refusal is one ``{"error": ...}`` line with
 the request id: 413 for size, pixel and page limits, 415 for formats, 422 for bad options, unknown
 businesses, unreadable pages and rejected personal data, 429 when ``serve.max_concurrent_requests`` are
 running, 503 while no model can read. A bug answers a JSON 500, counted in ``/metrics`` like every answer.
@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 
 from ocrloop.config import OcrloopConfig
 from ocrloop.serve.middleware import BodyLimit, RequestAccounting
-from ocrloop.serve.routes import health, metrics, models, ocr
+from ocrloop.serve.routes import health, metrics, models, ocr, web
 from ocrloop.serve.schemas import OcrForm
 from ocrloop.serve.state import RequestRefused, Service
 
@@ -46,7 +46,7 @@ def create_app(config: OcrloopConfig, engine: str = "model") -> FastAPI:
     app = FastAPIOffline(title="ocrloop", summary="OCR with the champion models of an ocrloop workspace.", lifespan=lifespan,
                          version=version("ocrloop"))
     app.state.service = service
-    for router in (ocr.router, models.router, health.router, metrics.router):
+    for router in (ocr.router, models.router, health.router, metrics.router, web.router):
         app.include_router(router)
     app.add_exception_handler(RequestRefused, _refused)
     app.add_exception_handler(RequestValidationError, _invalid)

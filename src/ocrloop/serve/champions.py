@@ -14,11 +14,13 @@ from typing import Callable
 
 from ocrloop.agent import OCRAgent
 from ocrloop.config import OcrloopConfig
+from ocrloop.errors import OcrloopError
 from ocrloop.registry.champions import Champion, serving_model
 from ocrloop.models import load_model
 from ocrloop.registry.store import GENERAL, Registry
 
 log = logging.getLogger("ocrloop.serve")
+NAMED_KEPT = 2  # model versions asked for by name (challengers) kept loaded beside the champions
 
 
 class ChampionModels:
@@ -29,6 +31,7 @@ class ChampionModels:
         self.engine = engine  # "tesseract": every business is read by Tesseract, no registry involved
         self.on_swap = on_swap  # called with (business key, old model, new model)
         self._serving: dict[str, OCRAgent] = {}
+        self._named: dict[str, OCRAgent] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -42,7 +45,7 @@ class ChampionModels:
     def _load(self, name: str, path: str) -> OCRAgent:
         if self.engine == "tesseract":
             return next(iter(self._serving.values()), None) or OCRAgent.tesseract(self.config)
-        for agent in list(self._serving.values()):
+        for agent in [*self._serving.values(), *self._named.values()]:
             if agent.model_name == name:
                 return agent
         log.info("loading %s from %s", name, path)
@@ -58,6 +61,22 @@ class ChampionModels:
                 if agent is None:
                     champion = self._resolve(key)
                     agent = self._serving[key] = self._load(champion.name, champion.path)
+        return agent
+
+    def named(self, name: str) -> OCRAgent:
+        """A registered model version by name (a challenger to compare with the champion); the last
+        ``NAMED_KEPT`` asked for stay loaded. ``OcrloopError`` when the registry has no such model."""
+        with self._lock:
+            agent = self._named.pop(name, None)
+            if agent is None:
+                with Registry(self.config.registry_path) as registry:
+                    row = registry.model(name)
+                if row is None:
+                    raise OcrloopError(f"no model version named {name!r}; see GET /v1/models")
+                agent = self._load(name, row["path"])
+            self._named[name] = agent  # most recently used last
+            while len(self._named) > NAMED_KEPT:
+                self._named.pop(next(iter(self._named)))
         return agent
 
     def serving(self) -> dict[str, str]:

@@ -25,6 +25,8 @@ class OcrOptions(BaseModel):
     mode: Resolution = Field(None, description="Resolution mode; default: the model's own.")
     business: str = Field(None, pattern=BUSINESS_PATTERN, description="Read with this business's champion (one the "
                                                                       "workspace knows); default: the general one.")
+    model: str = Field(None, max_length=200, description="Read with this registered model version instead of the "
+                                                          "champion (e.g. a challenger; see GET /v1/models).")
     format: Literal["json", "md"] = Field("json", description="json: the answer below; md: the text as markdown.")
     pii_policy: PiiPolicy = Field(None, description="allow, redact or reject personal data; default: serve.pii_policy.")
 
@@ -87,6 +89,8 @@ class ModelVersion(BaseModel):
 
 class ModelsAnswer(BaseModel):
     base_model: str
+    challenger: str | None = Field(description="The newest model version that serves nothing (the last loop's rejected "
+                                               "challenger, or one not yet judged), if any.")
     champions: dict[str, str]
     serving: dict[str, str]
     businesses: list[str]

@@ -84,8 +84,16 @@ class Service:
             self.readiness = Readiness("unavailable", reason=str(error).splitlines()[0] if str(error) else type(error).__name__)
             log.error("not ready: %s", self.readiness.reason)
 
-    def agent(self, business: str | None) -> OCRAgent:
-        """The agent serving ``business``; 503 with the reason when its model cannot be loaded."""
+    def agent(self, business: str | None, model: str | None = None) -> OCRAgent:
+        """The agent serving ``business`` (or the registered version ``model``); 503 with the reason when its model
+        cannot be loaded, 422 when no version has that name."""
+        if model is not None:
+            if self.engine == "tesseract":
+                raise RequestRefused(422, "this service reads with Tesseract (--engine tesseract): it has no model versions")
+            try:
+                return self.champions.named(model)
+            except OcrloopError as error:
+                raise RequestRefused(422 if "no model version" in str(error) else 503, str(error)) from None
         try:
             return self.champions.agent(business)
         except OcrloopError as error:

@@ -20,8 +20,11 @@ def models(service: ServiceDep) -> ModelsAnswer:
         promoted = sorted({p["business"] for p in registry.promotions()})
         champions = {business: registry.champion(business) for business in promoted}
         businesses = sorted(known_businesses(registry))
+        serving = set(champions.values())
+        unjudged = [r["name"] for r in rows if r["name"] not in serving and r["family"] != "base"]
     return ModelsAnswer(
         base_model=service.config.base_model,
+        challenger=unjudged[-1] if unjudged else None,
         champions={business_label(b): name for b, name in champions.items() if name},
         serving={business_label(b): name for b, name in service.champions.serving().items()},
         businesses=businesses,

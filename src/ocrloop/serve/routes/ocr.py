@@ -94,7 +94,7 @@ async def _read_document(service: Service, path: Path, suffix: str, options: Ocr
                              f"{'document' if suffix in PDF_SUFFIXES else 'image'}: {reason}")
     if info.pages > settings.max_pages:
         raise RequestRefused(413, f"document has {info.pages} pages, over the limit of {settings.max_pages} (serve.max_pages)")
-    agent = await asyncio.to_thread(service.agent, options.business)
+    agent = await asyncio.to_thread(service.agent, options.business, options.model)
     reading, _ = agent.settings(prompt=options.prompt, resolution=options.mode)  # unset: the model's own settings
     if agent.resolutions is not None and reading.resolution not in agent.resolutions:
         raise RequestRefused(422, f"mode {reading.resolution!r} is not available for {agent.model_name}; "
