@@ -406,6 +406,8 @@ def evaluate(
 def _read_pages(source: str, config: OcrloopConfig, data, examples, explicit: dict) -> list[str]:
     from ocrloop.evaluate.evaluator import read_source
 
+    if source != "tesseract":
+        notices.print(f"loading {source}", markup=False)  # loading a full-size model takes a while: say so first
     with _progress() as progress:
         task = progress.add_task(f"reading with {Path(source).name}", total=len(examples))
         texts, cached = read_source(source, config, data, examples, explicit,

@@ -31,7 +31,7 @@ from ocrloop.loop.triggers import Trigger, data_triggers, drift_trigger, schedul
 from ocrloop.models import MODEL_CARD, load_model, read_model_card
 from ocrloop.models.reading import ReadingSettings, resolve_reading
 from ocrloop.registry import Registry
-from ocrloop.registry.champions import Champion, base_model_name, serving_model
+from ocrloop.registry.champions import Champion, serving_model
 from ocrloop.registry.store import GENERAL
 from ocrloop.train.finetune import RUN_CARD, card_measurements, failure_message, train
 from ocrloop.workspace import Workspace
