@@ -129,7 +129,8 @@ def bench_ocr_command(settings: BenchOcrSettings | None = None) -> None:
 
     bench_ocr(settings.out, family=settings.family, size=settings.size, resolution=settings.resolution,
               batch_sizes=tuple(settings.batch_sizes), pages=settings.pages,
-              cache_implementation="static" if settings.cache == "static" else None, work=settings.work,
+              cache_implementation="static" if settings.cache == "static" else None,
+              tokens_per_page=settings.tokens_per_page, work=settings.work,
               progress=lambda line: notices.print(line, markup=False))
 
 

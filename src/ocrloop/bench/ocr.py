@@ -2,10 +2,11 @@
 
 A full-size (or tiny) architecture with random weights reads synthetic pages at a resolution
 mode. Random weights would stop at any length, so each page is made to generate as many tokens as
-its ground truth would take (characters / ``chars_per_token``); a batch runs as long as its longest
-page, as real batched generation does. Reported per batch size: pages/s, seconds per page (for
-batch 1, the latency of one page), generated tokens/s and peak VRAM. Random weights measure speed,
-never accuracy.
+its ground truth would take (characters / ``chars_per_token``), or exactly ``tokens_per_page``; a batch
+runs as long as its longest page, as real batched generation does. Reported per batch size: pages/s,
+seconds per page (for batch 1, the latency of one page), generated tokens/s and peak VRAM, and where one
+batch's time goes: the vision tower alone, prefill (a 1-token generation less the tower) and decode per
+token (the rest, over the remaining tokens). Random weights measure speed, never accuracy.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ocrloop.models import load_model
 def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "base",
               batch_sizes: tuple[int, ...] = (1, 8, 32), pages: int = 32, single_pages: int = 3,
               cache_implementation: str | None = "static", chars_per_token: float = 3.0,
-              work: Path = Path("/tmp/ocrloop-bench"), progress=print) -> dict[str, Any]:
+              tokens_per_page: int | None = None, work: Path = Path("/tmp/ocrloop-bench"), progress=print) -> dict[str, Any]:
     """Measure generation at each batch size on the same pages; write ``out`` (JSON) and return it.
 
     Batch size 1 reads ``single_pages`` pages (its rate is per page); larger sizes read ``pages`` pages.
@@ -42,21 +43,33 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
     results: dict[str, Any] = {
         "command": "ocrloop bench ocr", "workload": {
             "family": family, "size": size, "resolution": resolution, "cache_implementation": cache_implementation,
-            "chars_per_token": chars_per_token, "pages": len(images)},
+            "chars_per_token": chars_per_token, "tokens_per_page": tokens_per_page, "pages": len(images)},
         "host": platform.node(), "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__, **_versions()}, "batch_sizes": {},
     }
 
-    def read(chunk) -> tuple[float, int]:
-        tokens = max(math.ceil(len(example.text) / chars_per_token) for example, _ in chunk)
+    def timed(work) -> float:
         if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        bundle.generate([image for _, image in chunk], resolution=resolution, max_new_tokens=tokens, min_new_tokens=tokens,
-                        cache_implementation=cache_implementation)
+        work()
         if cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - started, tokens
+        return time.perf_counter() - started
+
+    def read(chunk, tokens: int | None = None) -> tuple[float, int]:
+        tokens = tokens or tokens_per_page or max(math.ceil(len(example.text) / chars_per_token) for example, _ in chunk)
+        seconds = timed(lambda: bundle.generate([image for _, image in chunk], resolution=resolution, max_new_tokens=tokens,
+                                                min_new_tokens=tokens, cache_implementation=cache_implementation))
+        return seconds, tokens
+
+    def split(chunk, tokens: int) -> dict[str, float]:
+        """Where one batch's time goes: the tower alone, prefill (1 token less the tower), decode per token."""
+        tower = _vision_seconds(bundle, [image for _, image in chunk], resolution, timed)
+        first, _ = read(chunk, 1)
+        whole, _ = read(chunk, tokens)
+        return {"vision_seconds": tower, "prefill_seconds": max(first - tower, 0.0),
+                "decode_seconds_per_token": (whole - first) / max(tokens - 1, 1), "batch_seconds": whole}
 
     for batch_size in batch_sizes:
         count = single_pages if batch_size == 1 else math.ceil(pages / batch_size) * batch_size
@@ -67,26 +80,47 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
             torch.cuda.reset_peak_memory_stats()
         try:
             read(chunks[0])  # warm-up: compilation and autotuning
-            timed = [read(chunk) for chunk in chunks[1:]]
+            read(chunks[0], 1)  # the 1-token shape compiles too
+            measured = [read(chunk) for chunk in chunks[1:]]
+            profile = split(chunks[1], measured[0][1])
         except torch.OutOfMemoryError as error:
             results["batch_sizes"][str(batch_size)] = {"status": "out of memory", "error": str(error).splitlines()[0]}
             torch.cuda.empty_cache()
             continue
-        seconds = sum(t for t, _ in timed)
-        read_pages = batch_size * len(timed)
-        generated = sum(tokens * batch_size for _, tokens in timed)
+        seconds = sum(t for t, _ in measured)
+        read_pages = batch_size * len(measured)
+        generated = sum(tokens * batch_size for _, tokens in measured)
         entry = {
             "status": "succeeded", "pages": read_pages, "seconds": seconds, "pages_per_second": read_pages / seconds,
-            "seconds_per_batch": seconds / len(timed), "generated_tokens_per_second": generated / seconds,
-            "mean_new_tokens_per_page": sum(tokens for _, tokens in timed) / len(timed),
-            "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "seconds_per_batch": seconds / len(measured), "generated_tokens_per_second": generated / seconds,
+            "mean_new_tokens_per_page": sum(tokens for _, tokens in measured) / len(measured),
+            "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None, "time_split": profile,
         }
         results["batch_sizes"][str(batch_size)] = entry
         progress(f"batch {batch_size}: {entry['pages_per_second']:.2f} pages/s, {entry['seconds_per_batch']:.2f} s per batch, "
-                 f"{entry['generated_tokens_per_second']:.0f} tokens/s")
+                 f"{entry['generated_tokens_per_second']:.0f} tokens/s; vision {profile['vision_seconds']:.3f} s, prefill "
+                 f"{profile['prefill_seconds']:.3f} s, decode {profile['decode_seconds_per_token'] * 1000:.1f} ms/token")
         atomic_write_json(out, results)
     atomic_write_json(out, results)
     return results
+
+
+@torch.no_grad()
+def _vision_seconds(bundle, images, resolution: str, timed) -> float:
+    """Seconds the vision tower (and projector) takes for ``images`` alone, as generation would run it."""
+    from ocrloop.models.base import collate, to_device
+    from ocrloop.models.feature_cache import image_feature_owner
+
+    owner = image_feature_owner(bundle)
+    if owner is None:
+        return float("nan")
+    encoded = [bundle.encode(image, "markdown", None, resolution) for image in images]
+    batch = to_device(collate(encoded, bundle.tokenizer.pad_token_id, family=bundle.family, tokenizer=bundle.tokenizer,
+                              dtype=bundle.dtype), bundle.device)
+    inputs = {key: batch[key] for key in bundle.family.feature_input_keys if key in batch}
+    with bundle.family.bounded_vision_memory(bundle.model):
+        owner.get_image_features(**inputs, return_dict=True)  # warm
+        return timed(lambda: owner.get_image_features(**inputs, return_dict=True))
 
 
 def _versions() -> dict[str, str]:

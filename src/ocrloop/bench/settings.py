@@ -44,6 +44,8 @@ class BenchOcrSettings(_Bench):
     batch_sizes: list[int] = Field([1, 8, 32], min_length=1, description="Batch sizes to measure.")
     pages: int = Field(32, ge=1, le=100_000, description="Pages read per batch size above 1.")
     cache: Literal["static", "dynamic"] = Field("static", description="KV cache: static (compiled decode) or dynamic.")
+    tokens_per_page: int | None = Field(None, ge=2, le=16_384, description="Make every page generate exactly this many "
+                                                                           "tokens (default: as many as its text takes).")
     work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint and pages.")
 
 
