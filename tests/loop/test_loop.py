@@ -129,10 +129,16 @@ def test_a_loop_killed_mid_training_is_retried_and_the_registry_stays_consistent
     (tmp_path / "ws/ocrloop.yaml").write_text(yaml.safe_dump(values))
     process = _loop_process(tmp_path / "ws")
     checkpoints = workspace.config.models_dir
+
+    def saved_steps() -> list[int]:
+        # Checkpoints rotate (save_total_limit): wait for any from step 2 on, not for checkpoint-2 itself.
+        return [int(p.name.rsplit("-", 1)[1]) for p in checkpoints.glob("*/checkpoints/checkpoint-*")
+                if p.name.rsplit("-", 1)[1].isdigit()]
+
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not list(checkpoints.glob("*/checkpoints/checkpoint-2")):
-        time.sleep(0.2)
-    assert list(checkpoints.glob("*/checkpoints/checkpoint-2")), process.communicate()[1][-2000:]
+    while time.monotonic() < deadline and not any(step >= 2 for step in saved_steps()) and process.poll() is None:
+        time.sleep(0.05)
+    assert any(step >= 2 for step in saved_steps()) and process.poll() is None, process.communicate()[1][-2000:]
     process.send_signal(signal.SIGKILL)
     process.wait()
     with Registry(workspace.config.registry_path) as registry:
