@@ -1,6 +1,6 @@
 """Command-line flags made from the configuration's pydantic fields: one source of truth per setting.
 
-``@config_flags("training", exclude=...)`` adds a ``--flag`` to a typer command for every field of that
+``@config_flags("training")`` adds a ``--flag`` to a typer command for every field of that
 section of ``OcrloopConfig``: its help is the field's description, its choices the field's ``Literal``
 values (listed in the help, checked by the model), a ``bool`` becomes ``--flag/--no-flag`` and a list of choices a comma-separated value. The command
 receives the flags that were given as ``overrides`` (``{"training.epochs": 1.0}``), ready for
@@ -124,23 +124,21 @@ def settings_flags(model: type[BaseModel]) -> Callable[[Callable], Callable]:
             raise OcrloopError(f"{flag}: {first['msg']}") from None
 
     def decorate(command: Callable) -> Callable:
-        wrapper = _rewrapped(command, _generated(model, prefix, fields, None, lambda f: "", show_defaults=True), "settings",
-                             collect)
-        wrapper.__settings_model__ = model
-        return wrapper
+        return _rewrapped(command, _generated(model, prefix, fields, None, lambda f: "", show_defaults=True), "settings",
+                          collect)
 
     return decorate
 
 
-def config_flags(section: str, *, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (),
+def config_flags(section: str, *, only: tuple[str, ...] | None = None,
                  names: dict[str, tuple[str, ...]] | None = None) -> Callable[[Callable], Callable]:
-    """Give a typer command one flag per field of ``section`` (or just ``only`` those), minus ``exclude``.
+    """Give a typer command one flag per field of ``section`` (or just ``only`` those).
 
     ``names`` gives a field other flag names (``{"base_model": ("--model",)}``). The command must take
     ``overrides: dict``; it receives ``{"section.field": value}`` for each flag given.
     """
     model = section_model(section)
-    fields = [name for name in model.model_fields if (only is None or name in only) and name not in exclude]
+    fields = [name for name in model.model_fields if only is None or name in only]
 
     def collect(given: dict) -> dict:
         overrides = {}

@@ -30,10 +30,10 @@ class Workspace:
 
 def known_businesses(config: OcrloopConfig) -> set[str]:
     """Every business the workspace knows: named in its dataset's annotations, or seen by its registry."""
-    from ocrloop.registry.champions import known_businesses as registered
+    from ocrloop.registry.champions import registered_businesses
 
     with Registry(config.registry_path) as registry:
-        known = registered(registry)
+        known = registered_businesses(registry)
     if config.dataset_dir.is_dir():
         known |= {record.business for record in read_records(config.dataset_dir)[0]}
     return known

@@ -112,12 +112,7 @@ def _inspect_image(path: Path, digest: str, data: DataConfig) -> tuple[FileInfo 
         return None, f"unreadable: {error}"
     with image:
         width, height = image.size
-        if width * height > data.max_image_pixels:
-            return None, (
-                f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                f"{data.max_image_pixels} (data.max_image_pixels)"
-            )
-        if reason := page_shape_problem(width, height, data):
+        if reason := page_size_problem(width, height, data):
             return None, f"image {reason}"
         try:
             image.load()
@@ -129,12 +124,11 @@ def _inspect_image(path: Path, digest: str, data: DataConfig) -> tuple[FileInfo 
     return FileInfo(digest, "image", [(width, height)], orientation), None
 
 
-def page_shape_problem(width: int, height: int, data: DataConfig) -> str | None:
-    """Why a page of ``width`` x ``height`` pixels cannot be read by the models, or None.
-
-    Vision processors refuse or collapse extreme shapes (Qwen2.5-VL raises above 200:1; a 1-pixel side
-    resizes to nothing), so such pages are refused here, by name, before they reach a model.
-    """
+def page_size_problem(width: int, height: int, data: DataConfig) -> str | None:
+    """Why a page of ``width`` x ``height`` pixels is refused, or None: over ``data.max_image_pixels``, or a shape
+    the models cannot take (Qwen2.5-VL's processor raises above 200:1; a 1-pixel side resizes to nothing)."""
+    if width * height > data.max_image_pixels:
+        return f"is {width}x{height} = {width * height} pixels, over the limit of {data.max_image_pixels} (data.max_image_pixels)"
     if min(width, height) < data.min_page_side:
         return f"is {width}x{height} pixels: a side is under data.min_page_side ({data.min_page_side} px)"
     ratio = max(width, height) / min(width, height)
@@ -163,12 +157,7 @@ def _inspect_pdf(path: Path, digest: str, data: DataConfig) -> tuple[FileInfo | 
             sizes = []
             for index in range(len(document)):
                 width, height = _pdf_page_pixels(document[index], data.pdf_dpi)
-                if width * height > data.max_image_pixels:
-                    return None, (
-                        f"page {index + 1} is {width}x{height} pixels at {data.pdf_dpi} dpi, over the limit "
-                        f"of {data.max_image_pixels}; lower data.pdf_dpi"
-                    )
-                if reason := page_shape_problem(width, height, data):
+                if reason := page_size_problem(width, height, data):
                     return None, f"page {index + 1} {reason} at {data.pdf_dpi} dpi"
                 sizes.append((width, height))
             return FileInfo(digest, "pdf", sizes), None
@@ -186,9 +175,7 @@ def load_page(path: Path, page: int, data: DataConfig) -> Image.Image:
     try:
         image = _open_image_header(path, data)
         with image:
-            if image.size[0] * image.size[1] > data.max_image_pixels:
-                raise DatasetError(f"{path}: image is over the pixel limit of {data.max_image_pixels}")
-            if reason := page_shape_problem(*image.size, data):
+            if reason := page_size_problem(*image.size, data):
                 raise DatasetError(f"{path}: image {reason}")
             image.load()
             # Phones store portrait scans as rotated landscape plus an EXIF tag; models must see them upright.
@@ -208,10 +195,8 @@ def _render_pdf_page(path: Path, page: int, data: DataConfig) -> Image.Image:
             if not 0 <= page < len(document):
                 raise DatasetError(f"{path}: page {page + 1} does not exist ({len(document)} pages)")
             width, height = _pdf_page_pixels(document[page], data.pdf_dpi)
-            if width * height > data.max_image_pixels:
-                raise DatasetError(f"{path}: page {page + 1} is over the pixel limit at {data.pdf_dpi} dpi")
-            if reason := page_shape_problem(width, height, data):
-                raise DatasetError(f"{path}: page {page + 1} {reason}")
+            if reason := page_size_problem(width, height, data):
+                raise DatasetError(f"{path}: page {page + 1} {reason} at {data.pdf_dpi} dpi")
             bitmap = document[page].render(scale=data.pdf_dpi / 72)
             return bitmap.to_pil().convert("RGB")  # a copy: the bitmap's buffer is freed with the document
         except pypdfium2.PdfiumError as error:

@@ -40,7 +40,7 @@ def registered_name(registry: Registry, model: str) -> str:
     return next((row["name"] for row in registry.models() if row["path"] == resolved), model)
 
 
-def known_businesses(registry: Registry) -> set[str]:
+def registered_businesses(registry: Registry) -> set[str]:
     """Every business the registry has seen: in its models, its promotions, or its latest dataset snapshot."""
     known = {row["business"] for row in registry.models()} | {row["business"] for row in registry.promotions()}
     datasets = registry.datasets()

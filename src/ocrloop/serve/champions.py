@@ -15,7 +15,7 @@ from typing import Callable
 from ocrloop.agent import OCRAgent
 from ocrloop.config import OcrloopConfig
 from ocrloop.errors import OcrloopError
-from ocrloop.registry.champions import Champion, serving_model
+from ocrloop.registry.champions import serving_model
 from ocrloop.models import load_model
 from ocrloop.registry.store import GENERAL, Registry
 
@@ -23,12 +23,15 @@ log = logging.getLogger("ocrloop.serve")
 NAMED_KEPT = 2  # model versions asked for by name (challengers) kept loaded beside the champions
 
 
+class UnknownModelVersion(OcrloopError):
+    """A model version asked for by name that the registry does not have."""
+
+
 class ChampionModels:
     """Loaded champions by business key (``GENERAL`` for requests that name none)."""
 
-    def __init__(self, config: OcrloopConfig, engine: str = "model", on_swap: Callable[[str, str, str], None] | None = None):
+    def __init__(self, config: OcrloopConfig, on_swap: Callable[[str, str, str], None] | None = None):
         self.config = config
-        self.engine = engine  # "tesseract": every business is read by Tesseract, no registry involved
         self.on_swap = on_swap  # called with (business key, old model, new model)
         self._serving: dict[str, OCRAgent] = {}
         self._named: dict[str, OCRAgent] = {}
@@ -37,14 +40,10 @@ class ChampionModels:
         self._watcher: threading.Thread | None = None
 
     def _resolve(self, key: str):
-        if self.engine == "tesseract":
-            return Champion("tesseract", "", key)
         with Registry(self.config.registry_path) as registry:
             return serving_model(registry, self.config.base_model, None if key == GENERAL else key)
 
     def _load(self, name: str, path: str) -> OCRAgent:
-        if self.engine == "tesseract":
-            return next(iter(self._serving.values()), None) or OCRAgent.tesseract(self.config)
         for agent in [*self._serving.values(), *self._named.values()]:
             if agent.model_name == name:
                 return agent
@@ -72,7 +71,7 @@ class ChampionModels:
                 with Registry(self.config.registry_path) as registry:
                     row = registry.model(name)
                 if row is None:
-                    raise OcrloopError(f"no model version named {name!r}; see GET /v1/models")
+                    raise UnknownModelVersion(f"no model version named {name!r}; see GET /v1/models")
                 agent = self._load(name, row["path"])
             self._named[name] = agent  # most recently used last
             while len(self._named) > NAMED_KEPT:
@@ -85,8 +84,6 @@ class ChampionModels:
 
     def check(self) -> None:
         """Swap in any champion promoted since the last check (loaded before it is swapped in)."""
-        if self.engine == "tesseract":
-            return
         for key in list(self._serving):
             champion = self._resolve(key)
             current = self._serving[key]

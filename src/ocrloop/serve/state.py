@@ -16,7 +16,7 @@ from ocrloop.agent import OCRAgent
 from ocrloop.config import DataConfig, OcrloopConfig
 from ocrloop.errors import OcrloopError
 from ocrloop.serve.batcher import PageBatcher
-from ocrloop.serve.champions import ChampionModels
+from ocrloop.serve.champions import ChampionModels, UnknownModelVersion
 from ocrloop.serve.metrics import ServiceMetrics
 from ocrloop.workspace import known_businesses
 
@@ -58,14 +58,17 @@ class Service:
     def __post_init__(self):
         settings = self.config.serve
         self.metrics = ServiceMetrics(self.config.registry_path, self.config.base_model)
-        self.champions = ChampionModels(self.config, engine=self.engine, on_swap=lambda *_: self.metrics.model_swaps.inc())
+        self.champions = ChampionModels(self.config, on_swap=lambda *_: self.metrics.model_swaps.inc())
+        # --engine tesseract: one reader for every business, no registry to watch, no model versions.
+        self.tesseract = OCRAgent.tesseract(self.config) if self.engine == "tesseract" else None
         self.batcher = PageBatcher(settings.max_batch_pages, settings.batch_wait_ms / 1000, on_batch=self.metrics.batch_pages.observe)
         self.page_limits = self.config.data.model_copy(update={"max_image_pixels": settings.max_image_pixels,
                                                                "max_file_bytes": settings.max_upload_bytes})
 
     def start(self) -> None:
         """Watch the registry for new champions; load the general model and read one page, off the event loop."""
-        self.champions.start_watching(self.config.serve.champion_check_seconds)
+        if self.tesseract is None:
+            self.champions.start_watching(self.config.serve.champion_check_seconds)
         threading.Thread(target=self._warm_up, name="ocrloop-warm-up", daemon=True).start()
 
     def stop(self) -> None:
@@ -74,7 +77,7 @@ class Service:
 
     def _warm_up(self) -> None:
         try:
-            agent = self.champions.agent(None)
+            agent = self.tesseract or self.champions.agent(None)
             started = time.perf_counter()
             self.batcher.submit(agent, Image.new("RGB", (256, 256), "white"), agent.reading.prompt,
                                 agent.reading.resolution).result()
@@ -87,13 +90,17 @@ class Service:
     def agent(self, business: str | None, model: str | None = None) -> OCRAgent:
         """The agent serving ``business`` (or the registered version ``model``); 503 with the reason when its model
         cannot be loaded, 422 when no version has that name."""
-        if model is not None:
-            if self.engine == "tesseract":
+        if self.tesseract is not None:
+            if model is not None:
                 raise RequestRefused(422, "this service reads with Tesseract (--engine tesseract): it has no model versions")
+            return self.tesseract
+        if model is not None:
             try:
                 return self.champions.named(model)
+            except UnknownModelVersion as error:
+                raise RequestRefused(422, str(error)) from None
             except OcrloopError as error:
-                raise RequestRefused(422 if "no model version" in str(error) else 503, str(error)) from None
+                raise RequestRefused(503, str(error)) from None
         try:
             return self.champions.agent(business)
         except OcrloopError as error:

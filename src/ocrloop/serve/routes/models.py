@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ocrloop.registry import Registry
-from ocrloop.registry.champions import known_businesses
 from ocrloop.registry.store import business_label
 from ocrloop.serve.schemas import ModelsAnswer, ModelVersion
 from ocrloop.serve.state import ServiceDep
+from ocrloop.workspace import known_businesses
 
 router = APIRouter(tags=["models"])
 
@@ -19,7 +19,6 @@ def models(service: ServiceDep) -> ModelsAnswer:
         rows = registry.models()
         promoted = sorted({p["business"] for p in registry.promotions()})
         champions = {business: registry.champion(business) for business in promoted}
-        businesses = sorted(known_businesses(registry))
         serving = set(champions.values())
         unjudged = [r["name"] for r in rows if r["name"] not in serving and r["family"] != "base"]
     return ModelsAnswer(
@@ -27,7 +26,7 @@ def models(service: ServiceDep) -> ModelsAnswer:
         challenger=unjudged[-1] if unjudged else None,
         champions={business_label(b): name for b, name in champions.items() if name},
         serving={business_label(b): name for b, name in service.champions.serving().items()},
-        businesses=businesses,
+        businesses=sorted(known_businesses(service.config)),  # the same set requests are checked against
         versions=[ModelVersion(name=r["name"], family=r["family"], business=r["business"], created_at=r["created_at"],
                                base_model=r["base_model"]) for r in rows],
     )

@@ -19,6 +19,7 @@ from fastapi.responses import PlainTextResponse
 from ocrloop.agent import OCRAgent
 from ocrloop.data.files import PDF_SUFFIXES, SUPPORTED_SUFFIXES, detect_format, inspect_file, load_page
 from ocrloop.errors import OcrloopError
+from ocrloop.models.reading import ReadingSettings
 from ocrloop.pii import PiiRejected
 from ocrloop.registry.store import GENERAL_NAME, business_label
 from ocrloop.serve.schemas import ErrorAnswer, OcrAnswer, OcrForm, OcrOptions, PageAnswer
@@ -49,8 +50,8 @@ async def ocr(request: Request, service: ServiceDep, query: Annotated[OcrOptions
         with tempfile.TemporaryDirectory(prefix="ocrloop-upload-") as scratch:
             path = Path(scratch) / f"upload{suffix}"
             await asyncio.to_thread(path.write_bytes, body)
-            agent, pages = await _read_document(service, path, suffix, options)
-        answer = _answer(service, agent, request, options, pages, time.perf_counter() - started)
+            agent, reading, pages = await _read_document(service, path, suffix, options)
+        answer = _answer(service, agent, reading, request, options, pages, time.perf_counter() - started)
     if options.format == "md":
         return PlainTextResponse(answer.text + "\n", media_type="text/markdown; charset=utf-8", headers={
             "X-Ocrloop-Model": answer.model, "X-Ocrloop-Pages": str(len(answer.pages)), "X-Ocrloop-Seconds": f"{answer.seconds:.3f}"})
@@ -85,8 +86,10 @@ def _document_format(body: bytes, declared: str) -> str:
     raise RequestRefused(415, f"unsupported format {declared or '(unknown)'}; send one of {supported}")
 
 
-async def _read_document(service: Service, path: Path, suffix: str, options: OcrOptions) -> tuple[OCRAgent, list[tuple]]:
-    """The agent that read the document, and ``((width, height), text, seconds)`` per page, in order."""
+async def _read_document(service: Service, path: Path, suffix: str,
+                         options: OcrOptions) -> tuple[OCRAgent, ReadingSettings, list[tuple]]:
+    """The agent that read the document, the settings it read with, and ``((width, height), text, seconds)`` per
+    page, in order."""
     settings = service.config.serve
     info, reason = await asyncio.to_thread(inspect_file, path, service.page_limits)
     if reason:
@@ -119,11 +122,11 @@ async def _read_document(service: Service, path: Path, suffix: str, options: Ocr
             raise outcome
     for started in submitted:
         service.metrics.page_latency.observe(done - started)
-    return agent, [(size, text, done - started) for size, text, started in zip(sizes, outcomes, submitted)]
+    return agent, reading, [(size, text, done - started) for size, text, started in zip(sizes, outcomes, submitted)]
 
 
-def _answer(service: Service, agent: OCRAgent, request: Request, options: OcrOptions, pages: list[tuple],
-            seconds: float) -> OcrAnswer:
+def _answer(service: Service, agent: OCRAgent, reading: ReadingSettings, request: Request, options: OcrOptions,
+            pages: list[tuple], seconds: float) -> OcrAnswer:
     policy = options.pii_policy or service.config.serve.pii_policy
     answers, pii = [], {}
     for index, ((width, height), text, page_seconds) in enumerate(pages):
@@ -138,7 +141,6 @@ def _answer(service: Service, agent: OCRAgent, request: Request, options: OcrOpt
             pii[kind] = pii.get(kind, 0) + count
         answers.append(PageAnswer(page=index + 1, width=width, height=height, text=shown, seconds=round(page_seconds, 4)))
     service.metrics.pages.labels(business_label(options.business)).inc(len(answers))
-    reading = agent.settings(prompt=options.prompt, resolution=options.mode)[0]
     return OcrAnswer(request_id=request.state.request_id, model=agent.model_name, business=options.business,
                      prompt=reading.prompt, mode=reading.resolution, pages=answers,
                      text="\n\n".join(page.text for page in answers), pii=pii, pii_policy=policy, seconds=round(seconds, 4))
