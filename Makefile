@@ -5,16 +5,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-workspace
 
-SYSTEM_PACKAGES := prometheus tesseract-ocr chromium chromium-driver
+SYSTEM_PACKAGES := prometheus tesseract-ocr chromium chromium-driver fonts-liberation2 fonts-freefont-ttf
 
 .PHONY: demo test venv clean system-packages
 
 venv: $(STAMP)
 
-# Real Prometheus (scrape test), Tesseract (the OCR yardstick) and headless Chromium (the web page's test)
-# come from Debian; installed once.
+# Real Prometheus (scrape test), Tesseract (the OCR yardstick), headless Chromium (the web page's test) and
+# free font families for synthetic pages come from Debian; installed once.
 system-packages:
-	@command -v prometheus >/dev/null && command -v tesseract >/dev/null && command -v chromedriver >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v tesseract >/dev/null && command -v chromedriver >/dev/null && \
+	  [ -d /usr/share/fonts/truetype/liberation2 ] && [ -d /usr/share/fonts/truetype/freefont ] || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }
 

@@ -109,6 +109,9 @@ class TrainingConfig(_Section):
     feature_cache_device_bytes: int = Field(
         4 * 2**30, ge=0, le=2**50, description="Cached features kept on the GPU; the rest are read from disk ahead of each step."
     )
+    float32_weights: bool = Field(
+        False, description="Keep the trained weights in float32 on the GPU (bf16 only inside the step). For full "
+                           "fine-tuning from scratch: bf16 weights round small updates away.")
     optimizer: Literal["auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit"] = Field(
         "auto", description="auto: 8-bit AdamW on CUDA when bitsandbytes is installed, else AdamW. adamw_torch_fused: one "
                             "kernel for all parameters (CUDA), for full fine-tuning of small models."

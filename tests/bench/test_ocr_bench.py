@@ -19,3 +19,26 @@ def test_bench_ocr_forces_page_lengths_and_splits_the_time(tmp_path):
         split = entry["time_split"]
         assert set(split) == {"vision_seconds", "prefill_seconds", "decode_seconds_per_token", "batch_seconds"}
         assert all(isinstance(value, float) and math.isfinite(value) for value in split.values())
+
+
+def test_experts_kept_on_grouped_gemms_read_the_same_text(tiny_presets):
+    """``--experts grouped_mm`` changes how MoE experts are computed while decoding, never what is read."""
+    from PIL import Image
+
+    from ocrloop.bench.ocr import KEPT_GROUPED_MM, keep_grouped_mm
+    from ocrloop.data.synth import SynthOptions, generate_documents
+    from ocrloop.models import load_model
+
+    bundle = load_model("tiny-deepseek-ocr-2", backend="hf")
+    pages = [d.pages[0] for d in generate_documents(SynthOptions(n=3, categories=("receipt",), scale=0.4, seed=2))]
+    pages.append(Image.new("RGB", (120, 300), "white"))
+    default = bundle.generate(pages, prompt="ocr", resolution="small", max_new_tokens=12)
+    keep_grouped_mm(bundle.model)
+    assert set(bundle.model.get_experts_implementation().values()) == {KEPT_GROUPED_MM}
+    assert bundle.generate(pages, prompt="ocr", resolution="small", max_new_tokens=12) == default
+    assert [bundle.generate([page], prompt="ocr", resolution="small", max_new_tokens=12)[0] for page in pages] == default
+
+
+def test_grouped_experts_with_the_static_cache_are_refused_in_one_line(tmp_path):
+    result = run_cli("bench", "ocr", "--out", str(tmp_path / "x.json"), "--size", "tiny", "--experts", "grouped_mm")
+    assert result.returncode != 0 and "add --cache dynamic" in result.stderr and "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
 import hashlib
+import pytest
 
 from ocrloop.data.dataset import Dataset
 from ocrloop.data.synth import SynthOptions, generate_documents, write_document
@@ -56,3 +57,27 @@ def test_parallel_rendering_is_deterministic_per_seed_and_workers(tmp_path):
 
     assert render("a") == render("b")
     assert Dataset.open(tmp_path / "a", DataConfig(pdf_dpi=40)).errors == []
+
+
+def test_photo_style_pages_are_low_quality_jpegs_that_stay_legible(tmp_path):
+    import numpy as np
+    import pytesseract
+    from PIL import Image
+
+    from ocrloop.evaluate.metrics import Normalization, character_error_rate
+
+    options = SynthOptions(n=4, categories=("receipt", "invoice"), seed=9, style="photo", fit_to_content=True)
+    documents = generate_documents(options)
+    again = generate_documents(options)
+    rates = []
+    for document, twin in zip(documents, again):
+        assert document.is_jpeg and 20 <= document.jpeg_quality <= 35
+        assert np.array_equal(np.asarray(document.pages[0]), np.asarray(twin.pages[0]))  # same seed, same photo
+        path = write_document(document, tmp_path)
+        assert Image.open(path).format == "JPEG"
+        rates.append(character_error_rate(document.texts[0], pytesseract.image_to_string(Image.open(path)),
+                                          Normalization(strip_markdown=True)))
+    # Hard for a classic engine, yet not destroyed: Tesseract still recovers a good part of every page.
+    assert 0.1 < sum(rates) / len(rates) < 0.75 and max(rates) < 0.9
+    with pytest.raises(ValueError, match="unknown style"):
+        SynthOptions(style="painting")

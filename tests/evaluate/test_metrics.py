@@ -77,3 +77,15 @@ def test_empty_group_is_zero_not_a_crash():
     empty = GroupMetrics()
     assert (empty.cer, empty.macro_cer, empty.accuracy) == (0.0, 0.0, 1.0)
     assert score_page("", "").character_error_rate == 0.0
+
+
+def test_median_page_cer_and_normalized_edit_distance_bounded_by_one():
+    pairs = [ScoredPair("abcd", "abcd"), ScoredPair("abcd", "abce"), ScoredPair("ab", "ab" + "x" * 8)]
+    overall = evaluate_pairs(pairs).overall
+    assert overall.median_cer == pytest.approx(0.25)  # page CERs 0, 0.25, 4.0
+    assert overall.macro_cer == pytest.approx((0 + 0.25 + 4.0) / 3)
+    # NED divides by the longer text: 8 insertions over 10 characters, not over 2
+    assert overall.normalized_edit_distance == pytest.approx((0 + 0.25 + 0.8) / 3)
+    assert score_page("ab", "ab" + "x" * 8).normalized_edit_distance <= 1.0
+    assert set(overall.to_json()) >= {"median_cer", "normalized_edit_distance"}
+    assert GroupMetrics().median_cer == 0.0

@@ -50,3 +50,14 @@ def test_packed_vision_attention_gives_the_per_window_features(qwen, sizes):
         finally:
             config._attn_implementation_internal = PACKED_SDPA
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(packed, per_window))
+
+
+@pytest.mark.parametrize("size", [(448, 112), (300, 200), (1000, 700), (3000, 2000), (50, 40), (28, 4000)])
+@pytest.mark.parametrize("resolution", ["tiny", "base"])
+def test_length_counted_from_the_page_size_equals_the_encoded_length(qwen, size, resolution):
+    """The page check counts tokens from page sizes without decoding (``encoded_length``); it must agree with
+    ``encode`` for pages that are resized down, up, or not at all."""
+    (image,) = _images([size])
+    encoded = qwen.encode(image, "ocr", "Total: $12.50\n**Date:** 2025-01-01", resolution)
+    counted = qwen.family.encoded_length(qwen, *size, "ocr", "Total: $12.50\n**Date:** 2025-01-01", resolution)
+    assert counted == (len(encoded), encoded.image_tokens)

@@ -153,6 +153,13 @@ def plot_curve(results: dict[str, Any], png: Path) -> Path:
     workload = results["workload"]
     fig.suptitle(f"{workload['family']} {workload['size']} from scratch, {workload['train_pages']} pages; "
                  f"{workload['heldout_pages']} held-out pages", fontsize=10)
+    return save_figure(fig, png)
+
+
+def save_figure(fig, png: Path) -> Path:
+    """Lay out, write and close a benchmark's figure; return where it went."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)

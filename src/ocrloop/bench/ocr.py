@@ -28,21 +28,28 @@ from ocrloop.models import load_model
 def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "base",
               batch_sizes: tuple[int, ...] = (1, 8, 32), pages: int = 32, single_pages: int = 3,
               cache_implementation: str | None = "static", chars_per_token: float = 3.0,
-              tokens_per_page: int | None = None, work: Path = Path("/tmp/ocrloop-bench"), progress=print) -> dict[str, Any]:
+              tokens_per_page: int | None = None, profile_tokens: int = 0, experts: str = "default",
+              work: Path = Path("/tmp/ocrloop-bench"), progress=print) -> dict[str, Any]:
     """Measure generation at each batch size on the same pages; write ``out`` (JSON) and return it.
 
     Batch size 1 reads ``single_pages`` pages (its rate is per page); larger sizes read ``pages`` pages.
-    The first batch of each size is a warm-up (compilation) and is not timed."""
+    The first batch of each size is a warm-up (compilation) and is not timed. With ``profile_tokens``, one more
+    generation of that many tokens per batch size runs under the profiler (CUDA): the GPU-busy share of its wall
+    time, kernels per token and the most expensive operations, after the timed reads. ``experts="grouped_mm"`` keeps
+    MoE experts on grouped GEMMs while decoding (see ``keep_grouped_mm``)."""
     workspace, checkpoint = prepare(work, family, size, pages + 8, ("receipt", "invoice", "tax_form"))
     dataset = Dataset.open(workspace.config.dataset_dir, workspace.config.data)
     examples = dataset.examples("train")
     bundle = load_model(str(checkpoint), backend="hf")
     bundle.model.eval()
+    if experts == "grouped_mm":
+        keep_grouped_mm(bundle.model)
     images = [(example, image) for example, image in dataset.iter_images(examples)]
     cuda = torch.cuda.is_available()
     results: dict[str, Any] = {
         "command": "ocrloop bench ocr", "workload": {
             "family": family, "size": size, "resolution": resolution, "cache_implementation": cache_implementation,
+            "experts": experts,
             "chars_per_token": chars_per_token, "tokens_per_page": tokens_per_page, "pages": len(images)},
         "host": platform.node(), "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__, **_versions()}, "batch_sizes": {},
@@ -96,6 +103,8 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
             "mean_new_tokens_per_page": sum(tokens for _, tokens in measured) / len(measured),
             "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None, "time_split": profile,
         }
+        if profile_tokens and cuda:
+            entry["profile"] = _profiled(lambda: read(chunks[1], profile_tokens), profile_tokens)
         results["batch_sizes"][str(batch_size)] = entry
         progress(f"batch {batch_size}: {entry['pages_per_second']:.2f} pages/s, {entry['seconds_per_batch']:.2f} s per batch, "
                  f"{entry['generated_tokens_per_second']:.0f} tokens/s; vision {profile['vision_seconds']:.3f} s, prefill "
@@ -103,6 +112,20 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
         atomic_write_json(out, results)
     atomic_write_json(out, results)
     return results
+
+
+KEPT_GROUPED_MM = "ocrloop_grouped_mm"
+
+
+def keep_grouped_mm(model) -> None:
+    """Run ``model``'s MoE experts on grouped GEMMs in decoding too. On a GPU, transformers' ``generate`` switches a
+    ``grouped_mm`` model to ``batched_mm`` while decoding, which copies each chosen expert's weights for every
+    token: cheap for a few tokens, gigabytes per layer at batch 64. The same grouped-GEMM function registered
+    under another name is left alone. Not CUDA-graph compatible: use the dynamic cache."""
+    from transformers.integrations import moe
+
+    moe.ALL_EXPERTS_FUNCTIONS.register(KEPT_GROUPED_MM, moe.grouped_mm_experts_forward)
+    model.set_experts_implementation(KEPT_GROUPED_MM)
 
 
 @torch.no_grad()
@@ -121,6 +144,24 @@ def _vision_seconds(bundle, images, resolution: str, timed) -> float:
     with bundle.family.bounded_vision_memory(bundle.model):
         owner.get_image_features(**inputs, return_dict=True)  # warm
         return timed(lambda: owner.get_image_features(**inputs, return_dict=True))
+
+
+def _profiled(generate, tokens: int) -> dict[str, Any]:
+    """``generate()`` under the profiler: its GPU-busy share, kernels per generated token, top operations."""
+    from ocrloop.bench.lines import summarize_profile
+
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        generate()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    summary = summarize_profile(profile, wall, tokens)
+    summary["tokens"] = summary.pop("steps")
+    summary["seconds_per_token"] = summary.pop("seconds_per_step")
+    summary["kernels_per_token"] = summary.pop("kernels_per_step")
+    return summary
 
 
 def _versions() -> dict[str, str]:

@@ -46,6 +46,11 @@ class BenchOcrSettings(_Bench):
     cache: Literal["static", "dynamic"] = Field("static", description="KV cache: static (compiled decode) or dynamic.")
     tokens_per_page: int | None = Field(None, ge=2, le=16_384, description="Make every page generate exactly this many "
                                                                            "tokens (default: as many as its text takes).")
+    experts: Literal["default", "grouped_mm"] = Field(
+        "default", description="MoE experts: default (transformers: batched_mm while decoding on a GPU) or grouped_mm "
+                               "(grouped GEMMs while decoding too; with --cache dynamic).")
+    profile_tokens: int = Field(0, ge=0, le=4096, description="Also profile one generation of this many tokens per batch "
+                                                             "size (CUDA): GPU-busy share, kernels per token, top ops.")
     work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint and pages.")
 
 
@@ -86,5 +91,29 @@ class BenchLearnSettings(_Bench):
     scale: float = Field(0.6, gt=0, le=4, description="Page scale of the synthetic documents (1.0: 850x1100 px).")
     workers: int = Field(8, ge=1, le=256, description="Processes rendering the training documents.")
     work: Path = Field(Path("/tmp/ocrloop-learn"), description="Scratch folder for pages, checkpoint and run.")
+    add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "
+                                                   "was missing).")
+
+
+class BenchPretrainSettings(_Bench):
+    out: Path = Field(description="JSON file to write (the plot goes beside it as .png).")
+    size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset trained from scratch: small or tiny.")
+    lessons: list[int] = Field([30_000, 30_000, 12_000, 6_000], min_length=4, max_length=4,
+                               description="Distinct lessons per stage: glyphs, lines, blocks, pages.")
+    steps: list[int] = Field([600, 500, 300, 300], min_length=4, max_length=4, description="Optimizer steps per stage.")
+    batch_sizes: list[int] = Field([256, 256, 128, 64], min_length=4, max_length=4, description="Lessons per step, per stage.")
+    learning_rates: list[float] = Field([1e-3, 1e-3, 5e-4, 3e-4], min_length=4, max_length=4,
+                                        description="Peak learning rate per stage (warm-up, then linear decay).")
+    max_new_tokens: list[int] = Field([12, 40, 160, 320], min_length=4, max_length=4,
+                                      description="Longest reading per stage's held-out lessons.")
+    heldout: int = Field(64, ge=1, le=100_000, description="Held-out lessons per stage and held-out pages (seeds never "
+                                                          "trained on).")
+    categories: list[Category] = Field(["receipt", "invoice"], description="Document categories of blocks and pages.")
+    resolution: Resolution = Field("base", description="Resolution mode of every stage (base: no page is resized).")
+    evals_per_stage: int = Field(4, ge=1, le=1000, description="Held-out reads per stage (the curve's points).")
+    workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
+    render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the lessons.")
+    save_model: Path | None = Field(None, description="Also copy the final reader here, weights in bfloat16.")
+    work: Path = Field(Path("/tmp/ocrloop-pretrain"), description="Scratch folder for lessons, checkpoint and runs.")
     add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "
                                                    "was missing).")

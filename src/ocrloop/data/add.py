@@ -10,13 +10,14 @@ and temporary files it did leave are named by the journal and removed by the nex
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ocrloop.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from ocrloop.config import SPLITS, DataConfig
-from ocrloop.data.dataset import Dataset
+from ocrloop.data.dataset import Dataset, map_in_threads
 from ocrloop.data.files import inspect_file
 from ocrloop.data.formats import (ANNOTATIONS_JSON, ANNOTATIONS_JSONL, encoding_problem, find_annotation_files,
                                   read_records, record_to_entry)
@@ -90,8 +91,8 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
 
         checked: list[tuple[IncomingDocument, str]] = []
         refused: list[str] = []
-        for document in documents:
-            digest, reason = _check_incoming(document, data)
+        workers = min(8, os.cpu_count() or 1)  # checking decodes every file: threads (decoding releases the GIL)
+        for document, (digest, reason) in zip(documents, map_in_threads(lambda d: _check_incoming(d, data), documents, workers)):
             if reason:
                 raise DatasetError(f"{document.path}: {reason}")
             if digest in known:
@@ -107,8 +108,8 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
             added.append(DocumentRecord(source, document.texts, document.split, document.category.strip().lower(), document.business.strip().lower(), source))
         if added:
             atomic_write_json(root / JOURNAL_NAME, [record.source for record in added])
-            for (document, _), record in zip(checked, added):
-                atomic_copy(document.path, root / record.source)
+            for _ in map_in_threads(lambda pair: atomic_copy(pair[0][0].path, root / pair[1].source), list(zip(checked, added)), workers):
+                pass
             _append_entries(annotation_path, [record_to_entry(r) for r in added])
             (root / JOURNAL_NAME).unlink()
         return AddResult(added, refused, cleaned)

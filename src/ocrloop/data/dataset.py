@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -127,16 +128,22 @@ class Dataset:
         good_records: list[DocumentRecord] = []
         files: dict[str, FileInfo] = {}
         seen_sources: dict[str, str] = {}
+        located: list[tuple[DocumentRecord, Path | None, Problem | None]] = []
         for record in records:
             if record.source in seen_sources:
-                problems.append(Problem(record.location, f"{record.source} is already listed at {seen_sources[record.source]}"))
+                located.append((record, None, Problem(record.location, f"{record.source} is already listed at {seen_sources[record.source]}")))
                 continue
             seen_sources[record.source] = record.location
             path, reason = resolve_inside(root, record.source)
-            if reason:
-                problems.append(Problem(f"{record.location}.image", f"{record.source}: {reason}"))
+            located.append((record, path, Problem(f"{record.location}.image", f"{record.source}: {reason}") if reason else None))
+        # Inspecting decodes every file (hash, header, pixels): threads, since decoding and hashing release the GIL.
+        paths = [path for _, path, problem in located if problem is None]
+        inspected = iter(map_in_threads(lambda path: inspect_file(path, data), paths, workers=min(8, os.cpu_count() or 1)))
+        for record, path, problem in located:
+            if problem is not None:
+                problems.append(problem)
                 continue
-            info, reason = inspect_file(path, data)
+            info, reason = next(inspected)
             if reason:
                 problems.append(Problem(record.source, reason))
                 continue
@@ -208,7 +215,7 @@ class Dataset:
                 return error
             return prepare(example, image)
 
-        results = map(load_and_prepare, examples) if workers <= 1 else _ordered_in_threads(load_and_prepare, examples, workers)
+        results = map(load_and_prepare, examples) if workers <= 1 else map_in_threads(load_and_prepare, examples, workers)
         return self._skipping_failed(examples, results)
 
     def _skipping_failed(self, examples: list[PageExample], results: Iterator[Any]) -> Iterator[tuple[PageExample, Any]]:
@@ -282,7 +289,7 @@ def _unreferenced_problems(root: Path, referenced: set[str]) -> list[Problem]:
     return problems
 
 
-def _ordered_in_threads(function: Callable[[Any], Any], items: list[Any], workers: int) -> Iterator[Any]:
+def map_in_threads(function: Callable[[Any], Any], items: list[Any], workers: int) -> Iterator[Any]:
     """``map(function, items)`` computed by a pool of threads, in order, a bounded window ahead."""
     with ThreadPoolExecutor(workers, thread_name_prefix="ocrloop-pages") as pool:
         window: deque = deque()

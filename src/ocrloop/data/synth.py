@@ -14,7 +14,7 @@ import datetime as dt
 import random
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ocrloop.config import BUSINESS_TYPES, DOCUMENT_CATEGORIES, DataConfig
 from ocrloop.data.add import AddResult, IncomingDocument, add_documents
+from ocrloop.data.fonts import FontFamily, font_families
 
+STYLES = ("scan", "photo")
 CATEGORY_BUSINESSES = {
     "receipt": ("ecommerce", "content"),
     "invoice": ("saas", "ecommerce", "accounting", "content"),
@@ -80,6 +82,9 @@ class SynthOptions:
     scale: float = 1.0  # 1.0: letter pages of 850x1100 px; smaller for fast tests
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     jpeg_fraction: float = 0.5  # share of single-page documents written as JPEG "scans"
+    # "scan": flat pages with scan noise; "photo": phone photos of paper (see ``photograph``), always JPEG
+    style: str = "scan"
+    fit_to_content: bool = False  # invoices and tax forms end below their last line, as receipts do
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
@@ -97,6 +102,8 @@ class SynthOptions:
             raise ValueError("noise must be between 0 and 1")
         if not 0.1 <= self.scale <= 4:
             raise ValueError("scale must be between 0.1 and 4")
+        if self.style not in STYLES:
+            raise ValueError(f"unknown style {self.style!r}; choose from {', '.join(STYLES)}")
 
 
 @dataclass
@@ -112,30 +119,13 @@ class SynthDocument:
     split: str = "train"
     name: str = ""
     dpi: float = 100.0
+    jpeg_quality: int = 90
 
 
-@dataclass
-class _Fonts:
-    regular: Path
-    bold: Path
-    _cache: dict = field(default_factory=dict)
-
-    def get(self, bold: bool, size: int) -> ImageFont.FreeTypeFont:
-        key = (bold, size)
-        if key not in self._cache:
-            self._cache[key] = ImageFont.truetype(str(self.bold if bold else self.regular), size)
-        return self._cache[key]
-
-
-def _font_families() -> dict[str, _Fonts]:
-    import matplotlib
-
-    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    return {
-        "sans": _Fonts(ttf / "DejaVuSans.ttf", ttf / "DejaVuSans-Bold.ttf"),
-        "serif": _Fonts(ttf / "DejaVuSerif.ttf", ttf / "DejaVuSerif-Bold.ttf"),
-        "mono": _Fonts(ttf / "DejaVuSansMono.ttf", ttf / "DejaVuSansMono-Bold.ttf"),
-    }
+def _font_families() -> dict[str, FontFamily]:
+    """The three DejaVu families every document style draws from (the same pages on every machine)."""
+    families = font_families()
+    return {"sans": families["dejavu-sans"], "serif": families["dejavu-serif"], "mono": families["dejavu-mono"]}
 
 
 def _money(value: float) -> str:
@@ -234,7 +224,7 @@ def _segments(markdown_line: str) -> tuple[str, list[tuple[str, bool]]]:
 class _Renderer:
     """Lays out markdown lines on pages of fixed width, wrapping paragraphs, paginating contracts."""
 
-    def __init__(self, rng: random.Random, fonts: _Fonts, width: int, height: int | None, scale: float, paginate: bool):
+    def __init__(self, rng: random.Random, fonts: FontFamily, width: int, height: int | None, scale: float, paginate: bool):
         self.rng = rng
         self.fonts = fonts
         self.width = width
@@ -337,7 +327,64 @@ def _add_scan_noise(image: Image.Image, rng: random.Random, nrng: np.random.Gene
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def render_document(category: str, business: str, rng: random.Random, options: SynthOptions, families: dict[str, _Fonts]) -> SynthDocument:
+def _perspective_coefficients(source: list[tuple[float, float]], target: list[tuple[float, float]]) -> list[float]:
+    """PIL's 8 perspective coefficients mapping each output point in ``target`` to its input point in ``source``."""
+    rows, values = [], []
+    for (x, y), (u, v) in zip(target, source):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        values += [u, v]
+    return np.linalg.solve(np.asarray(rows, dtype=np.float64), np.asarray(values, dtype=np.float64)).tolist()
+
+
+def photograph(page: Image.Image, rng: random.Random, nrng: np.random.Generator) -> tuple[Image.Image, int]:
+    """``page`` as a phone photo of the printed paper, and the JPEG quality (20-35) to save it with.
+
+    Faded ink on tinted paper, the sheet held at an angle on a desk (perspective), light falling off
+    across it, a hand's or phone's shadow over part of it, focus blur, sensor noise. The text shrinks
+    by at most a fifth, so a person still reads it; Tesseract mostly does not."""
+    width, height = page.size
+    ink = np.asarray(page.convert("L"), dtype=np.float32)
+    fade = rng.uniform(0.55, 0.8)  # ink reaches 55-80 % of full black
+    paper = np.array([rng.uniform(225, 250), rng.uniform(220, 245), rng.uniform(205, 235)], dtype=np.float32)
+    sheet = paper[None, None, :] * (1 - fade * (255 - ink)[..., None] / 255)
+
+    # The sheet fills 80-90 % of the frame; its corners move by up to 5 % of the frame.
+    fill = rng.uniform(0.8, 0.9)
+    frame_w, frame_h = int(width / fill), int(height / fill)
+    left, top = (frame_w - width) / 2, (frame_h - height) / 2
+    wobble = [(rng.uniform(-0.05, 0.05) * frame_w, rng.uniform(-0.05, 0.05) * frame_h) for _ in range(4)]
+    corners = [(left, top), (left + width, top), (left + width, top + height), (left, top + height)]
+    placed = [(x + dx, y + dy) for (x, y), (dx, dy) in zip(corners, wobble)]
+    source_corners = [(0.0, 0.0), (float(width), 0.0), (float(width), float(height)), (0.0, float(height))]
+    coefficients = _perspective_coefficients(source_corners, placed)
+    sheet_image = Image.fromarray(np.clip(sheet, 0, 255).astype(np.uint8))
+    warped = sheet_image.transform((frame_w, frame_h), Image.Transform.PERSPECTIVE, coefficients, Image.Resampling.BICUBIC)
+    mask = Image.new("L", (width, height), 255).transform((frame_w, frame_h), Image.Transform.PERSPECTIVE, coefficients,
+                                                           Image.Resampling.BILINEAR)
+    desk_color = tuple(int(c) for c in nrng.integers(40, 150, size=3))
+    photo = Image.composite(warped, Image.new("RGB", (frame_w, frame_h), desk_color), mask)
+
+    # Light: a gradient across the frame, and a soft shadow on one side of a random line.
+    pixels = np.asarray(photo, dtype=np.float32)
+    ys, xs = np.mgrid[0:frame_h, 0:frame_w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = (xs * np.cos(angle) + ys * np.sin(angle)) / max(frame_w, frame_h)
+    light = rng.uniform(0.95, 1.08) - rng.uniform(0.2, 0.35) * (along - along.min()) / max(np.ptp(along), 1e-6)
+    cut = rng.uniform(0.25, 0.75)
+    shadow_angle = rng.uniform(0, 2 * np.pi)
+    side = (xs / frame_w - 0.5) * np.cos(shadow_angle) + (ys / frame_h - 0.5) * np.sin(shadow_angle) + 0.5 - cut
+    softness = rng.uniform(0.03, 0.1)
+    shadow = 1 - rng.uniform(0.25, 0.45) / (1 + np.exp(-side / softness))
+    pixels = pixels * (light * shadow)[..., None]
+    photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    photo = photo.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.1)))
+    noisy = np.asarray(photo, dtype=np.float32) + nrng.normal(0, rng.uniform(3, 7), size=(frame_h, frame_w, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), rng.randint(20, 35)
+
+
+def render_document(category: str, business: str, rng: random.Random, options: SynthOptions,
+                    families: dict[str, FontFamily]) -> SynthDocument:
     """Render one document of ``category`` for ``business``."""
     # Noise draws from its own generator so the same seed gives the same texts at any noise level.
     noise_seed = rng.randrange(2**32)
@@ -347,15 +394,21 @@ def render_document(category: str, business: str, rng: random.Random, options: S
     if category == "receipt":
         width, height = int(rng.uniform(380, 480) * scale), None
     else:
-        width, height = int(850 * options.scale), int(1100 * options.scale)
+        width, height = int(850 * options.scale), None if options.fit_to_content and category != "contract" else int(1100 * options.scale)
     renderer = _Renderer(rng, families[family], width, height, scale, paginate=category == "contract")
     renderer.boxed = category == "tax_form"
     pages, texts = renderer.render(markdown_lines)
     noise_rng, pixel_rng = random.Random(noise_seed), np.random.default_rng(noise_seed)
-    pages = [_add_scan_noise(page, noise_rng, pixel_rng, options.noise) for page in pages]
     is_pdf = category == "contract"
-    is_jpeg = not is_pdf and rng.random() < options.jpeg_fraction
-    return SynthDocument(category, business, pages, texts, is_pdf, is_jpeg, dpi=100 * options.scale)
+    quality = 90
+    if options.style == "photo":
+        photos = [photograph(page, noise_rng, pixel_rng) for page in pages]
+        pages, quality = [p for p, _ in photos], photos[0][1]
+        is_jpeg = not is_pdf
+    else:
+        pages = [_add_scan_noise(page, noise_rng, pixel_rng, options.noise) for page in pages]
+        is_jpeg = not is_pdf and rng.random() < options.jpeg_fraction
+    return SynthDocument(category, business, pages, texts, is_pdf, is_jpeg, dpi=100 * options.scale, jpeg_quality=quality)
 
 
 def sample_texts(n: int, seed: int = 0) -> list[str]:
@@ -413,7 +466,7 @@ def write_document(document: SynthDocument, folder: Path) -> Path:
                    creationDate=_PDF_DATE, modDate=_PDF_DATE)
     elif document.is_jpeg:
         path = folder / f"{document.name}.jpg"
-        document.pages[0].save(path, "JPEG", quality=90, optimize=False)
+        document.pages[0].save(path, "JPEG", quality=document.jpeg_quality, optimize=False)
     else:
         path = folder / f"{document.name}.png"
         document.pages[0].save(path, "PNG")

@@ -7,7 +7,9 @@ so an empty hypothesis scores 0 and anything else scores its length. Accuracy is
 ``max(0, 1 - CER)``.
 
 *Micro* aggregates divide total edits by total reference length (long pages weigh more);
-*macro* aggregates average the per-page rates (every page weighs the same).
+*macro* aggregates average the per-page rates (every page weighs the same); the median page's CER
+and the normalized edit distance (edits over the longer text, bounded by 1, averaged over pages,
+as OmniDocBench reports it) are given beside them.
 """
 
 from __future__ import annotations
@@ -54,10 +56,16 @@ class PageScore:
     char_reference: int
     word_edits: int
     word_reference: int
+    char_hypothesis: int = 0
 
     @property
     def character_error_rate(self) -> float:
         return self.char_edits / max(self.char_reference, 1)
+
+    @property
+    def normalized_edit_distance(self) -> float:
+        """Edits over the longer of the two texts: bounded by 1, as OmniDocBench reports it."""
+        return self.char_edits / max(self.char_reference, self.char_hypothesis, 1)
 
     @property
     def word_error_rate(self) -> float:
@@ -73,6 +81,7 @@ def score_page(reference: str, hypothesis: str, normalization: Normalization = N
         len(ref),
         Levenshtein.distance(ref_words, hyp_words),
         len(ref_words),
+        len(hyp),
     )
 
 
@@ -97,6 +106,8 @@ class GroupMetrics:
     word_reference: int = 0
     _cer_sum: float = 0.0
     _wer_sum: float = 0.0
+    _ned_sum: float = 0.0
+    page_cers: list[float] = field(default_factory=list)
 
     def add(self, score: PageScore) -> None:
         self.pages += 1
@@ -106,6 +117,8 @@ class GroupMetrics:
         self.word_reference += score.word_reference
         self._cer_sum += score.character_error_rate
         self._wer_sum += score.word_error_rate
+        self._ned_sum += score.normalized_edit_distance
+        self.page_cers.append(score.character_error_rate)
 
     @property
     def cer(self) -> float:
@@ -125,6 +138,18 @@ class GroupMetrics:
         return self._wer_sum / self.pages if self.pages else 0.0
 
     @property
+    def median_cer(self) -> float:
+        """The median page's CER (half the pages read at least this well)."""
+        ordered = sorted(self.page_cers)
+        middle = len(ordered) // 2
+        return 0.0 if not ordered else ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+    @property
+    def normalized_edit_distance(self) -> float:
+        """Mean over pages of edits over the longer text (bounded by 1)."""
+        return self._ned_sum / self.pages if self.pages else 0.0
+
+    @property
     def accuracy(self) -> float:
         return max(0.0, 1.0 - self.cer)
 
@@ -135,6 +160,8 @@ class GroupMetrics:
             "wer": self.wer,
             "macro_cer": self.macro_cer,
             "macro_wer": self.macro_wer,
+            "median_cer": self.median_cer,
+            "normalized_edit_distance": self.normalized_edit_distance,
             "accuracy": self.accuracy,
         }
 

@@ -113,11 +113,12 @@ def _check_files(path: Path) -> dict[str, Any]:
 
 
 def load_model(source: str, *, backend: str = "auto", mode: str = "lora16", device: str | None = None,
-               for_training: bool = False) -> OCRModel:
+               for_training: bool = False, float32_weights: bool = False) -> OCRModel:
     """Load ``source`` (preset, folder, hub id, or a model ocrloop saved) ready to train or to read pages.
 
     ``backend`` is ``auto`` (Unsloth where CUDA and unsloth are present, else ``hf``), ``unsloth`` or
-    ``hf``. ``mode`` picks the precision: ``qlora4``/``lora8`` need CUDA and bitsandbytes.
+    ``hf``. ``mode`` picks the precision: ``qlora4``/``lora8`` need CUDA and bitsandbytes. ``float32_weights``
+    keeps a base checkpoint's weights in float32 on the GPU too (bf16 then only inside the step, by autocast).
     """
     from ocrloop.models.loading import load_checkpoint
 
@@ -133,6 +134,6 @@ def load_model(source: str, *, backend: str = "auto", mode: str = "lora16", devi
         if card.get("kind") in ("full", "merged") and not for_training:
             # Weights ocrloop trained in full (or merged) are a whole model: no backend may read them as a LoRA base.
             mode = "full"
-        bundle = load_checkpoint(family, path, source, backend=backend, mode=mode, device=device)
+        bundle = load_checkpoint(family, path, source, backend=backend, mode=mode, device=device, float32_weights=float32_weights)
     bundle.reading = ReadingSettings.from_json(card.get("reading"))
     return bundle

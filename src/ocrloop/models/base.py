@@ -236,6 +236,24 @@ class OCRFamily:
     def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         raise NotImplementedError
 
+    def image_tokens_for(self, bundle: OCRModel, width: int, height: int, resolution: str) -> int | None:
+        """How many image tokens a ``width`` x ``height`` page becomes, without its pixels; None where the family
+        can only tell by encoding the page."""
+        return None
+
+    def prompt_ids_for(self, bundle: OCRModel, prompt: str, image_tokens: int) -> list[int] | None:
+        """The prompt's ids (image placeholders included) for a page of ``image_tokens``; None where unknown."""
+        return None
+
+    def encoded_length(self, bundle: OCRModel, width: int, height: int, prompt: str, target: str, resolution: str) -> tuple[int, int] | None:
+        """``(tokens, image tokens)`` of the training example ``encode`` would make of a ``width`` x ``height`` page
+        and ``target``, computed from the size alone (no decoding, no resizing); None where the family cannot."""
+        image_tokens = self.image_tokens_for(bundle, width, height, resolution)
+        prompt_ids = None if image_tokens is None else self.prompt_ids_for(bundle, prompt, image_tokens)
+        if prompt_ids is None:
+            return None
+        return len(prompt_ids) + len(bundle.tokenizer(target, add_special_tokens=False)["input_ids"]) + 1, image_tokens
+
     def check_resolution(self, resolution: str) -> None:
         if resolution not in self.resolutions:
             raise ModelError(

@@ -73,8 +73,9 @@ def _device(device: str | None) -> torch.device:
 
 
 def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str = "auto", mode: str = "lora16",
-                    device: str | None = None) -> OCRModel:
-    """Load a base checkpoint of ``family`` from ``path`` in the precision ``mode`` asks for."""
+                    device: str | None = None, float32_weights: bool = False) -> OCRModel:
+    """Load a base checkpoint of ``family`` from ``path`` in the precision ``mode`` asks for (``float32_weights``:
+    float32 whatever the device; not with quantized modes)."""
     backend = pick_backend(backend)
     target = _device(device)
     if mode in QUANTIZED_MODES and target.type != "cuda":
@@ -85,7 +86,9 @@ def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str 
         tokenizer, image_processor = family.load_processors(str(path))
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot load the tokenizer or image processor ({error})") from None
-    dtype = compute_dtype(target)
+    if float32_weights and mode in QUANTIZED_MODES:
+        raise ModelError(f"float32 weights and mode {mode} exclude each other: a quantized model keeps no float32 weights")
+    dtype = torch.float32 if float32_weights else compute_dtype(target)
     try:
         if backend == "unsloth":
             from unsloth import FastVisionModel

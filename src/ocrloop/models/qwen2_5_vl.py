@@ -134,6 +134,18 @@ class Qwen25VLFamily(OCRFamily):
         vision = {"pixel_values": patches, "image_grid_thw": grid.unsqueeze(0)}
         return self._join(bundle, self._prompt_ids(bundle, prompt, image_tokens), target, vision, image_tokens)
 
+    def image_tokens_for(self, bundle: OCRModel, width: int, height: int, resolution: str) -> int:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        processor = bundle.image_processor
+        factor = processor.patch_size * processor.merge_size
+        side = RESOLUTIONS[resolution][0] if resolution != "gundam" else 1600
+        resized_height, resized_width = smart_resize(height, width, factor=factor, min_pixels=_MIN_PIXELS, max_pixels=side * side)
+        return (resized_height // factor) * (resized_width // factor)
+
+    def prompt_ids_for(self, bundle: OCRModel, prompt: str, image_tokens: int) -> list[int]:
+        return self._prompt_ids(bundle, prompt, image_tokens)
+
     def _prompt_ids(self, bundle: OCRModel, prompt: str, image_tokens: int) -> list[int]:
         # Pages of one size share a prompt: tokenized once per (tokenizer, prompt, image tokens).
         key = (id(bundle.tokenizer), prompt, image_tokens)

@@ -57,6 +57,7 @@ PREPARE_THREADS = 8  # threads preparing pages before training; beyond this the 
 # Pages handed to the feature pass at a time (each pass of the tower takes training.feature_pages_per_forward):
 # threads prepare the next chunk while the GPU computes this one.
 FEATURE_PASS_CHUNK = 16
+SPOT_CHECKED = 8  # pages per split encoded for real when lengths are counted from page sizes
 # Attention kernels while training.cudnn_attention is off: cuDNN plans every attention call on the CPU.
 WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -181,7 +182,8 @@ class FineTuner:
         t = self.training
         set_seed(t.seed)  # LoRA weights are initialized from the global generator: same seed, same run
         with self.console.status(f"loading {self.config.base_model}"):
-            self.bundle = load_model(self.config.base_model, backend=t.backend, mode=t.mode, for_training=True)
+            self.bundle = load_model(self.config.base_model, backend=t.backend, mode=t.mode, for_training=True,
+                                     float32_weights=t.float32_weights)
         self.bundle.family.check_resolution(t.resolution)
         self.bundle.reading = ReadingSettings.from_training(t)  # saved with the model: it reads as it was trained
         if t.mode == "full":
@@ -232,6 +234,9 @@ class FineTuner:
         queued: set[str] = set()  # a page listed twice (same file twice) is computed once
         t = self.training
 
+        if cache is None and self._check_lengths_from_sizes():
+            return
+
         def encode(example: PageExample, image) -> EncodedExample:
             return self.bundle.encode(image, t.prompt, example.text, t.resolution)
 
@@ -244,11 +249,7 @@ class FineTuner:
                 bar.update()
                 where = f"{example.source} page {example.page + 1}"
                 if len(encoded) > t.max_seq_length:
-                    raise ExampleTooLong(
-                        f"{where}: {len(encoded)} tokens ({encoded.image_tokens} image + "
-                        f"{len(encoded) - encoded.image_tokens} text) exceed max_seq_length={t.max_seq_length}; "
-                        "raise training.max_seq_length or use a lower --resolution"
-                    )
+                    raise self._too_long(where, len(encoded), encoded.image_tokens)
                 found = encoded.input_ids.count(image_token_id)
                 if found != encoded.image_tokens:
                     raise ModelError(f"{where}: {found} image tokens in the prompt but {encoded.image_tokens} image features")
@@ -271,6 +272,37 @@ class FineTuner:
         for problem in skipped:
             self.console.print(f"[yellow]{problem}[/yellow]", markup=True, highlight=False)
         self.train_examples, self.val_examples = kept["train"], kept["val"]
+
+    def _check_lengths_from_sizes(self) -> bool:
+        """The page check without decoding a page, where the family counts image tokens from the page's size (the
+        dataset was decoded once when it was opened): every example's length, a too-long one named. The first
+        ``SPOT_CHECKED`` pages of each split are also encoded for real and must agree. False where the family
+        cannot count (or a page is a PDF's): the caller then encodes every page."""
+        t, family, bundle = self.training, self.bundle.family, self.bundle
+        lengths: dict[str, list[int]] = {"train": [], "val": []}
+        for split, dataset, examples in (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples)):
+            for index, example in enumerate(examples):
+                if example.kind != "image":
+                    return False
+                width, height = dataset.files[example.source].page_sizes[example.page]
+                counted = family.encoded_length(bundle, width, height, t.prompt, example.text, t.resolution)
+                if counted is None:
+                    return False
+                if index < SPOT_CHECKED:
+                    encoded = bundle.encode(dataset.load_image(example), t.prompt, example.text, t.resolution)
+                    if (len(encoded), encoded.image_tokens) != counted:
+                        raise ModelError(f"{example.source}: {family.name} counts {counted} (tokens, image tokens) from the "
+                                         f"page size but encodes {(len(encoded), encoded.image_tokens)}")
+                if counted[0] > t.max_seq_length:
+                    raise self._too_long(f"{example.source} page {example.page + 1}", *counted)
+                lengths[split].append(counted[0])
+        self.lengths = lengths["train"]
+        return True
+
+    def _too_long(self, where: str, tokens: int, image_tokens: int) -> ExampleTooLong:
+        return ExampleTooLong(
+            f"{where}: {tokens} tokens ({image_tokens} image + {tokens - image_tokens} text) exceed "
+            f"max_seq_length={self.training.max_seq_length}; raise training.max_seq_length or use a lower --resolution")
 
     # --- run -------------------------------------------------------------------------------------
 

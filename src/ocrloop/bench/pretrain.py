@@ -1,0 +1,254 @@
+"""``ocrloop bench pretrain``: train a base reader from scratch through the training engine, and show it reads.
+
+A ``small`` Qwen2.5-VL (random weights, the project's own tokenizer) learns from a curriculum of reading lessons
+(``data.lessons``): large glyphs, single lines, blocks of lines, then whole receipts and invoices, each stage a full
+fine-tuning run (``train.finetune.FineTuner``) that starts from the stage before. Every stage is scored on
+held-out lessons of its kind while it trains, and every stage ends with a read of held-out pages: clean
+receipts and invoices from a seed never trained on. Beside the final read stand two controls on the same pages:
+the same texts on blank images (a model that scores well there guesses, it does not read) and Tesseract.
+Everything goes to one JSON and a PNG of the curves.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ocrloop.atomic import atomic_write_json
+from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
+from ocrloop.data.dataset import Dataset
+from ocrloop.bench.learn import save_figure
+from ocrloop.bench.settings import BenchPretrainSettings
+from ocrloop.data.lessons import LESSONS, LessonOptions, blank_copy, synthesize_lessons
+from ocrloop.evaluate.evaluator import evaluate_model
+from ocrloop.evaluate.metrics import Normalization, ScoredPair, evaluate_pairs
+from ocrloop.models import FAMILIES
+from ocrloop.models.reading import ReadingSettings
+
+HELDOUT_SEED = 7_000  # lesson seeds of the stages are 1 to 4; held-out lessons and pages use seeds from here
+NORMALIZATIONS = {"plain": Normalization(), "strip_markdown": Normalization(strip_markdown=True)}
+NORMALIZED = "runs of whitespace count as one space and text is NFKC-normalized; strip_markdown also drops markup " \
+             "(**, #, list dashes, table bars and rules); case is kept"
+
+
+def _group_scores(group) -> dict[str, float]:
+    return {"cer": group.cer, "mean_page_cer": group.macro_cer, "median_page_cer": group.median_cer,
+            "normalized_edit_distance": group.normalized_edit_distance, "wer": group.wer}
+
+
+def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int) -> dict[str, Any]:
+    """Read every page of ``dataset``; pooled CER, mean and median page CER and NED, overall and per category,
+    under each normalization."""
+    started = time.perf_counter()
+    evaluation = evaluate_model(bundle, dataset, dataset.examples(), reading, batch_size=batch_size)
+    results = _scored(evaluation.examples, evaluation.predictions)
+    results["seconds"] = time.perf_counter() - started
+    results["examples"] = [{"reference": e.text, "read": text} for e, text in list(zip(evaluation.examples, evaluation.predictions))[:3]]
+    return results
+
+
+def _scored(examples: list, texts: list[str]) -> dict[str, Any]:
+    pairs = [ScoredPair(e.text, t, e.category, e.business) for e, t in zip(examples, texts)]
+    results: dict[str, Any] = {"pages": len(pairs)}
+    for name, normalization in NORMALIZATIONS.items():
+        report = evaluate_pairs(pairs, normalization)
+        results[name] = {**_group_scores(report.overall),
+                         "by_category": {k: _group_scores(v) for k, v in sorted(report.by_category.items())}}
+    return results
+
+
+def score_tesseract_pages(dataset: Dataset) -> dict[str, Any]:
+    """Tesseract on every page of ``dataset`` under each normalization; ``{"error": ...}`` where it is missing."""
+    from ocrloop.errors import OcrloopError
+    from ocrloop.evaluate.tesseract import read_with_tesseract, tesseract_name
+
+    try:
+        read, texts = read_with_tesseract(dataset, dataset.examples())
+        engine = tesseract_name()
+    except OcrloopError as error:
+        return {"error": str(error)}
+    return {"engine": engine, **_scored(read, texts)}
+
+
+def heldout_pages(work: Path, pages: int, categories: tuple[str, ...], data: DataConfig, workers: int = 1) -> tuple[Path, Path]:
+    """The held-out test pages (clean receipts and invoices, seed never trained on) and their blank twins."""
+    root, blank = work / f"heldout-pages-{pages}", work / f"heldout-pages-{pages}-blank"
+    if not (root / "annotations.json").is_file():
+        synthesize_lessons(root, LessonOptions("pages", pages, seed=HELDOUT_SEED, categories=categories, noise=0.0), data, workers)
+    if not (blank / "annotations.json").is_file():
+        blank_copy(blank, root, data)
+    return root, blank
+
+
+def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, Any]:
+    """Run the curriculum (one FineTuner run per stage: glyphs, lines, blocks, pages) and write ``settings.out`` and a PNG
+    beside it."""
+    import torch
+
+    from ocrloop.train.finetune import FineTuner
+
+    started = time.perf_counter()
+    stages = LESSONS
+    out, size, work, heldout, resolution = settings.out, settings.size, settings.work, settings.heldout, settings.resolution
+    lessons, steps, batch_sizes = settings.lessons, settings.steps, settings.batch_sizes
+    learning_rates, max_new_tokens, workers = settings.learning_rates, settings.max_new_tokens, settings.workers
+    categories = tuple(settings.categories)
+    data = DataConfig()
+    log = (lambda line: console.print(line, markup=False)) if console else (lambda line: None)
+
+    synth_started = time.perf_counter()
+    checkpoint = work / "checkpoints" / f"qwen2.5-vl-{size}"
+    if not (checkpoint / "config.json").is_file():
+        FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
+    stage_data, stage_heldout = {}, {}
+    for index, (stage, count) in enumerate(zip(stages, lessons), start=1):
+        stage_data[stage] = work / f"{stage}-{count}"
+        if not (stage_data[stage] / "annotations.json").is_file():
+            log(f"rendering {count} {stage} lessons")
+            synthesize_lessons(stage_data[stage], LessonOptions(stage, count, seed=index, categories=categories), data,
+                               settings.render_processes)
+        stage_heldout[stage] = work / f"heldout-{stage}-{heldout}"
+        if stage != "pages" and not (stage_heldout[stage] / "annotations.json").is_file():
+            synthesize_lessons(stage_heldout[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories), data)
+    pages_root, blank_root = heldout_pages(work, heldout, categories, data)
+    stage_heldout["pages"] = pages_root
+    pages = Dataset.open(pages_root, data)
+    synth_seconds = time.perf_counter() - synth_started
+
+    base, samples_before = str(checkpoint), 0
+    results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
+    reading = None
+    for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
+        stage_started = time.perf_counter()
+        validation = Dataset.open(stage_heldout[stage], data)
+        training = TrainingConfig(mode="full", max_steps=stage_steps, batch_size=batch, gradient_accumulation_steps=1,
+                                  learning_rate=rate, warmup_steps=min(100, stage_steps // 10), weight_decay=0.01,
+                                  resolution=resolution, prompt="ocr", max_new_tokens=new_tokens,
+                                  eval_steps=max(1, stage_steps // settings.evals_per_stage), eval_max_pages=heldout,
+                                  read_batch_size=64, save_steps=10**9, logging_steps=max(1, stage_steps // 20),
+                                  backend="hf", optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+                                  gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
+                                  float32_weights=True)
+        config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
+                               models_dir=work / "models", training=training, data=data)
+        output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
+        log(f"stage {stage}: {stage_steps} steps of {batch} from {Path(base).name}")
+        tuner = FineTuner(config, output, validation=(validation, validation.examples()), console=console)
+        try:
+            tuner.setup()
+            card = tuner.run().card
+            reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])
+            after = score(tuner.bundle, pages, reading, batch_size=64)
+        finally:
+            tuner.cleanup()
+        speed = card["speed"]
+        results["stages"].append({
+            "stage": stage, "lessons": count, "steps": stage_steps, "batch_size": batch, "learning_rate": rate,
+            "samples_before": samples_before,
+            "curve": [{"step": v["step"], "samples": samples_before + v["step"] * batch, "cer": v["cer"]}
+                      for v in card["metrics"]["validation"]],
+            "loss_by_step": card["metrics"]["loss_by_step"],
+            "page_check_seconds": speed["prepare_seconds"], "train_seconds": speed["train_seconds"],
+            "steady_samples_per_second": speed.get("steady_samples_per_second"),
+            "stage_seconds": time.perf_counter() - stage_started,
+            "heldout_pages_after": {"cer": after["strip_markdown"]["cer"], "plain_cer": after["plain"]["cer"]},
+        })
+        log(f"stage {stage}: held-out {stage} CER {card['metrics']['validation'][-1]['cer']:.2%}, "
+            f"held-out pages CER {after['strip_markdown']['cer']:.2%} (markup ignored)")
+        samples_before += stage_steps * batch
+        base = str(output)
+        results["parameters"] = card["parameters"]["total"]
+        results["device"], results["versions"] = card["device"], card["versions"]
+        atomic_write_json(out, {**results, "complete": False, "seconds_so_far": time.perf_counter() - started})
+
+    from ocrloop.models import load_model
+
+    model = load_model(base, backend="hf")
+    results["heldout_pages"] = score(model, pages, reading, batch_size=64)
+    log(f"held-out pages CER {results['heldout_pages']['strip_markdown']['cer']:.2%} (markup ignored)")
+    results["blind_control"] = score(model, Dataset.open(blank_root, data), reading, batch_size=64)
+    results["tesseract"] = score_tesseract_pages(pages)
+    total = time.perf_counter() - started
+    results.update({
+        "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
+                     "categories": list(categories), "heldout_pages": heldout, "heldout_seed": HELDOUT_SEED,
+                     "training_samples": samples_before, "normalized": NORMALIZED},
+        "host": platform.node(), "synth_seconds": synth_seconds, "total_seconds": total, "model": base,
+    })
+    if settings.save_model is not None:
+        copy_as_bfloat16(Path(base), settings.save_model)
+        results["saved_model"] = str(settings.save_model)
+    atomic_write_json(out, results)
+    plot_pretrain(results, out.with_suffix(".png"))
+    return results
+
+
+def copy_as_bfloat16(model: Path, destination: Path) -> None:
+    """Copy a saved model with its float weights in bfloat16 (half the bytes; how it is read on a GPU anyway)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.copytree(model, destination, ignore=shutil.ignore_patterns("checkpoints", "feature-cache", "*.safetensors"))
+    for weights in model.glob("*.safetensors"):
+        tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+        save_file(tensors, str(destination / weights.name), metadata={"format": "pt"})
+
+
+def add_tesseract_pages(out: Path, work: Path = Path("/tmp/ocrloop-pretrain")) -> dict[str, Any]:
+    """Score Tesseract into an existing result made where it was missing (a GPU machine): the held-out pages are
+    rendered again from their seed, which gives the same texts (fonts on the machine permitting), then re-plotted."""
+    import json
+
+    results = json.loads(out.read_text())
+    workload = results["workload"]
+    root, _ = heldout_pages(work, workload["heldout_pages"], tuple(workload["categories"]), DataConfig())
+    pages = Dataset.open(root, DataConfig())
+    references = [e["reference"] for e in results["heldout_pages"]["examples"]]
+    if [e.text for e in pages.examples()[: len(references)]] != references:
+        raise ValueError("the held-out pages rendered here differ from the result's; Tesseract would read other pages")
+    results["tesseract"] = score_tesseract_pages(pages)
+    atomic_write_json(out, results)
+    plot_pretrain(results, out.with_suffix(".png"))
+    return results
+
+
+def plot_pretrain(results: dict[str, Any], png: Path) -> Path:
+    """Held-out CER of each stage's lessons against training samples, the held-out pages after each stage, and the
+    controls (blank images, Tesseract) on the same pages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for stage in results["stages"]:
+        curve = stage["curve"]
+        ax.plot([p["samples"] for p in curve], [p["cer"] for p in curve], marker=".",
+                label=f"held-out {stage['stage']} (markup counted)")
+    ends = [(s["samples_before"] + s["steps"] * s["batch_size"], s["heldout_pages_after"]["cer"]) for s in results["stages"]]
+    ax.plot([x for x, _ in ends], [y for _, y in ends], marker="s", color="black", label="held-out pages (after each stage)")
+    controls = [("blind_control", "same texts on blank images", ":"), ("tesseract", "Tesseract", "--")]
+    for key, label, style in controls:
+        scored = results.get(key, {})
+        if "strip_markdown" in scored:
+            level = scored["strip_markdown"]["cer"]
+            ax.axhline(level, linestyle=style, color="grey", label=f"{label}, pages ({level:.1%})")
+    ax.axhline(0.03, linestyle="-", color="green", alpha=0.4, label="target 3 %")
+    ax.set_xlabel("training samples")
+    ax.set_ylabel("held-out CER (markup ignored on pages)")
+    levels = [results[key]["strip_markdown"]["cer"] for key, _, _ in controls if "strip_markdown" in results.get(key, {})]
+    highest = max([0.2] + [p["cer"] for s in results["stages"] for p in s["curve"]] + [y for _, y in ends] + levels)
+    ax.set_ylim(0, min(1.25, highest * 1.05))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.legend(fontsize=7)
+    workload = results["workload"]
+    final = results["heldout_pages"]["strip_markdown"]["cer"]
+    ax.set_title(f"qwen2.5-vl {workload['size']} ({results.get('parameters', 0) / 1e6:.1f} M) from scratch in "
+                 f"{results['total_seconds'] / 60:.1f} min: held-out pages {final:.1%} CER", fontsize=10)
+    return save_figure(fig, png)

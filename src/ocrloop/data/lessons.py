@@ -1,0 +1,221 @@
+"""Reading lessons: what a reader trained from scratch learns from, in order (``ocrloop bench pretrain``).
+
+1. ``glyphs``: four to eight random capitals and digits, large (40-48 px), centred, in DejaVu Sans, on a
+   448x112 image. Nothing but the image predicts them, and they are the easiest to see: the stage in which
+   the model first learns to look (from scratch, the loss sits at the text-only entropy until it does).
+2. ``lines``: one line on a 448x112 image, any family and weight, 13-36 px, anywhere along the line: random
+   letters and digits, amounts, dates, words and whole lines of the documents.
+3. ``blocks``: two to six consecutive lines of a receipt or invoice with their markdown (titles, bold labels,
+   list items, table rows).
+4. ``pages``: whole receipts and invoices, cut below their last line.
+
+Blocks and pages draw their families from every family on the machine (``data.fonts``) and get light scan
+noise; their canvases are padded with white to multiples of 112 px, the vision tower's attention window, so
+every window has the same length and a batch's window attention is one call. The texts come from
+``data.synth``'s document generators, so the vocabulary is the documents'; held-out pages use seeds never
+trained on.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ocrloop.config import DataConfig
+from ocrloop.data.add import AddResult, IncomingDocument, add_documents
+from ocrloop.data.fonts import MONOSPACED, FontFamily, font_families
+from ocrloop.data.synth import (
+    CATEGORY_BUSINESSES,
+    SynthOptions,
+    _CONTENT,
+    _Renderer,
+    _add_scan_noise,
+    render_document,
+)
+
+LESSONS = ("glyphs", "lines", "blocks", "pages")
+LINE_SIZE = (448, 112)
+WINDOW = 112  # pixels per side of Qwen2.5-VL's vision attention window (window_size in its config)
+GLYPHS = string.ascii_uppercase + string.digits
+_MARKUP = re.compile(r"\*\*|^#+ |^- ")
+
+
+@dataclass(frozen=True)
+class LessonOptions:
+    """``n`` lessons of ``kind``, deterministic for ``seed`` (and the fonts on the machine)."""
+
+    kind: str
+    n: int
+    seed: int = 0
+    categories: tuple[str, ...] = ("receipt", "invoice")
+    noise: float = 0.15  # light scan noise (0: clean pages, as the held-out test pages are)
+    scale: tuple[float, float] = (0.8, 1.0)  # page scale range (1.0: receipts about 430 px wide, 15-18 px text)
+
+    def __post_init__(self) -> None:
+        if self.kind not in LESSONS:
+            raise ValueError(f"unknown lesson {self.kind!r}; choose from {', '.join(LESSONS)}")
+        if self.n < 1:
+            raise ValueError("n must be at least 1")
+        unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}")
+
+
+def _document_lines(rng: random.Random, categories: tuple[str, ...]) -> tuple[str, list[str]]:
+    category = rng.choice(categories)
+    return category, _CONTENT[category](rng, rng.choice(CATEGORY_BUSINESSES[category]))
+
+
+def _line_text(rng: random.Random, categories: tuple[str, ...]) -> str:
+    draw = rng.random()
+    if draw < 0.35:  # nothing but the image predicts these
+        alphabet = string.ascii_letters + string.digits + "#$%.,:-/()"
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(3, 16)))
+    if draw < 0.5:
+        return rng.choice([f"${rng.uniform(0, 9999):,.2f}", f"{rng.randint(2020, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                           f"#{rng.randint(1000, 99999)}", f"x{rng.randint(1, 12)}", f"{rng.randint(0, 25)}%"])
+    lines = [line for line in _document_lines(rng, categories)[1] if not line.startswith("|---")]
+    line = _MARKUP.sub("", rng.choice(lines)).replace("|", " ").strip()
+    if draw < 0.75 and len(line.split()) > 2:  # a run of its words, so lines are not only whole template lines
+        words = line.split()
+        start = rng.randrange(len(words) - 1)
+        line = " ".join(words[start:start + rng.randint(1, 4)])
+    return line
+
+
+def _families_of_kind(families: dict[str, FontFamily], rng: random.Random) -> dict[str, FontFamily]:
+    """A sans, a serif and a monospaced family for one document, drawn from every family on the machine."""
+    mono = [f for name, f in families.items() if name in MONOSPACED]
+    serif = [f for name, f in families.items() if "serif" in name or name == "stix"]
+    sans = [f for name, f in families.items() if f not in mono and f not in serif]
+    return {"sans": rng.choice(sans), "serif": rng.choice(serif), "mono": rng.choice(mono)}
+
+
+def render_line_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
+                       glyphs: bool = False) -> tuple[Image.Image, str]:
+    """One line of text on a white 448x112 image: ``glyphs``, 4-8 random capitals and digits, large and centred
+    in DejaVu Sans; otherwise any text, family, weight and size (shrunk to fit), anywhere along the line."""
+    if glyphs:
+        text = "".join(rng.choice(GLYPHS) for _ in range(rng.randint(4, 8)))
+        family, bold, size = families["dejavu-sans"], False, rng.randint(40, 48)
+    else:
+        text = _line_text(rng, categories)
+        family, bold, size = rng.choice(list(families.values())), rng.random() < 0.3, rng.randint(13, 36)
+    width, height = LINE_SIZE
+    image = Image.new("L", LINE_SIZE, 255)
+    draw = ImageDraw.Draw(image)
+    while True:
+        font = family.get(bold, size)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left <= width - 8 or size <= 8:
+            break
+        size -= 2
+    x = ((width - (right - left)) / 2 if glyphs else rng.uniform(4, max(4, width - 4 - (right - left)))) - left
+    y = (height - (bottom - top)) / 2 - top + (0 if glyphs else rng.uniform(-8, 8))
+    draw.text((x, y), text, fill=0 if glyphs else rng.randint(0, 60), font=font)
+    return image, text
+
+
+def _pad_to_windows(image: Image.Image) -> Image.Image:
+    """``image`` on a white canvas whose sides are the next multiples of the attention window."""
+    width, height = (-(-side // WINDOW) * WINDOW for side in image.size)
+    if (width, height) == image.size:
+        return image
+    canvas = Image.new(image.mode, (width, height), "white")
+    canvas.paste(image, (0, 0))
+    return canvas
+
+
+def render_block_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
+                        scale: tuple[float, float]) -> tuple[Image.Image, str, str]:
+    """Two to six consecutive markdown lines of a receipt or invoice, drawn as on the page, cut to their content;
+    with the document's category."""
+    category, lines = _document_lines(rng, categories)
+    count = rng.randint(2, 6)
+    start = rng.randrange(max(1, len(lines) - count + 1))
+    chosen = lines[start:start + count]
+    if chosen[0].startswith("|---"):
+        chosen = chosen[1:] or lines[:1]
+    renderer = _Renderer(rng, rng.choice(list(_families_of_kind(families, rng).values())), LINE_SIZE[0], None,
+                         rng.uniform(*scale), paginate=False)
+    pages, texts = renderer.render(chosen)
+    return pages[0], texts[0], category
+
+
+def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily],
+                  options: LessonOptions) -> tuple[Image.Image, str, str]:
+    """One lesson of ``kind``: the grayscale image, its exact text, and its category (the document's for blocks
+    and pages, else the kind). Grayscale: a third of the bytes to write, decode and copy, and the models see the
+    same pixels (they convert to RGB). Glyphs and lines stay clean."""
+    noise_seed = rng.randrange(2**32)
+    if kind in ("glyphs", "lines"):
+        return (*render_line_lesson(rng, families, options.categories, glyphs=kind == "glyphs"), kind)
+    if kind == "blocks":
+        image, text, category = render_block_lesson(rng, families, options.categories, options.scale)
+    else:
+        category = rng.choice(options.categories)
+        page_options = SynthOptions(n=1, categories=(category,), scale=rng.uniform(*options.scale), fit_to_content=True,
+                                    noise=0.0)
+        document = render_document(category, rng.choice(CATEGORY_BUSINESSES[category]), rng, page_options,
+                                   _families_of_kind(families, rng))
+        image, text = document.pages[0], document.texts[0]
+    noisy = _add_scan_noise(image.convert("L"), random.Random(noise_seed), np.random.default_rng(noise_seed), options.noise)
+    return _pad_to_windows(noisy), text, category
+
+
+def _render_and_write(options: LessonOptions, staging: str) -> list[IncomingDocument]:
+    rng = random.Random(options.seed)
+    families = font_families()
+    incoming = []
+    for index in range(options.n):
+        image, text, category = render_lesson(options.kind, rng, families, options)
+        path = Path(staging) / f"{options.kind}_s{options.seed}_{index:06d}.png"
+        image.save(path, "PNG", compress_level=1)
+        incoming.append(IncomingDocument(path, (text,), category, "synthetic", "train"))
+    return incoming
+
+
+def synthesize_lessons(root: Path, options: LessonOptions, data: DataConfig | None = None, workers: int = 1) -> AddResult:
+    """Render ``options.n`` lessons into the dataset at ``root``, all in the train split.
+
+    With ``workers`` > 1, that many processes each render their share from seed ``options.seed * 1000 + worker``."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".lessons-", dir=root) as staging:
+        shares = [options.n // workers + (1 if w < options.n % workers else 0) for w in range(workers)]
+        jobs = [replace(options, n=share, seed=options.seed * 1000 + w) for w, share in enumerate(shares) if share]
+        if len(jobs) == 1:
+            incoming = _render_and_write(replace(options), staging)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(len(jobs)) as pool:
+                incoming = [document for part in pool.map(_render_and_write, jobs, [staging] * len(jobs)) for document in part]
+        return add_documents(root, incoming, data)
+
+
+def blank_copy(root: Path, dataset_root: Path, data: DataConfig | None = None) -> AddResult:
+    """The blind control: every page of the dataset at ``dataset_root`` as a white image of the same size, with the
+    same text, category and split, written as a dataset at ``root``. A model that reads these as well as the real
+    pages is guessing from the texts it was trained on, not reading."""
+    from ocrloop.data.dataset import Dataset
+
+    source = Dataset.open(dataset_root, data)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".blank-", dir=root) as staging:
+        incoming = []
+        for index, example in enumerate(source.examples()):
+            width, height = source.files[example.source].page_sizes[example.page]
+            path = Path(staging) / f"blank_{index:06d}.png"
+            # One grey pixel that differs per page: identical files would be refused as duplicates.
+            image = Image.new("RGB", (width, height), "white")
+            image.putpixel((index % width, (index // width) % height), (254, 254, 254))
+            image.save(path, "PNG")
+            incoming.append(IncomingDocument(path, (example.text,), example.category, example.business, example.split))
+        return add_documents(root, incoming, data)

@@ -1,0 +1,36 @@
+"""bench pretrain at tiny size: the whole curriculum runs through the training engine, every stage is scored,
+the final reader is scored on held-out pages beside the blind control and Tesseract, and it is saved readable."""
+
+import json
+
+from ocrloop.models import load_model
+from tests.conftest import run_cli
+
+
+def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
+    out, model = tmp_path / "pretrain.json", tmp_path / "reader"
+    run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "32,32,16,8", "--steps", "3,3,3,3",
+            "--batch-sizes", "8,8,4,4", "--heldout", "4", "--workers", "0", "--render-processes", "2",
+            "--max-new-tokens", "8,8,16,16", "--evals-per-stage", "1", "--work", str(tmp_path / "work"),
+            "--save-model", str(model), check=True)
+    results = json.loads(out.read_text())
+    assert [s["stage"] for s in results["stages"]] == ["glyphs", "lines", "blocks", "pages"]
+    samples = [s["samples_before"] for s in results["stages"]]
+    assert samples == [0, 24, 48, 60]  # steps x batch of the stages before
+    for stage in results["stages"]:
+        assert stage["curve"] and 0 <= stage["heldout_pages_after"]["cer"]
+    for key in ("heldout_pages", "blind_control"):
+        scored = results[key]
+        assert scored["pages"] == 4
+        assert {"cer", "mean_page_cer", "median_page_cer", "normalized_edit_distance"} <= set(scored["strip_markdown"])
+    assert results["tesseract"]["pages"] == 4 and results["tesseract"]["strip_markdown"]["cer"] < 0.2
+    assert out.with_suffix(".png").stat().st_size > 0
+    reader = load_model(str(model), backend="hf")
+    assert reader.reading.prompt == "ocr" and reader.reading.resolution == "base"
+    assert next(reader.model.parameters()).dtype.is_floating_point
+
+    # Tesseract scored afterwards (for results made on a machine without it) reads the same pages again.
+    del results["tesseract"]
+    out.write_text(json.dumps(results))
+    run_cli("bench", "pretrain", "--out", str(out), "--add-tesseract", "--work", str(tmp_path / "work"), check=True)
+    assert json.loads(out.read_text())["tesseract"]["pages"] == 4

@@ -1,0 +1,62 @@
+"""Reading lessons for training from scratch: exact texts, the sizes the vision tower batches well, the same
+lessons for the same seed, and a blind control that keeps the texts but not the pages."""
+
+import random
+
+import numpy as np
+import pytest
+
+from ocrloop.config import DataConfig
+from ocrloop.data.dataset import Dataset
+from ocrloop.data.fonts import font_families
+from ocrloop.data.lessons import GLYPHS, LESSONS, LINE_SIZE, WINDOW, LessonOptions, blank_copy, render_lesson, synthesize_lessons
+
+
+def _lessons(kind: str, n: int, seed: int = 3):
+    rng, families = random.Random(seed), font_families()
+    return [render_lesson(kind, rng, families, LessonOptions(kind, n)) for _ in range(n)]
+
+
+def test_matplotlib_fonts_are_always_there():
+    assert {"dejavu-sans", "dejavu-serif", "dejavu-mono", "stix"} <= set(font_families())
+
+
+@pytest.mark.parametrize("kind", LESSONS)
+def test_lessons_are_deterministic_grayscale_and_window_sized(kind):
+    first, again = _lessons(kind, 6), _lessons(kind, 6)
+    assert [t for _, t, _ in first] == [t for _, t, _ in again]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (a, _, _), (b, _, _) in zip(first, again))
+    for image, text, category in first:
+        assert image.mode == "L" and text.strip()
+        assert category == kind if kind in ("glyphs", "lines") else category in ("receipt", "invoice")
+        assert image.width % WINDOW == 0 and image.height % WINDOW == 0
+        if kind in ("glyphs", "lines"):
+            assert image.size == LINE_SIZE
+
+
+def test_glyph_lessons_are_short_capitals_and_digits_and_dark_on_white():
+    for image, text, _ in _lessons("glyphs", 20):
+        assert 4 <= len(text) <= 8 and set(text) <= set(GLYPHS)
+        pixels = np.asarray(image)
+        assert pixels.min() == 0 and np.median(pixels) == 255
+
+
+def test_pages_carry_markdown_and_blocks_are_parts_of_documents():
+    pages = [text for _, text, _ in _lessons("pages", 6)]
+    assert all(text.startswith("# ") for text in pages)
+    blocks = [text for _, text, _ in _lessons("blocks", 12)]
+    assert all(2 <= len(text.split("\n")) <= 6 for text in blocks)
+
+
+def test_synthesized_lessons_form_a_valid_dataset_and_the_blank_copy_keeps_texts_and_sizes(tmp_path):
+    synthesize_lessons(tmp_path / "pages", LessonOptions("pages", 6, seed=5, noise=0.0), workers=2)
+    pages = Dataset.open(tmp_path / "pages", DataConfig())
+    assert not pages.errors and len(pages.examples("train")) == 6
+    blank_copy(tmp_path / "blank", tmp_path / "pages")
+    blank = Dataset.open(tmp_path / "blank", DataConfig())
+    assert not blank.errors
+    assert sorted(e.text for e in blank.examples()) == sorted(e.text for e in pages.examples())
+    sizes = lambda d: sorted(d.files[e.source].page_sizes[0] for e in d.examples())  # noqa: E731
+    assert sizes(blank) == sizes(pages)
+    for example in blank.examples():
+        assert np.asarray(blank.load_image(example).convert("L")).min() >= 254  # nothing on it to read
