@@ -655,6 +655,26 @@ def models_show(name: Annotated[str, typer.Argument(help="Model name from `model
     print(json.dumps(payload, indent=2, default=str))
 
 
+@models_app.command("export")
+def models_export(model: Annotated[str, typer.Argument(help="Model name from `models list`, or a model folder.")],
+                  out: Annotated[Path, typer.Option("--out", help="New folder for the exported weights.")],
+                  workspace: WorkspaceOption = Path(".")) -> None:
+    """Write a model as plain transformers weights (adapters merged) for vLLM, SGLang or from_pretrained."""
+    from ocrloop.models.loading import export_model
+    from ocrloop.registry import Registry
+
+    source = model
+    if (workspace / CONFIG_FILENAME).is_file():
+        with Registry(_config(workspace).registry_path) as registry:
+            row = registry.model(model)
+            source = row["path"] if row else model
+    if source == model and not Path(model).expanduser().is_dir():
+        raise OcrloopError(f"{model}: neither a model in this workspace's registry nor a folder; see `ocrloop models list`")
+    with notices.status(f"exporting {model}"):
+        folder = export_model(source, out)
+    console.print(f"exported {model} to {folder}", markup=False)
+
+
 @models_app.command("promote")
 def models_promote(name: Annotated[str, typer.Argument(help="Model to make champion.")],
                    business: Annotated[Optional[str], typer.Option(help="Champion for this business (default: general).")] = None,

@@ -234,6 +234,33 @@ def save_model(bundle: OCRModel, output: Path, *, base_model: str, merged: bool 
     return output
 
 
+def export_model(source: str, output: Path) -> Path:
+    """``source`` (a folder ocrloop saved: adapter, merged or full weights; or a preset or base checkpoint) as one folder
+    of plain transformers weights, adapters merged into their base, with the tokenizer and image processor:
+    what ``from_pretrained`` and serving engines load. The reading settings stay in ``ocrloop_model.json`` beside
+    them. Written to a temporary sibling folder and renamed, so ``output`` is whole or absent."""
+    import shutil
+    import tempfile
+
+    from peft import PeftModel
+
+    from ocrloop.models import load_model
+
+    output = Path(output)
+    if output.exists():
+        raise ModelError(f"{output} already exists; choose a new folder for the export")
+    bundle = load_model(source, backend="hf", mode="full")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        save_model(bundle, staging, base_model=source, merged=isinstance(bundle.model, PeftModel))
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
 def load_adapter(path: Path, card: dict, *, backend: str = "auto", device: str | None = None,
                  for_training: bool = False) -> OCRModel:
     """Load a LoRA adapter saved by ocrloop on top of its base model.

@@ -1,0 +1,52 @@
+"""The fast reading path reads exactly what plain generation reads: the static KV cache (the compiled decode on a
+GPU) against the dynamic cache, a batch against one page at a time, for both families, with and without a LoRA
+adapter. Random tiny weights write nonsense, but deterministic nonsense: any padding or cache bug changes it."""
+
+import pytest
+
+from ocrloop.config import OcrloopConfig, apply_overrides
+from ocrloop.data.synth import SynthOptions, generate_documents, synthesize_dataset
+from ocrloop.models import load_model
+from ocrloop.train.finetune import train
+from tests.conftest import FAST_RESOLUTION, SMALL_PAGES
+
+PRESETS = ("tiny-qwen2.5-vl", "tiny-deepseek-ocr-2")
+
+
+@pytest.fixture(scope="module")
+def pages():
+    """Pages of different sizes and lengths, so a batch pads."""
+    documents = generate_documents(SynthOptions(n=4, categories=("receipt", "invoice"), scale=0.35, seed=21))
+    return [d.pages[0] for d in documents]
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_presets, tmp_path_factory) -> dict[str, str]:
+    """A LoRA adapter per family, trained a few steps at a high rate so it moves the weights."""
+    root = tmp_path_factory.mktemp("exactness")
+    dataset = root / "data"
+    synthesize_dataset(dataset, SynthOptions(n=4, seed=5, scale=0.3, categories=("receipt",), split_fractions=(1.0, 0.0, 0.0)),
+                       SMALL_PAGES)
+    folders = {}
+    for preset in PRESETS:
+        config = OcrloopConfig(dataset_dir=dataset, registry_path=root / "registry.db", models_dir=root / "models",
+                               base_model=preset, data=SMALL_PAGES)
+        config = apply_overrides(config, {
+            "training.resolution": FAST_RESOLUTION[preset], "training.batch_size": 2, "training.gradient_accumulation_steps": 1,
+            "training.warmup_steps": 0, "training.learning_rate": 5e-2, "training.max_steps": 3, "training.save_steps": 100,
+            "training.gradient_checkpointing": False, "training.max_new_tokens": 8})
+        folders[preset] = str(train(config, root / "models" / preset).output_dir)
+    return folders
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "adapter"])
+def test_static_cache_and_batching_read_exactly_what_plain_generation_reads(preset, with_adapter, adapters, pages):
+    model = load_model(adapters[preset] if with_adapter else preset, backend="hf")
+    settings = {"prompt": "ocr", "resolution": FAST_RESOLUTION[preset], "max_new_tokens": 10}
+    plain = [model.generate([page], **settings)[0] for page in pages]
+    assert model.generate(pages, **settings) == plain
+    assert model.generate(pages, cache_implementation="static", **settings) == plain
+    assert [model.generate([page], cache_implementation="static", **settings)[0] for page in pages] == plain
+    if with_adapter:  # the adapter is really there: it reads differently from its base
+        assert [load_model(preset, backend="hf").generate([page], **settings)[0] for page in pages] != plain
