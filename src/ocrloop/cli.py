@@ -460,7 +460,9 @@ def train_command(
     workspace: WorkspaceOption = Path("."),
     overrides: dict | None = None,
 ) -> None:
-    """Fine-tune a model on the dataset: LoRA by default, Unsloth on CUDA, plain transformers + peft elsewhere."""
+    """Fine-tune a model on the dataset: LoRA by default, Unsloth on CUDA, plain transformers + peft elsewhere.
+
+    On several GPUs (or CPU processes): `torchrun --nproc-per-node N -m ocrloop train ...`."""
     config = _config(workspace, overrides)
     from ocrloop.models.loading import prepare_backend
 
@@ -468,8 +470,12 @@ def train_command(
     from ocrloop.registry import Registry
     from ocrloop.train.finetune import train
 
+    from ocrloop.distributed import is_main_process
+
     with Registry(config.registry_path) as registry:
         result = train(config, output, resume=resume, registry=registry, console=notices)  # its log: stderr
+    if not is_main_process():  # under torchrun, rank 0 reports for every process
+        return
     final = result.card["metrics"]["final_validation"]
     speed = result.card["speed"]
     console.print(f"saved {result.output_dir} (model {result.model_name}, run {result.run_id})", markup=False)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ocrloop.atomic import atomic_write_json
+from ocrloop.distributed import world_size
 from ocrloop.models.base import ModelError, OCRFamily, OCRModel, wrap_image_features
 
 QUANTIZED_MODES = ("qlora4", "lora8")
@@ -49,11 +50,12 @@ def prepare_backend(backend: str, compile: bool = False) -> None:
 
 
 def pick_backend(backend: str) -> str:
-    """Resolve ``auto`` and check that the requested backend can run here."""
+    """Resolve ``auto`` and check that the requested backend can run here. Launched as several processes
+    (torchrun), ``auto`` is ``hf``: that is the path whose distributed training is tested here."""
     if backend not in ("auto", "unsloth", "hf"):
         raise ModelError(f"unknown backend {backend!r}; use auto, unsloth or hf")
     if backend == "auto":
-        return "unsloth" if unsloth_available() else "hf"
+        return "unsloth" if unsloth_available() and world_size() == 1 else "hf"
     if backend == "unsloth" and not unsloth_available():
         raise ModelError("backend unsloth needs a CUDA GPU and the unsloth package; use --backend hf")
     return backend

@@ -33,6 +33,7 @@ from transformers.trainer_callback import ProgressCallback
 from ocrloop.atomic import atomic_write_json
 from ocrloop.extras import require_tracking
 from ocrloop.config import OcrloopConfig
+from ocrloop.distributed import barrier, is_main_process, rank, world_size
 from ocrloop.data.dataset import Dataset
 from ocrloop.data.records import PageExample
 from ocrloop.errors import DatasetError, OcrloopError
@@ -219,10 +220,15 @@ class FineTuner:
             return
         started = time.perf_counter()
         self.feature_cache = FeatureCache(
-            self.bundle, self.output_dir / FEATURE_CACHE_FOLDER, t.resolution, device_budget_bytes=t.feature_cache_device_bytes,
+            self.bundle, self._feature_cache_folder(), t.resolution, device_budget_bytes=t.feature_cache_device_bytes,
             page_settings=f"pdf_dpi={self.config.data.pdf_dpi}", pages_per_forward=t.feature_pages_per_forward,
             warn=lambda message: self.console.print(f"warning: {message}", markup=False))
         self.feature_cache_setup_seconds = time.perf_counter() - started
+
+    def _feature_cache_folder(self) -> Path:
+        # Launched as several processes, each keeps its own cache: no two processes write one folder.
+        folder = self.output_dir / FEATURE_CACHE_FOLDER
+        return folder / f"rank-{rank()}" if world_size() > 1 else folder
 
     def _check_examples(self) -> None:
         """Encode every example once before the first step: too-long or inconsistent examples fail here, named."""
@@ -322,7 +328,7 @@ class FineTuner:
         return None
 
     def _validate(self, label: str) -> dict[str, float] | None:
-        if not self.val_examples:
+        if not self.val_examples or not is_main_process():  # one process reads; the others wait at the next step
             return None
         with tqdm(total=len(self.val_examples), unit="page", desc=f"validation {label}", file=sys.stderr, leave=False,
                   dynamic_ncols=True) as bar:
@@ -407,12 +413,13 @@ class FineTuner:
             self.feature_cache_summary = {**cache.summary(), "setup_seconds": self.feature_cache_setup_seconds}
             cache.close()
             self.feature_cache = None
-        save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, mark_complete=False)
-        merged_metrics = self._save_merged(final) if t.merge else None
-
-        card = self._run_card(train_output, train_seconds, trainer.state.global_step, final, merged_metrics)
-        atomic_write_json(self.output_dir / RUN_CARD, card)
-        save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, card_only=True)
+        card = self._run_card(train_output, train_seconds, trainer.state.global_step, final)
+        if is_main_process():  # the model and its card are written once, by rank 0
+            save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, mark_complete=False)
+            card["metrics"]["merged_validation"] = self._save_merged(final) if t.merge else None
+            atomic_write_json(self.output_dir / RUN_CARD, card)
+            save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, card_only=True)
+        barrier()  # no process moves on before the model is saved
         return RunResult(self.output_dir, None, None, card)
 
     def _save_merged(self, adapter_metrics: dict | None) -> dict[str, Any]:
@@ -432,7 +439,7 @@ class FineTuner:
             )
         return metrics
 
-    def _run_card(self, train_output, train_seconds: float, steps: int, final: dict | None, merged: dict | None) -> dict:
+    def _run_card(self, train_output, train_seconds: float, steps: int, final: dict | None) -> dict:
         t = self.training
         samples = train_output.metrics.get("train_samples_per_second")
         epochs_done = steps * t.batch_size * t.gradient_accumulation_steps / max(len(self.train_examples), 1)
@@ -458,7 +465,7 @@ class FineTuner:
                 "loss_by_step": self.history.get("loss_by_step", []),
                 "validation": self.history["validation"],
                 "final_validation": final,
-                "merged_validation": merged,
+                "merged_validation": None,  # filled once the merged weights are saved and read
             },
             "speed": {"steps": steps, "prepare_seconds": getattr(self, "prepare_seconds", None),
                       "epoch_seconds": self.history.get("epoch_seconds", []), "train_seconds": train_seconds, "samples_per_second": samples,
@@ -526,6 +533,8 @@ def train(config: OcrloopConfig, output_dir: Path, *, resume: bool = False, regi
 
     ``callbacks`` are more ``transformers.TrainerCallback``s for the run (a profiler, a logger)."""
     recorded = {"output_dir": str(Path(output_dir)), **config.model_dump(mode="json")}
+    if not is_main_process():  # launched as several processes: rank 0 alone keeps the registry
+        registry = None
     run_id = registry.start_run("train", recorded, business=business) if registry else None
     started = time.perf_counter()
     fine_tuner = FineTuner(config, output_dir, resume=resume, console=console, business=business, callbacks=callbacks)

@@ -25,7 +25,7 @@ def labelled_token_loss(model: torch.nn.Module, inputs: dict[str, Any], num_item
     # Position p predicts token p + 1: shift the labels left, the last position predicts nothing.
     targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
     predicting = targets != IGNORE_INDEX
-    head = model.get_output_embeddings()
+    head = getattr(model, "module", model).get_output_embeddings()  # a DistributedDataParallel wrapper holds the model
 
     def only_predicting_positions(module, args):
         hidden = args[0]

@@ -49,7 +49,13 @@ class OCRTrainer(Trainer):
         keys = inputs.pop("feature_keys", None)
         with self.cache.serving(keys) if self.cache is not None else nullcontext():
             if self.bundle.backend == "hf" and not return_outputs:
-                return labelled_token_loss(model, inputs, num_items_in_batch)
+                loss = labelled_token_loss(model, inputs, num_items_in_batch)
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    # num_items_in_batch counts every process's tokens and DistributedDataParallel averages the
+                    # gradients: scaled back by the process count, as Trainer.compute_loss does, the step is the
+                    # one a single process would take on the whole global batch.
+                    loss = loss * self.accelerator.num_processes
+                return loss
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

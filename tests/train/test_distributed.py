@@ -1,0 +1,87 @@
+"""Training launched as several processes (torchrun, gloo on the CPU) is the same training as one process on the
+same global batch, and it leaves one registry row, one run card and one model: rank 0 writes them."""
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ocrloop.config import DataConfig
+from ocrloop.data.synth import LineOptions, synthesize_lines
+from tests.conftest import run_cli
+
+# 8 lines, global batch 4: every step of both runs sees the same 4 lines (no short last batch to pad).
+TRAINING = ["--resolution", "tiny", "--prompt", "ocr", "--max-steps", "4", "--gradient-accumulation-steps", "1",
+            "--lora-dropout", "0", "--logging-steps", "1", "--learning-rate", "0.01", "--warmup-steps", "0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _torchrun(workspace: Path, *launcher: str, output: str, batch_size: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "ocrloop", "train", *TRAINING,
+               "--batch-size", str(batch_size), "--output", output, "-w", str(workspace)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finished(process: subprocess.Popen) -> str:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_presets, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("distributed") / "ws"
+    run_cli("init", str(root), "--base-model", "tiny-qwen2.5-vl", check=True)
+    synthesize_lines(root / "data" / "ocr_documents", LineOptions(n=8, seed=3), DataConfig())
+    run_cli("train", *TRAINING, "--batch-size", "4", "--output", str(root / "models" / "one"), "-w", str(root), check=True)
+    return root
+
+
+def _same_training(workspace: Path, output: str) -> None:
+    one, many = (json.loads((workspace / "models" / name / "run_card.json").read_text()) for name in ("one", output))
+    losses = [loss for _, loss in one["metrics"]["loss_by_step"]]
+    assert [loss for _, loss in many["metrics"]["loss_by_step"]] == pytest.approx(losses, rel=1e-5)
+    a, b = (load_file(str(workspace / "models" / name / "adapter_model.safetensors")) for name in ("one", output))
+    difference = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt() / sum((a[k] ** 2).sum() for k in a).sqrt()
+    assert difference < 1e-4 and torch.cat([t.flatten() for t in a.values()]).abs().max() > 0.01  # it moved, identically
+
+
+def _rows(workspace: Path, output: str) -> tuple[int, int]:
+    with sqlite3.connect(workspace / "ocrloop.db") as db:
+        runs = db.execute("SELECT COUNT(*) FROM runs WHERE config_json LIKE ?", (f"%models/{output}%",)).fetchone()[0]
+        models = db.execute("SELECT COUNT(*) FROM models WHERE path LIKE ?", (f"%/{output}",)).fetchone()[0]
+    return runs, models
+
+
+def test_two_processes_train_like_one_on_the_same_global_batch_and_rank_0_alone_writes(workspace):
+    stdout = _finished(_torchrun(workspace, "--nproc-per-node", "2", "--master-port", str(_free_port()),
+                                 output=str(workspace / "models" / "two"), batch_size=2))
+    _same_training(workspace, "two")
+    assert _rows(workspace, "two") == (1, 1)
+    assert stdout.count("saved ") == 1  # one report, from rank 0
+    caches = sorted(p.name for p in (workspace / "models" / "two" / "feature_cache").iterdir())
+    assert caches == ["rank-0", "rank-1"]  # no two processes write one cache
+
+
+def test_two_nodes_on_one_host_are_the_same_command_with_a_rendezvous_address(workspace):
+    port = _free_port()
+    nodes = [_torchrun(workspace, "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+                       "--master-addr", "127.0.0.1", "--master-port", str(port),
+                       output=str(workspace / "models" / "nodes"), batch_size=2) for node in (0, 1)]
+    outputs = [_finished(node) for node in nodes]
+    _same_training(workspace, "nodes")
+    assert _rows(workspace, "nodes") == (1, 1)
+    assert outputs[0].count("saved ") == 1 and "saved " not in outputs[1]
