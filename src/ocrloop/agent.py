@@ -9,12 +9,14 @@ OCRs every page of an image or PDF; ``protect`` applies the PII policy to a page
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
+from ocrloop.atomic import atomic_write_json
 from ocrloop.config import OcrloopConfig
 from ocrloop.data.files import SUPPORTED_SUFFIXES, inspect_file, load_page
 from ocrloop.errors import OcrloopError
@@ -145,3 +147,30 @@ class OCRAgent:
         """The plan's async entry point: OCR a file off the event loop; returns ``DocumentText.to_json()``."""
         document = await asyncio.to_thread(self.read_file, path)
         return document.to_json()
+
+
+def output_paths(files: list[Path], out: Path | None, suffix: str) -> dict[Path, Path | None]:
+    """Where each input's result goes under ``out`` (None: printed): ``NAME.suffix``, or ``NAME-<hash>.suffix`` for
+    inputs whose names collide (``a/x.png`` and ``b/x.png``), so no result overwrites another."""
+    if out is None:
+        return {f: None for f in files}
+    stems = [f.stem for f in files]
+    taken = {stem for stem in stems if stems.count(stem) > 1}
+
+    def name(path: Path) -> str:
+        if path.stem not in taken:
+            return path.stem
+        return f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+    return {f: out / f"{name(f)}.{suffix}" for f in files}
+
+
+INDEX = "index.json"
+
+
+def write_index(out: Path, files: list[Path], targets: dict[Path, Path | None]) -> Path:
+    """``out/index.json``: every input in input order with its result file, and whether the result exists (a
+    sharded or interrupted batch is merged here, in order, however its documents were shared out)."""
+    entries = [{"input": str(f), "output": targets[f].name, "done": targets[f].exists()} for f in files]
+    atomic_write_json(out / INDEX, {"documents": entries, "done": sum(e["done"] for e in entries), "total": len(entries)})
+    return out / INDEX

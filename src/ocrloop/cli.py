@@ -721,10 +721,11 @@ def ocr_command(
     workspace: WorkspaceOption = Path("."),
     overrides: dict | None = None,
 ) -> None:
-    """OCR files with the champion (of --business, else general, else the base model), or with Tesseract."""
-    from ocrloop.atomic import atomic_write_json, atomic_write_text
+    """OCR files with the champion (of --business, else general, else the base model), or with Tesseract.
+
+    Under `torchrun --nproc-per-node N -m ocrloop ocr DIR --out OUT`, each process reads its share of the documents;
+    OUT/index.json lists them all in input order. A rerun skips finished documents."""
     from ocrloop.data.files import SUPPORTED_SUFFIXES
-    from ocrloop.pii import PiiRejected
 
     if output_format not in ("md", "json"):
         raise OcrloopError(f"--format must be md or json, not {output_format!r}")
@@ -736,10 +737,32 @@ def ocr_command(
             files.append(path)
         else:
             raise OcrloopError(f"{path}: no such file or folder")
-    target = {f: (out / f"{f.stem}.{output_format}") if out else None for f in files}
-    todo = [f for f in files if target[f] is None or not target[f].exists()]
-    if out and len(todo) < len(files):
-        notices.print(f"{len(files) - len(todo)} already done in {out}, skipped", markup=False)
+    from ocrloop.agent import output_paths, write_index
+    from ocrloop import distributed
+
+    if distributed.world_size() > 1 and out is None:
+        raise OcrloopError("under torchrun every process writes its share of the results: give --out")
+    target = output_paths(files, out, output_format)
+    remaining = [f for f in files if target[f] is None or not target[f].exists()]
+    if out and distributed.is_main_process() and len(remaining) < len(files):
+        notices.print(f"{len(files) - len(remaining)} already done in {out}, skipped", markup=False)
+    todo = distributed.shard(remaining)
+    distributed.join_process_group()
+    try:
+        _read_files(todo, target, output_format, business, model, engine, workspace, overrides)
+    finally:
+        if out is not None:
+            distributed.barrier()  # every share is finished (or has failed) before the index is written
+            if distributed.is_main_process():
+                write_index(out, files, target)
+        distributed.leave_process_group()
+
+
+def _read_files(todo: list[Path], target: dict, output_format: str, business: str | None, model: str | None, engine: str,
+                workspace: Path, overrides: dict) -> None:
+    from ocrloop.atomic import atomic_write_json, atomic_write_text
+    from ocrloop.pii import PiiRejected
+
     if not todo:
         return
     # Prompt and resolution given here are explicit reading choices; unset, the model reads with its own.

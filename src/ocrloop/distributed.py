@@ -32,3 +32,33 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (which GPU it uses)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def shard(items: list) -> list:
+    """This process's share of ``items``: every ``world_size()``-th, from its rank (all of them in one process)."""
+    return items[rank()::world_size()]
+
+
+def join_process_group() -> None:
+    """Join the launcher's process group, for work that shares out items itself (the Trainer joins its own):
+    gloo, which every machine has; the collectives used are barriers. On a GPU, also pick this process's GPU."""
+    import torch
+    import torch.distributed as dist
+
+    if world_size() == 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group("gloo")
+
+
+def leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

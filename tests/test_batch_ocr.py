@@ -1,0 +1,61 @@
+"""Batch OCR shared out over processes (torchrun, gloo on the CPU): the same results as one process, merged in
+input order in index.json; a rerun reads only what is not finished; same-named inputs never overwrite each other."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ocrloop.config import DataConfig
+from ocrloop.data.synth import LineOptions, synthesize_lines
+from tests.conftest import run_cli
+from tests.train.test_distributed import _free_port
+
+
+def _torchrun_ocr(workspace: Path, pages: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+               "-m", "ocrloop", "ocr", str(pages), "--out", str(out), "-w", str(workspace)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_sharded_ocr_equals_one_process_in_input_order_and_resumes(tiny_presets, tmp_path):
+    workspace = tmp_path / "ws"
+    run_cli("init", str(workspace), "--base-model", "tiny-qwen2.5-vl", check=True)
+    lines = tmp_path / "lines"
+    synthesize_lines(lines, LineOptions(n=5, seed=8), DataConfig())
+    pages = tmp_path / "pages"
+    for folder, chosen in (("a", range(0, 3)), ("b", range(2, 5))):  # line 2 is in both folders, under one name
+        (pages / folder).mkdir(parents=True)
+        for index in chosen:
+            shutil.copy(lines / "train" / f"line_s8_{index:06d}.png", pages / folder)
+
+    run_cli("ocr", str(pages), "--out", str(tmp_path / "one"), "-w", str(workspace), check=True)
+    _torchrun_ocr(workspace, pages, tmp_path / "two")
+    one, two = (sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("one", "two"))
+    assert one == two and len(one) == 7  # six results (the shared name kept apart) and the index
+    for name in one:
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    index = json.loads((tmp_path / "two" / "index.json").read_text())
+    inputs = sorted(str(p) for p in pages.rglob("*.png"))
+    assert [d["input"] for d in index["documents"]] == inputs and index["done"] == index["total"] == 6
+
+    # A process that died leaves its unfinished documents without results: the rerun reads those alone.
+    lost = [tmp_path / "two" / d["output"] for d in index["documents"][1:3]]
+    for path in lost:
+        path.unlink()
+    rerun = _torchrun_ocr(workspace, pages, tmp_path / "two")
+    assert "4 already done" in rerun.stderr
+    assert all(path.read_text() == (tmp_path / "one" / path.name).read_text() for path in lost)
+    assert json.loads((tmp_path / "two" / "index.json").read_text())["done"] == 6
+
+
+def test_sharded_ocr_without_out_is_refused_in_one_line(tiny_presets, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "WORLD_SIZE": "2", "RANK": "0"}
+    result = subprocess.run([sys.executable, "-m", "ocrloop", "ocr", str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "give --out" in result.stderr and "Traceback" not in result.stderr
