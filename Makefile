@@ -5,17 +5,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-workspace
 
-SYSTEM_PACKAGES := prometheus tesseract-ocr chromium chromium-driver fonts-liberation2 fonts-freefont-ttf
+SYSTEM_PACKAGES := prometheus tesseract-ocr chromium chromium-driver fonts-liberation2 fonts-freefont-ttf postgresql
 
 .PHONY: demo test venv clean system-packages
 
 venv: $(STAMP)
 
-# Real Prometheus (scrape test), Tesseract (the OCR yardstick), headless Chromium (the web page's test) and
-# free font families for synthetic pages come from Debian; installed once.
+# Real Prometheus (scrape test), Tesseract (the OCR yardstick), headless Chromium (the web page's test),
+# free font families for synthetic pages and PostgreSQL (the shared registry's tests) come from Debian;
+# installed once.
 system-packages:
 	@command -v prometheus >/dev/null && command -v tesseract >/dev/null && command -v chromedriver >/dev/null && \
-	  [ -d /usr/share/fonts/truetype/liberation2 ] && [ -d /usr/share/fonts/truetype/freefont ] || { \
+	  [ -d /usr/share/fonts/truetype/liberation2 ] && [ -d /usr/share/fonts/truetype/freefont ] && \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -105,3 +106,51 @@ def looped_workspace(tiny_presets, tmp_path_factory) -> Path:
         with Registry(workspace.config.registry_path) as registry:
             registry.record_promotion(second.challenger, "manual", "promoted by hand for the tests")
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory) -> str:
+    """A real PostgreSQL server (Debian's `postgresql`, installed by `make test`) in a temporary folder, on a free
+    port of 127.0.0.1, stopped after the session: its base address, ``postgresql://ocrloop@127.0.0.1:PORT``."""
+    import glob
+    import socket
+
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    assert binaries, "PostgreSQL is not installed: `make system-packages` installs Debian's postgresql"
+    bin_dir = Path(binaries[-1])
+    root = tmp_path_factory.mktemp("postgres")
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as Debian's postgres user
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        for parent in root.parents:  # the postgres user must be able to reach its folder
+            if parent == Path(tempfile.gettempdir()) or parent == Path("/"):
+                break
+            parent.chmod(parent.stat().st_mode | 0o711)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "ocrloop", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off"
+    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://ocrloop@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    import uuid
+
+    import psycopg
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{postgres_server}/{name}"

@@ -98,3 +98,15 @@ def test_config_set_refuses_unbounded_values(tmp_path, key, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
         set_config_value(tmp_path, key, value)
     assert (tmp_path / "ocrloop.yaml").read_text() == before
+
+
+def test_a_postgresql_registry_address_replaces_the_sqlite_file_and_is_shown_without_its_password():
+    from ocrloop.config import OcrloopConfig
+    from ocrloop.registry.store import shown_location
+
+    assert OcrloopConfig().registry_location == OcrloopConfig().registry_path
+    url = "postgresql://ocrloop:secret@db.internal:5432/ocrloop"
+    assert OcrloopConfig(registry_url=url).registry_location == url
+    assert shown_location(url) == "postgresql://db.internal:5432/ocrloop"
+    with pytest.raises(ValueError, match="registry_url"):
+        OcrloopConfig(registry_url="mysql://db/ocrloop")

@@ -87,7 +87,7 @@ class OCRAgent:
         if engine != "model":
             raise OcrloopError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")
         if model is None:
-            with Registry(config.registry_path) as registry:
+            with Registry(config.registry_location) as registry:
                 serving = serving_model(registry, config.base_model, business)
             model, name = serving.path, serving.name
         else:

@@ -103,9 +103,9 @@ def bench_train_command(workspace: WorkspaceOption = Path("."), settings: BenchT
     Run inside a workspace, ocrloop's ratios are also recorded in its registry (and so reach /metrics)."""
     from ocrloop.bench.train import bench_train
 
-    registry_path = _config(workspace).registry_path if (workspace / CONFIG_FILENAME).is_file() else None
+    registry_location = _config(workspace).registry_location if (workspace / CONFIG_FILENAME).is_file() else None
     try:
-        results = bench_train(registry_path=registry_path, **{**settings.model_dump(), "categories": tuple(settings.categories)})
+        results = bench_train(registry_location=registry_location, **{**settings.model_dump(), "categories": tuple(settings.categories)})
     except ValueError as error:
         raise OcrloopError(str(error)) from None
     for name, result in results["variants"].items():
@@ -426,7 +426,7 @@ def evaluate(
         from ocrloop.registry import Registry
         from ocrloop.registry.champions import registered_name
 
-        with Registry(config.registry_path) as registry:
+        with Registry(config.registry_location) as registry:
             name = after_name if engine is not None else (
                 registered_name(registry, model) if model else f"predictions:{predictions.name}")
             registry.add_evaluation(name, split, after.to_json())
@@ -472,7 +472,7 @@ def train_command(
 
     from ocrloop.distributed import is_main_process
 
-    with Registry(config.registry_path) as registry:
+    with Registry(config.registry_location) as registry:
         result = train(config, output, resume=resume, registry=registry, console=notices)  # its log: stderr
     if not is_main_process():  # under torchrun, rank 0 reports for every process
         return
@@ -572,7 +572,7 @@ def loop_status(workspace: WorkspaceOption = Path(".")) -> None:
     table = Table(title="who serves OCR")
     for column in ("business", "model", "from"):
         table.add_column(column)
-    with Registry(ws.config.registry_path) as registry:
+    with Registry(ws.config.registry_location) as registry:
         for business in (None, *sorted(known_businesses(ws.config))):
             serving = serving_model(registry, ws.config.base_model, business)
             table.add_row(business_label(business), serving.name, business_label(serving.key) if serving.key != "base" else "base")
@@ -596,7 +596,7 @@ def loop_history(
     from ocrloop.loop.history import loop_history as history
 
     ws = _workspace(workspace)
-    rows = history(ws.config.registry_path)
+    rows = history(ws.config.registry_location)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -632,7 +632,7 @@ def models_list(workspace: WorkspaceOption = Path(".")) -> None:
     from ocrloop.registry.champions import champions_by_model, latest_test_cer
 
     ws = _workspace(workspace)
-    with Registry(ws.config.registry_path) as registry:
+    with Registry(ws.config.registry_location) as registry:
         champions = champions_by_model(registry)
         # Fits 80 columns: the family and the full time stamp are in `ocrloop models show NAME`.
         table = Table(title="models", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -652,7 +652,7 @@ def models_show(name: Annotated[str, typer.Argument(help="Model name from `model
     from ocrloop.registry import Registry
 
     ws = _workspace(workspace)
-    with Registry(ws.config.registry_path) as registry:
+    with Registry(ws.config.registry_location) as registry:
         row = registry.model(name)
         if row is None:
             raise OcrloopError(f"no model named {name!r}; see `ocrloop models list`")
@@ -671,7 +671,7 @@ def models_export(model: Annotated[str, typer.Argument(help="Model name from `mo
 
     source = model
     if (workspace / CONFIG_FILENAME).is_file():
-        with Registry(_config(workspace).registry_path) as registry:
+        with Registry(_config(workspace).registry_location) as registry:
             row = registry.model(model)
             source = row["path"] if row else model
     if source == model and not Path(model).expanduser().is_dir():
@@ -691,7 +691,7 @@ def models_promote(name: Annotated[str, typer.Argument(help="Model to make champ
     from ocrloop.registry.champions import promote
 
     ws = _workspace(workspace)
-    with Registry(ws.config.registry_path) as registry:
+    with Registry(ws.config.registry_location) as registry:
         console.print(promote(registry, name, business, force=force), markup=False)
 
 
@@ -703,7 +703,7 @@ def models_rollback(business: Annotated[Optional[str], typer.Option(help="Busine
     from ocrloop.registry.champions import roll_back
 
     ws = _workspace(workspace)
-    with Registry(ws.config.registry_path) as registry:
+    with Registry(ws.config.registry_location) as registry:
         restored, replaced = roll_back(registry, business, ws.config.base_model)
     console.print(f"{restored} is the {business_label(business)} champion again (was {replaced})", markup=False)
 
@@ -841,7 +841,7 @@ def report_command(
     from ocrloop.loop.report import write_report
 
     ws = _workspace(workspace)
-    write_report(ws.config.registry_path, out)
+    write_report(ws.config.registry_location, out)
     console.print(f"wrote {out}", markup=False)
 
 

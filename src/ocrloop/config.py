@@ -164,6 +164,10 @@ class OcrloopConfig(_Section):
 
     dataset_dir: Path = Field(Path("data/ocr_documents"), description="The dataset folder (annotations and split folders).")
     registry_path: Path = Field(Path("ocrloop.db"), description="The SQLite registry of runs, models and champions.")
+    registry_url: str | None = Field(
+        None, pattern=r"^postgres(ql)?://", max_length=2000,
+        description="A PostgreSQL registry that several machines share (postgresql://user@host/db); used instead of "
+                    "registry_path when set.")
     models_dir: Path = Field(Path("models"), description="Where the loop writes trained models.")
     base_model: str = Field(
         "deepseek-community/DeepSeek-OCR-2", min_length=1,
@@ -180,6 +184,11 @@ class OcrloopConfig(_Section):
         if self.dataset_dir == self.models_dir:
             raise ValueError("dataset_dir and models_dir must be different folders")
         return self
+
+    @property
+    def registry_location(self) -> str | Path:
+        """Where the registry is: ``registry_url`` when set, else the SQLite file ``registry_path``."""
+        return self.registry_url or self.registry_path
 
     def resolve(self, root: Path) -> "OcrloopConfig":
         """Return a copy whose relative paths are anchored at ``root`` (the workspace)."""

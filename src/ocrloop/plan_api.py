@@ -50,7 +50,7 @@ class DeepSeekOCRFineTuner:
         overrides = {"dataset_dir": dataset.root, "training.epochs": num_train_epochs, "training.batch_size": batch_size,
                      "training.learning_rate": learning_rate, **{f"training.{k}": v for k, v in training.items()}}
         config = apply_overrides(self.config, overrides)
-        with Registry(config.registry_path) as registry:
+        with Registry(config.registry_location) as registry:
             train(config, Path(output_dir), registry=registry)
         return output_dir
 

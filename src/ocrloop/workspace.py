@@ -25,14 +25,14 @@ class Workspace:
         return cls(root, load_config(root / CONFIG_FILENAME))
 
     def registry(self) -> Registry:
-        return Registry(self.config.registry_path)
+        return Registry(self.config.registry_location)
 
 
 def known_businesses(config: OcrloopConfig) -> set[str]:
     """Every business the workspace knows: named in its dataset's annotations, or seen by its registry."""
     from ocrloop.registry.champions import registered_businesses
 
-    with Registry(config.registry_path) as registry:
+    with Registry(config.registry_location) as registry:
         known = registered_businesses(registry)
     if config.dataset_dir.is_dir():
         known |= {record.business for record in read_records(config.dataset_dir)[0]}
@@ -67,7 +67,9 @@ def init_workspace(root: str | Path, config: OcrloopConfig | None = None) -> tup
     if not resolved.models_dir.exists():
         resolved.models_dir.mkdir(parents=True)
         created.append(_shown(resolved.models_dir, root) + "/")
-    if not resolved.registry_path.exists():
+    if resolved.registry_url:
+        Registry(resolved.registry_url).close()  # its tables, if the database has none yet
+    elif not resolved.registry_path.exists():
         Registry(resolved.registry_path).close()
         created.append(_shown(resolved.registry_path, root))
     return Workspace(root, resolved), created

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ocrloop.config import LoopConfig
@@ -122,11 +123,15 @@ def _loop_process(root: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_loop_killed_mid_training_is_retried_and_the_registry_stays_consistent(tiny_presets, tmp_path):
-    workspace = make_workspace(tmp_path / "ws")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_loop_killed_mid_training_is_retried_and_the_registry_stays_consistent(tiny_presets, tmp_path, request, backend):
+    make_workspace(tmp_path / "ws")
     values = yaml.safe_load((tmp_path / "ws/ocrloop.yaml").read_text())
     values["training"]["max_steps"] = 400  # long enough to be killed in the middle
+    if backend == "postgresql":
+        values["registry_url"] = request.getfixturevalue("postgres_url")
     (tmp_path / "ws/ocrloop.yaml").write_text(yaml.safe_dump(values))
+    workspace = Workspace.load(tmp_path / "ws")
     process = _loop_process(tmp_path / "ws")
     checkpoints = workspace.config.models_dir
 
@@ -141,13 +146,13 @@ def test_a_loop_killed_mid_training_is_retried_and_the_registry_stays_consistent
     assert any(step >= 2 for step in saved_steps()) and process.poll() is None, process.communicate()[1][-2000:]
     process.send_signal(signal.SIGKILL)
     process.wait()
-    with Registry(workspace.config.registry_path) as registry:
+    with Registry(workspace.config.registry_location) as registry:
         assert registry.integrity_ok() and [r["status"] for r in registry.runs("loop")] == ["running"]
     values["training"]["max_steps"] = 4
     (tmp_path / "ws/ocrloop.yaml").write_text(yaml.safe_dump(values))
     result = FineTuneLoop(Workspace.load(tmp_path / "ws")).run()
     assert result.ran
-    with Registry(workspace.config.registry_path) as registry:
+    with Registry(workspace.config.registry_location) as registry:
         loops = registry.runs("loop")
         assert [r["status"] for r in loops] == ["failed", "succeeded"]
         assert "interrupted" in loops[0]["error"]

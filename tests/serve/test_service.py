@@ -173,3 +173,36 @@ def test_docs_work_offline(server):
     for source in (s.split('"')[0] for s in scripts):
         asset = httpx.get(server + source)
         assert asset.status_code == 200 and len(asset.content) > 100_000, source  # served by the app itself
+
+
+def test_two_replicas_on_one_postgresql_registry_both_switch_to_a_new_champion(looped_workspace, tiny_presets, tmp_path,
+                                                                                postgres_url):
+    """Replicas behind a load balancer share a PostgreSQL registry: a promotion made anywhere reaches both."""
+    import shutil
+
+    import yaml
+
+    replicas = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        shutil.copytree(looped_workspace, root)
+        values = yaml.safe_load((root / "ocrloop.yaml").read_text())
+        values["registry_url"] = postgres_url
+        (root / "ocrloop.yaml").write_text(yaml.safe_dump(values))
+        replicas.append(root)
+    with Registry(postgres_url) as registry:
+        registry.add_model("v1", str(tiny_presets["tiny-qwen2.5-vl"]), "qwen2.5-vl", "tiny-qwen2.5-vl")
+        registry.add_model("v2", str(tiny_presets["tiny-deepseek-ocr-2"]), "deepseek-ocr-2", "tiny-deepseek-ocr-2")
+        registry.record_promotion("v1", "manual", "test: the first champion")
+    with running_server(replicas[0], champion_check_seconds=0.3) as first, \
+            running_server(replicas[1], champion_check_seconds=0.3) as second:
+        assert [_ocr(url, _png()).json()["model"] for url in (first, second)] == ["v1", "v1"]
+        with Registry(postgres_url) as registry:  # as a loop on a training machine would
+            registry.record_promotion("v2", "manual", "test: promoted elsewhere")
+        for url in (first, second):
+            deadline = time.monotonic() + 90
+            while httpx.get(url + "/v1/models").json()["serving"]["general"] != "v2":
+                assert time.monotonic() < deadline, f"{url} never switched to the new champion"
+                time.sleep(0.2)
+            answer = _ocr(url, _png(), mode="small")
+            assert answer.status_code == 200 and answer.json()["model"] == "v2"

@@ -120,7 +120,7 @@ def _compiled_kernels() -> int:
 def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "gundam",
                 batch_size: int = 8, steps: int = 12, lora_rank: int = 16, lora_targets: str = "attention,mlp,experts",
                 variants: list[str] | None = None, work: Path = Path("/tmp/ocrloop-bench"), pages: int = 48,
-                epochs: float | None = None, mode: str = "lora16", registry_path: Path | None = None,
+                epochs: float | None = None, mode: str = "lora16", registry_location: str | Path | None = None,
                 categories: tuple[str, ...] = ("receipt", "invoice", "tax_form")) -> dict[str, Any]:
     """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline.
 
@@ -129,7 +129,7 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     ocrloop that includes computing every page's image features; for the others only their steps
     (their own page checks are not counted, which favours them).
 
-    With ``registry_path``, ocrloop's ratios to the baseline are also recorded there as a ``bench`` run,
+    With ``registry_location``, ocrloop's ratios to the baseline are also recorded there as a ``bench`` run,
     which the service exports as ``ocr_training_speed_multiplier`` and ``ocr_vram_reduction_percent``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     variants = variants or list(VARIANTS)
@@ -173,8 +173,8 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
                 # Unsloth adds LoRA on fused MoE experts when "mlp" is targeted: say when the variants differ.
                 result["same_trainable_parameters_as_baseline"] = result["trainable_parameters"] == base["trainable_parameters"]
     atomic_write_json(out, results)
-    if registry_path is not None:
-        record_benchmark(registry_path, results)
+    if registry_location is not None:
+        record_benchmark(registry_location, results)
     return results
 
 
@@ -249,14 +249,14 @@ def language_model_flops(checkpoint: Path) -> dict[str, Any] | None:
     return {"active_matrix_parameters": total, "forward_flops_per_token": forward, "training_flops_per_token": 2 * forward}
 
 
-def record_benchmark(registry_path: Path, results: dict[str, Any]) -> str | None:
+def record_benchmark(registry_location: str | Path, results: dict[str, Any]) -> str | None:
     """Record ocrloop's speed-up and VRAM saving over the baseline as a ``bench`` run; None if not measured."""
     from ocrloop.registry import Registry
 
     ours = next((v for k, v in results["variants"].items() if k.split(":")[0] == "ocrloop"), {})
     if "speedup_vs_baseline" not in ours:
         return None
-    with Registry(registry_path) as registry:
+    with Registry(registry_location) as registry:
         run_id = registry.start_run("bench", {"command": results["command"], **results["workload"]})
         vram = ours["peak_vram_allocated_gib"]
         registry.finish_run(run_id, "succeeded", wall_seconds=sum(v.get("wall_seconds", 0) for v in results["variants"].values()),

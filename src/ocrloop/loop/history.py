@@ -9,11 +9,11 @@ from typing import Any
 from ocrloop.registry import Registry
 
 
-def loop_history(registry_path: Path) -> list[dict[str, Any]]:
+def loop_history(registry_location: str | Path) -> list[dict[str, Any]]:
     """Loop runs in order: triggers, document mix, challenger and champion scores (overall and per category),
     decision, duration, peak VRAM and cost."""
     rows = []
-    with Registry(registry_path) as registry:
+    with Registry(registry_location) as registry:
         datasets = {d["id"]: d for d in registry.datasets()}
         for run in registry.runs("loop"):
             config = json.loads(run["config_json"])

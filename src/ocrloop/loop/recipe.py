@@ -91,7 +91,7 @@ class FineTuneLoop:
     def run(self) -> LoopResult:
         try:
             with file_lock(self.workspace.root / LOCK_NAME, timeout=0, what=f"the fine-tune loop of {self.workspace.root}"):
-                with Registry(self.config.registry_path) as registry:
+                with Registry(self.config.registry_location) as registry:
                     self.registry = registry
                     stale = [] if self.dry_run else self._close_stale_runs()
                     return self._run(stale)

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 from ocrloop.atomic import atomic_write_text  # noqa: E402
 from ocrloop.loop.history import loop_history  # noqa: E402
 from ocrloop.registry import Registry  # noqa: E402
-from ocrloop.registry.store import business_label  # noqa: E402
+from ocrloop.registry.store import business_label, shown_location  # noqa: E402
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
@@ -221,21 +221,21 @@ def _history_table(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render_report(registry_path: Path) -> str:
+def render_report(registry_location: str | Path) -> str:
     """The report as an HTML string (plots embedded)."""
-    with Registry(registry_path) as registry:
+    with Registry(registry_location) as registry:
         datasets, runs = registry.datasets(), registry.runs()
         models, evaluations = registry.models(), registry.evaluations()
-    history = loop_history(registry_path)
+    history = loop_history(registry_location)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [_document_mix(datasets), _runs_per_week(runs), _scores_by_version(models, evaluations),
                 _learning_curves(runs), _training_trends(runs), _before_after(history), _history_table(history)]
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>ocrloop report</title><style>{_STYLE}</style></head>"
-            f"<body><h1>ocrloop report</h1><p class=\"sub\">{html.escape(str(registry_path))} &middot; {generated} &middot; "
+            f"<body><h1>ocrloop report</h1><p class=\"sub\">{html.escape(shown_location(registry_location))} &middot; {generated} &middot; "
             f"{len(runs)} runs, {len(models)} model versions</p>\n" + "\n".join(sections) + "</body></html>\n")
 
 
-def write_report(registry_path: Path, out: Path) -> Path:
+def write_report(registry_location: str | Path, out: Path) -> Path:
     """Write the report to ``out`` atomically."""
-    atomic_write_text(out, render_report(registry_path))
+    atomic_write_text(out, render_report(registry_location))
     return out

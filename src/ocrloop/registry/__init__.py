@@ -1,4 +1,4 @@
-"""The run registry: datasets, runs, models, evaluations and promotions in one SQLite file."""
+"""The run registry: datasets, runs, models, evaluations and promotions, in one SQLite file or a shared PostgreSQL database."""
 
 from ocrloop.registry.store import Registry
 

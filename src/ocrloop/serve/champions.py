@@ -40,7 +40,7 @@ class ChampionModels:
         self._watcher: threading.Thread | None = None
 
     def _resolve(self, key: str):
-        with Registry(self.config.registry_path) as registry:
+        with Registry(self.config.registry_location) as registry:
             return serving_model(registry, self.config.base_model, None if key == GENERAL else key)
 
     def _load(self, name: str, path: str) -> OCRAgent:
@@ -68,7 +68,7 @@ class ChampionModels:
         with self._lock:
             agent = self._named.pop(name, None)
             if agent is None:
-                with Registry(self.config.registry_path) as registry:
+                with Registry(self.config.registry_location) as registry:
                     row = registry.model(name)
                 if row is None:
                     raise UnknownModelVersion(f"no model version named {name!r}; see GET /v1/models")

@@ -28,13 +28,13 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 class RegistryCollector:
     """Reads the loop's figures from the registry on every scrape."""
 
-    def __init__(self, registry_path: Path, base_model: str):
-        self.registry_path = registry_path
+    def __init__(self, registry_location: str | Path, base_model: str):
+        self.registry_location = registry_location
         self.base_model = base_model
 
     def collect(self):
         try:
-            with Registry(self.registry_path) as registry:
+            with Registry(self.registry_location) as registry:
                 yield from self._collect(registry)
         except Exception as error:  # noqa: BLE001 - a broken registry must not take /metrics down
             log.warning("registry metrics unavailable: %s", error)
@@ -132,7 +132,7 @@ class RegistryCollector:
 class ServiceMetrics:
     """The service's own counters plus the registry's figures, on one Prometheus registry."""
 
-    def __init__(self, registry_path: Path, base_model: str):
+    def __init__(self, registry_location: str | Path, base_model: str):
         self.registry = CollectorRegistry()
         self.requests = Counter("ocr_requests", "HTTP requests by route and status code.", ["route", "code"], registry=self.registry)
         self.latency = Histogram("ocr_request_duration_seconds", "Request latency by route.", ["route"],
@@ -144,7 +144,7 @@ class ServiceMetrics:
                                      registry=self.registry)
         self.pii = Counter("ocr_pii_detections", "Personal data found in OCR output, by kind.", ["kind"], registry=self.registry)
         self.model_swaps = Counter("ocr_model_swaps", "Champions swapped in while serving.", registry=self.registry)
-        self.registry.register(RegistryCollector(registry_path, base_model))
+        self.registry.register(RegistryCollector(registry_location, base_model))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -57,7 +57,7 @@ class Service:
 
     def __post_init__(self):
         settings = self.config.serve
-        self.metrics = ServiceMetrics(self.config.registry_path, self.config.base_model)
+        self.metrics = ServiceMetrics(self.config.registry_location, self.config.base_model)
         self.champions = ChampionModels(self.config, on_swap=lambda *_: self.metrics.model_swaps.inc())
         # --engine tesseract: one reader for every business, no registry to watch, no model versions.
         self.tesseract = OCRAgent.tesseract(self.config) if self.engine == "tesseract" else None

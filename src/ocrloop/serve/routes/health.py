@@ -18,7 +18,7 @@ router = APIRouter(tags=["health"])
 async def healthz(service: ServiceDep) -> HealthAnswer:
     """Liveness: the process serves requests. Says whether the registry opens; never loads a model."""
     try:
-        with Registry(service.config.registry_path) as registry:  # a cheap read, no integrity scan: probes poll often
+        with Registry(service.config.registry_location) as registry:  # a cheap read, no integrity scan: probes poll often
             registry.champion()
         registry_ok = True
     except (RegistryError, sqlite3.DatabaseError):

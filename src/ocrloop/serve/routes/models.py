@@ -15,7 +15,7 @@ router = APIRouter(tags=["models"])
 
 @router.get("/v1/models", response_model=ModelsAnswer)
 def models(service: ServiceDep) -> ModelsAnswer:
-    with Registry(service.config.registry_path) as registry:
+    with Registry(service.config.registry_location) as registry:
         rows = registry.models()
         promoted = sorted({p["business"] for p in registry.promotions()})
         champions = {business: registry.champion(business) for business in promoted}

@@ -105,6 +105,6 @@ def home(service: ServiceDep) -> HTMLResponse:
 @router.get("/runs", response_class=HTMLResponse)
 async def runs(service: ServiceDep) -> HTMLResponse:
     """The loop's runs and decisions, CER per category per model version, loss and validation curves."""
-    report = await asyncio.to_thread(render_report, service.config.registry_path)
+    report = await asyncio.to_thread(render_report, service.config.registry_location)
     body = report.split("<body>", 1)[1].rsplit("</body>", 1)[0]
     return _page("ocrloop runs", f'<div id="runs">{body}</div>')
