@@ -72,3 +72,36 @@ def test_remote_code_cannot_be_built_locally():
 
     with pytest.raises(ModelError, match="remote code"):
         FAMILIES["deepseek-ocr"]().random_config("tiny", None)
+
+
+def _copy_with(remote_model, tmp_path, name, edit_config=None, prepend_code=None):
+    import json
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(remote_model, folder)
+    if edit_config:
+        config = json.loads((folder / "config.json").read_text())
+        edit_config(config)
+        (folder / "config.json").write_text(json.dumps(config))
+    if prepend_code:
+        code = folder / "modeling_tinyocr.py"
+        code.write_text(prepend_code + "\n" + code.read_text())
+    return folder
+
+
+def test_remote_code_written_for_an_older_transformers_is_one_clear_error(remote_model, tmp_path):
+    # What DeepSeek-OCR v1's published modeling_deepseekv2.py does first: transformers 5 no longer has it.
+    folder = _copy_with(remote_model, tmp_path, "old-code",
+                        prepend_code="from transformers.models.llama.modeling_llama import LlamaFlashAttention2")
+    with pytest.raises(ModelError, match=r"own model code cannot be imported under transformers 5\..*LlamaFlashAttention2"):
+        load_model(str(folder), backend="hf")
+
+
+def test_unknown_remote_code_is_refused_naming_its_type_and_the_known_families(remote_model, tmp_path):
+    folder = _copy_with(remote_model, tmp_path, "unknown", edit_config=lambda config: config.update(model_type="mystery_ocr"))
+    with pytest.raises(ModelError) as refused:
+        load_model(str(folder), backend="hf")
+    message = str(refused.value)
+    assert "remote code for model_type='mystery_ocr'" in message and "will not run" in message
+    assert all(family in message for family in ("deepseek-ocr (", "deepseek-ocr-2 (", "qwen2.5-vl (qwen2_5_vl)"))

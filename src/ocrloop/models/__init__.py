@@ -58,8 +58,12 @@ def detect_family(config: dict[str, Any], where: str = "model") -> OCRFamily:
     for family_class in FAMILIES.values():
         if model_type in family_class.model_types:
             return family_class()
-    known = ", ".join(sorted(t for f in FAMILIES.values() for t in f.model_types))
-    raise ModelError(f"{where}: cannot tell the model family from model_type={model_type!r}; supported: {known}")
+    known = "; ".join(f"{name} ({', '.join(f.model_types)})" for name, f in FAMILIES.items())
+    if config.get("auto_map"):
+        raise ModelError(f"{where}: holds its own remote code for model_type={model_type!r}, which ocrloop does not know "
+                         f"and will not run; the families it knows (model types): {known}")
+    raise ModelError(f"{where}: cannot tell the model family from model_type={model_type!r}; the families ocrloop knows "
+                     f"(model types): {known}")
 
 
 def resolve_model_path(source: str) -> Path:

@@ -74,6 +74,18 @@ def _device(device: str | None) -> torch.device:
     return torch.device("cuda" if cuda_available() else "cpu")
 
 
+def _remote_code_error(family: OCRFamily, path: Path, error: ImportError) -> Exception:
+    """One line for remote code that does not import here; other import errors stay what they are."""
+    if not family.trust_remote_code:
+        return error
+    import transformers
+
+    # DeepSeek-OCR (v1)'s published code imports names transformers 5 removed (LlamaFlashAttention2, ...).
+    return ModelError(f"{path}: its own model code cannot be imported under transformers {transformers.__version__} "
+                      f"({type(error).__name__}: {str(error).splitlines()[0]}); it was written for another transformers "
+                      f"version, which ocrloop does not install")
+
+
 def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str = "auto", mode: str = "lora16",
                     device: str | None = None, float32_weights: bool = False) -> OCRModel:
     """Load a base checkpoint of ``family`` from ``path`` in the precision ``mode`` asks for (``float32_weights``:
@@ -86,6 +98,8 @@ def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str 
         raise ModelError(f"mode {mode} needs the bitsandbytes package; pip install bitsandbytes")
     try:
         tokenizer, image_processor = family.load_processors(str(path))
+    except ImportError as error:
+        raise _remote_code_error(family, path, error) from None
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot load the tokenizer or image processor ({error})") from None
     if float32_weights and mode in QUANTIZED_MODES:
@@ -118,6 +132,8 @@ def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str 
             model = family.model_class().from_pretrained(str(path), **kwargs)
             if mode not in QUANTIZED_MODES:
                 model.to(target)
+    except ImportError as error:
+        raise _remote_code_error(family, path, error) from None
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelError(f"{path}: cannot load the model ({type(error).__name__}: {str(error).splitlines()[0]})") from None
     bundle = OCRModel(family, model, tokenizer, image_processor, source=str(source), backend=backend,
