@@ -1,5 +1,5 @@
 """Batch OCR shared out over processes (torchrun, gloo on the CPU): the same results as one process, merged in
-input order in index.json; a rerun reads only what is not finished; same-named inputs never overwrite each other."""
+input order in index.jsonl; a rerun reads only what is not finished; same-named inputs never overwrite each other."""
 
 import json
 import os
@@ -23,6 +23,10 @@ def _torchrun_ocr(workspace: Path, pages: Path, out: Path) -> subprocess.Complet
     return result
 
 
+def _index(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+
+
 def test_sharded_ocr_equals_one_process_in_input_order_and_resumes(tiny_presets, tmp_path):
     workspace = tmp_path / "ws"
     run_cli("init", str(workspace), "--base-model", "tiny-qwen2.5-vl", check=True)
@@ -40,18 +44,18 @@ def test_sharded_ocr_equals_one_process_in_input_order_and_resumes(tiny_presets,
     assert one == two and len(one) == 7  # six results (the shared name kept apart) and the index
     for name in one:
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
-    index = json.loads((tmp_path / "two" / "index.json").read_text())
+    index = _index(tmp_path / "two")
     inputs = sorted(str(p) for p in pages.rglob("*.png"))
-    assert [d["input"] for d in index["documents"]] == inputs and index["done"] == index["total"] == 6
+    assert [d["input"] for d in index] == inputs and all(d["done"] for d in index)
 
     # A process that died leaves its unfinished documents without results: the rerun reads those alone.
-    lost = [tmp_path / "two" / d["output"] for d in index["documents"][1:3]]
+    lost = [tmp_path / "two" / d["output"] for d in index[1:3]]
     for path in lost:
         path.unlink()
     rerun = _torchrun_ocr(workspace, pages, tmp_path / "two")
     assert "4 already done" in rerun.stderr
     assert all(path.read_text() == (tmp_path / "one" / path.name).read_text() for path in lost)
-    assert json.loads((tmp_path / "two" / "index.json").read_text())["done"] == 6
+    assert all(d["done"] for d in _index(tmp_path / "two"))
 
 
 def test_sharded_ocr_without_out_is_refused_in_one_line(tiny_presets, tmp_path):

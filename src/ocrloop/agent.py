@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from ocrloop.atomic import atomic_write_json
 from ocrloop.config import OcrloopConfig
 from ocrloop.data.files import SUPPORTED_SUFFIXES, inspect_file, load_page
 from ocrloop.errors import OcrloopError
@@ -165,12 +165,16 @@ def output_paths(files: list[Path], out: Path | None, suffix: str) -> dict[Path,
     return {f: out / f"{name(f)}.{suffix}" for f in files}
 
 
-INDEX = "index.json"
+# Results are NAME.md or NAME.json: an index ending in .jsonl never takes a result's name (or a glob's place).
+INDEX = "index.jsonl"
 
 
 def write_index(out: Path, files: list[Path], targets: dict[Path, Path | None]) -> Path:
-    """``out/index.json``: every input in input order with its result file, and whether the result exists (a
-    sharded or interrupted batch is merged here, in order, however its documents were shared out)."""
-    entries = [{"input": str(f), "output": targets[f].name, "done": targets[f].exists()} for f in files]
-    atomic_write_json(out / INDEX, {"documents": entries, "done": sum(e["done"] for e in entries), "total": len(entries)})
+    """``out/index.jsonl``: one line per input, in input order, with its result file and whether the result exists
+    (a sharded or interrupted batch is merged here in order, however its documents were shared out)."""
+    from ocrloop.atomic import atomic_write_text
+
+    lines = [json.dumps({"input": str(f), "output": targets[f].name, "done": targets[f].exists()}, ensure_ascii=False)
+             for f in files]
+    atomic_write_text(out / INDEX, "".join(line + "\n" for line in lines))
     return out / INDEX

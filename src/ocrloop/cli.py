@@ -724,7 +724,7 @@ def ocr_command(
     """OCR files with the champion (of --business, else general, else the base model), or with Tesseract.
 
     Under `torchrun --nproc-per-node N -m ocrloop ocr DIR --out OUT`, each process reads its share of the documents;
-    OUT/index.json lists them all in input order. A rerun skips finished documents."""
+    OUT/index.jsonl lists them all in input order. A rerun skips finished documents."""
     from ocrloop.data.files import SUPPORTED_SUFFIXES
 
     if output_format not in ("md", "json"):
