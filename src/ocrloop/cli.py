@@ -526,11 +526,35 @@ def loop_run(
     force: Annotated[bool, typer.Option("--force", help="Retrain even if no trigger fires.")] = False,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Decide whether to retrain (and say why), train a challenger, promote it only if it beats the champion."""
+    """Decide whether to retrain (and say why), train a challenger, promote it only if it beats the champion.
+
+    Under `torchrun --nproc-per-node N -m ocrloop loop run`, rank 0 runs the loop and every process trains."""
     ws = _workspace(workspace)
     from ocrloop.models.loading import prepare_backend
 
     prepare_backend(ws.config.training.backend, compile=ws.config.training.compile)
+    from ocrloop import distributed
+
+    if distributed.world_size() == 1:
+        _loop_run(ws, business, all_businesses, dry_run, force)
+        return
+    distributed.join_process_group()
+    try:
+        if distributed.is_main_process():
+            try:
+                _loop_run(ws, business, all_businesses, dry_run, force, on_training=distributed.send_to_all)
+            finally:
+                distributed.send_to_all(None)  # no more training: the other processes may leave
+        else:
+            from ocrloop.train.finetune import train
+
+            while (job := distributed.receive_from_main()) is not None:
+                train(**job, console=notices)
+    finally:
+        distributed.leave_process_group()
+
+
+def _loop_run(ws, business: str | None, all_businesses: bool, dry_run: bool, force: bool, on_training=None) -> None:
     from ocrloop.loop.recipe import FineTuneLoop
     from ocrloop.workspace import known_businesses
 
@@ -540,7 +564,8 @@ def loop_run(
     targets = sorted(known_businesses(ws.config)) if all_businesses else [business]
     blocked = []
     for target in targets:
-        result = FineTuneLoop(ws, business=target, dry_run=dry_run, force=force, console=notices).run()  # log: stderr
+        result = FineTuneLoop(ws, business=target, dry_run=dry_run, force=force, console=notices,
+                              on_training=on_training).run()  # log: stderr
         if result.blocked:
             blocked.append(f"{business_label(target)}: {result.reason}")
             continue

@@ -45,8 +45,8 @@ def shard(items: list) -> list:
 
 
 def join_process_group() -> None:
-    """Join the launcher's process group, for work that shares out items itself (the Trainer joins its own):
-    gloo, which every machine has; the collectives used are barriers. On a GPU, also pick this process's GPU."""
+    """Join the launcher's process group, for work that coordinates itself (batch OCR, the loop; a bare ``train``
+    leaves it to the Trainer, which then uses this group): NCCL on GPUs, each process on its own, gloo on CPUs."""
     import torch
     import torch.distributed as dist
 
@@ -54,7 +54,25 @@ def join_process_group() -> None:
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    dist.init_process_group("gloo")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def send_to_all(payload: object) -> None:
+    """Rank 0 hands ``payload`` (any picklable object) to every other process, which waits for it in
+    ``receive_from_main``."""
+    import torch.distributed as dist
+
+    if world_size() > 1:
+        dist.broadcast_object_list([payload], src=0)
+
+
+def receive_from_main() -> object:
+    """What rank 0 sends next with ``send_to_all``."""
+    import torch.distributed as dist
+
+    box: list[object] = [None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def leave_process_group() -> None:

@@ -85,3 +85,23 @@ def test_two_nodes_on_one_host_are_the_same_command_with_a_rendezvous_address(wo
     _same_training(workspace, "nodes")
     assert _rows(workspace, "nodes") == (1, 1)
     assert outputs[0].count("saved ") == 1 and "saved " not in outputs[1]
+
+
+def test_the_loop_under_torchrun_runs_once_and_every_process_trains(tiny_presets, tmp_path):
+    from ocrloop.registry import Registry
+    from tests.conftest import make_workspace
+
+    workspace = make_workspace(tmp_path / "ws", n=8)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                             str(_free_port()), "-m", "ocrloop", "loop", "run", "-w", str(tmp_path / "ws")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with Registry(workspace.config.registry_location) as registry:
+        assert [r["status"] for r in registry.runs("loop")] == ["succeeded"]  # the loop ran once, on rank 0
+        assert [r["status"] for r in registry.runs("train")] == ["succeeded"]
+        challengers = [m for m in registry.models() if m["family"] != "base"]
+    assert len(challengers) == 1
+    caches = sorted(p.name for p in (Path(challengers[0]["path"]) / "feature_cache").iterdir())
+    assert caches == ["rank-0", "rank-1"]  # both processes trained the challenger
+    assert result.stdout.count("general:") == 1  # one decision, reported once

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from tqdm.auto import tqdm
@@ -75,7 +75,8 @@ class FineTuneLoop:
     """One pass of the loop for ``business`` (None: all documents, the general champion)."""
 
     def __init__(self, workspace: Workspace, *, business: str | None = None, dry_run: bool = False, force: bool = False,
-                 console: Console | None = None, now: dt.datetime | None = None):
+                 console: Console | None = None, now: dt.datetime | None = None,
+                 on_training: Callable[[dict[str, Any]], None] | None = None):
         self.workspace = workspace
         self.config = workspace.config
         self.business = business
@@ -85,6 +86,9 @@ class FineTuneLoop:
         self.console = console or Console(stderr=True)
         self.now = now or dt.datetime.now(dt.timezone.utc)
         self._reports: dict[tuple[str, str], EvaluationReport] = {}
+        # Called with the training job (config, output_dir, resume, business) just before the challenger trains: under
+        # torchrun, rank 0 runs the loop and hands each job to the other processes, which train beside it.
+        self.on_training = on_training
 
     # --- entry point -----------------------------------------------------------------------------
 
@@ -245,7 +249,10 @@ class FineTuneLoop:
             existing = [m for m in self.registry.models() if m["path"] == str(output.resolve())]
             if existing:
                 return existing[-1]["name"]
-        result = train(config, output, resume=reused and (output / "checkpoints").is_dir(), registry=self.registry,
-                       console=self.console, business=self.business)
+        job = {"config": config, "output_dir": output, "resume": reused and (output / "checkpoints").is_dir(),
+               "business": self.business}
+        if self.on_training is not None:
+            self.on_training(job)
+        result = train(**job, registry=self.registry, console=self.console)
         return result.model_name
 
