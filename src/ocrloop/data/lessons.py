@@ -31,14 +31,8 @@ from PIL import Image, ImageDraw
 from ocrloop.config import DataConfig
 from ocrloop.data.add import AddResult, IncomingDocument, add_documents
 from ocrloop.data.fonts import MONOSPACED, FontFamily, font_families
-from ocrloop.data.synth import (
-    CATEGORY_BUSINESSES,
-    SynthOptions,
-    _CONTENT,
-    _Renderer,
-    _add_scan_noise,
-    render_document,
-)
+from ocrloop.data.synth import (CATEGORY_BUSINESSES, DOCUMENT_CONTENT, PageRenderer, SynthOptions, add_scan_noise,
+                                render_document)
 
 LESSONS = ("glyphs", "lines", "blocks", "pages")
 LINE_SIZE = (448, 112)
@@ -70,7 +64,7 @@ class LessonOptions:
 
 def _document_lines(rng: random.Random, categories: tuple[str, ...]) -> tuple[str, list[str]]:
     category = rng.choice(categories)
-    return category, _CONTENT[category](rng, rng.choice(CATEGORY_BUSINESSES[category]))
+    return category, DOCUMENT_CONTENT[category](rng, rng.choice(CATEGORY_BUSINESSES[category]))
 
 
 def _line_text(rng: random.Random, categories: tuple[str, ...]) -> str:
@@ -143,7 +137,7 @@ def render_block_lesson(rng: random.Random, families: dict[str, FontFamily], cat
     chosen = lines[start:start + count]
     if chosen[0].startswith("|---"):
         chosen = chosen[1:] or lines[:1]
-    renderer = _Renderer(rng, rng.choice(list(_families_of_kind(families, rng).values())), LINE_SIZE[0], None,
+    renderer = PageRenderer(rng, rng.choice(list(_families_of_kind(families, rng).values())), LINE_SIZE[0], None,
                          rng.uniform(*scale), paginate=False)
     pages, texts = renderer.render(chosen)
     return pages[0], texts[0], category
@@ -166,7 +160,7 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
         document = render_document(category, rng.choice(CATEGORY_BUSINESSES[category]), rng, page_options,
                                    _families_of_kind(families, rng))
         image, text = document.pages[0], document.texts[0]
-    noisy = _add_scan_noise(image.convert("L"), random.Random(noise_seed), np.random.default_rng(noise_seed), options.noise)
+    noisy = add_scan_noise(image.convert("L"), random.Random(noise_seed), np.random.default_rng(noise_seed), options.noise)
     return _pad_to_windows(noisy), text, category
 
 

@@ -203,7 +203,8 @@ def _tax_form(rng: random.Random, business: str) -> list[str]:
     ]
 
 
-_CONTENT = {"receipt": _receipt, "invoice": _invoice, "contract": _contract, "tax_form": _tax_form}
+# The markdown lines of one document of each category (lessons draw from them too).
+DOCUMENT_CONTENT = {"receipt": _receipt, "invoice": _invoice, "contract": _contract, "tax_form": _tax_form}
 
 
 def _segments(markdown_line: str) -> tuple[str, list[tuple[str, bool]]]:
@@ -221,7 +222,7 @@ def _segments(markdown_line: str) -> tuple[str, list[tuple[str, bool]]]:
     return "body", runs
 
 
-class _Renderer:
+class PageRenderer:
     """Lays out markdown lines on pages of fixed width, wrapping paragraphs, paginating contracts."""
 
     def __init__(self, rng: random.Random, fonts: FontFamily, width: int, height: int | None, scale: float, paginate: bool):
@@ -313,7 +314,8 @@ class _Renderer:
             x += share * usable
 
 
-def _add_scan_noise(image: Image.Image, rng: random.Random, nrng: np.random.Generator, noise: float) -> Image.Image:
+def add_scan_noise(image: Image.Image, rng: random.Random, nrng: np.random.Generator, noise: float) -> Image.Image:
+    """``image`` as scanned: rotation, blur and pixel noise together, scaled by ``noise`` in [0, 1]."""
     if noise <= 0:
         return image
     angle = rng.uniform(-2.0, 2.0) * noise
@@ -388,14 +390,14 @@ def render_document(category: str, business: str, rng: random.Random, options: S
     """Render one document of ``category`` for ``business``."""
     # Noise draws from its own generator so the same seed gives the same texts at any noise level.
     noise_seed = rng.randrange(2**32)
-    markdown_lines = _CONTENT[category](rng, business)
+    markdown_lines = DOCUMENT_CONTENT[category](rng, business)
     family = rng.choice(["mono", "sans"] if category == "receipt" else ["sans", "serif", "mono"])
     scale = options.scale * rng.uniform(0.9, 1.1)
     if category == "receipt":
         width, height = int(rng.uniform(380, 480) * scale), None
     else:
         width, height = int(850 * options.scale), None if options.fit_to_content and category != "contract" else int(1100 * options.scale)
-    renderer = _Renderer(rng, families[family], width, height, scale, paginate=category == "contract")
+    renderer = PageRenderer(rng, families[family], width, height, scale, paginate=category == "contract")
     renderer.boxed = category == "tax_form"
     pages, texts = renderer.render(markdown_lines)
     noise_rng, pixel_rng = random.Random(noise_seed), np.random.default_rng(noise_seed)
@@ -406,7 +408,7 @@ def render_document(category: str, business: str, rng: random.Random, options: S
         pages, quality = [p for p, _ in photos], photos[0][1]
         is_jpeg = not is_pdf
     else:
-        pages = [_add_scan_noise(page, noise_rng, pixel_rng, options.noise) for page in pages]
+        pages = [add_scan_noise(page, noise_rng, pixel_rng, options.noise) for page in pages]
         is_jpeg = not is_pdf and rng.random() < options.jpeg_fraction
     return SynthDocument(category, business, pages, texts, is_pdf, is_jpeg, dpi=100 * options.scale, jpeg_quality=quality)
 
@@ -416,7 +418,7 @@ def sample_texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     categories = list(CATEGORY_BUSINESSES)
     return [
-        "\n".join(_CONTENT[c](rng, rng.choice(CATEGORY_BUSINESSES[c])))
+        "\n".join(DOCUMENT_CONTENT[c](rng, rng.choice(CATEGORY_BUSINESSES[c])))
         for c in (categories[i % len(categories)] for i in range(n))
     ]
 
