@@ -27,6 +27,7 @@ from ocrloop.data.lessons import LESSONS, LessonOptions, blank_copy, synthesize_
 from ocrloop.evaluate.evaluator import evaluate_model
 from ocrloop.evaluate.metrics import Normalization, ScoredPair, evaluate_pairs
 from ocrloop.models import FAMILIES
+from ocrloop.models.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
 from ocrloop.models.reading import ReadingSettings
 
 HELDOUT_SEED = 7_000  # lesson seeds of the stages are 1 to 4; held-out lessons and pages use seeds from here
@@ -121,7 +122,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
 
     base, samples_before = str(checkpoint), 0
     results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
-    reading = None
+    reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
     for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
         stage_started = time.perf_counter()
         validation = Dataset.open(stage_heldout[stage], data)
@@ -141,7 +142,6 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         try:
             tuner.setup()
             card = tuner.run().card
-            reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])
             after = score(tuner.bundle, pages, reading, batch_size=64)
         finally:
             tuner.cleanup()
@@ -194,7 +194,7 @@ def copy_as_bfloat16(model: Path, destination: Path) -> None:
 
     if destination.exists():
         shutil.rmtree(destination)
-    shutil.copytree(model, destination, ignore=shutil.ignore_patterns("checkpoints", "feature-cache", "*.safetensors"))
+    shutil.copytree(model, destination, ignore=shutil.ignore_patterns("checkpoints", FEATURE_CACHE_FOLDER, "*.safetensors"))
     for weights in model.glob("*.safetensors"):
         tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
         save_file(tensors, str(destination / weights.name), metadata={"format": "pt"})
