@@ -33,7 +33,7 @@ from transformers.trainer_callback import ProgressCallback
 from ocrloop.atomic import atomic_write_json
 from ocrloop.extras import require_tracking
 from ocrloop.config import OcrloopConfig
-from ocrloop.distributed import barrier, is_main_process, rank, world_size
+from ocrloop.distributed import barrier, is_main_process, join_process_group, rank, world_size
 from ocrloop.data.dataset import Dataset
 from ocrloop.data.records import PageExample
 from ocrloop.errors import DatasetError, OcrloopError
@@ -220,15 +220,10 @@ class FineTuner:
             return
         started = time.perf_counter()
         self.feature_cache = FeatureCache(
-            self.bundle, self._feature_cache_folder(), t.resolution, device_budget_bytes=t.feature_cache_device_bytes,
+            self.bundle, self.output_dir / FEATURE_CACHE_FOLDER, t.resolution, device_budget_bytes=t.feature_cache_device_bytes,
             page_settings=f"pdf_dpi={self.config.data.pdf_dpi}", pages_per_forward=t.feature_pages_per_forward,
             warn=lambda message: self.console.print(f"warning: {message}", markup=False))
         self.feature_cache_setup_seconds = time.perf_counter() - started
-
-    def _feature_cache_folder(self) -> Path:
-        # Launched as several processes, each keeps its own cache: no two processes write one folder.
-        folder = self.output_dir / FEATURE_CACHE_FOLDER
-        return folder / f"rank-{rank()}" if world_size() > 1 else folder
 
     def _check_examples(self) -> None:
         """Encode every example once before the first step: too-long or inconsistent examples fail here, named."""
@@ -237,7 +232,8 @@ class FineTuner:
         kept: dict[str, list[PageExample]] = {"train": [], "val": []}
         cache = self.feature_cache
         missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
-        queued: set[str] = set()  # a page listed twice (same file twice) is computed once
+        seen: list[str] = []  # distinct pages in order: a page listed twice (same file twice) is computed once
+        seen_keys: set[str] = set()
         t = self.training
 
         if cache is None and self._check_lengths_from_sizes():
@@ -264,15 +260,25 @@ class FineTuner:
                 kept[split].append(example)
                 if cache is not None:
                     key = cache.key(example)
-                    if cache.add(key, encoded) and key not in queued:
-                        queued.add(key)
-                        missing.append((key, encoded))
+                    needed = cache.add(key, encoded)
+                    if key not in seen_keys:
+                        seen_keys.add(key)
+                        seen.append(key)
+                        # Launched as several processes, each computes every world_size-th distinct page.
+                        if needed and (len(seen) - 1) % world_size() == rank():
+                            missing.append((key, encoded))
                     if len(missing) >= FEATURE_PASS_CHUNK:
                         cache.compute(missing)
                         missing = []
         if cache is not None:
             cache.compute(missing)
             cache.flush()
+            if world_size() > 1:  # the other processes' pages: read from the shared folder once all are written
+                join_process_group()
+                barrier()
+                if not cache.holds(seen):
+                    raise ModelError(f"{cache.folder}: after the shared feature pass, some pages have no features; "
+                                     "is the output folder on storage every process can read?")
         bar.close()
         skipped = [p for p in self.dataset.warnings if p.message.startswith("skipped")]
         for problem in skipped:
