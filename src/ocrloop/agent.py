@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,8 +155,8 @@ def output_paths(files: list[Path], out: Path | None, suffix: str) -> dict[Path,
     inputs whose names collide (``a/x.png`` and ``b/x.png``), so no result overwrites another."""
     if out is None:
         return {f: None for f in files}
-    stems = [f.stem for f in files]
-    taken = {stem for stem in stems if stems.count(stem) > 1}
+    counts = Counter(f.stem for f in files)
+    taken = {stem for stem, count in counts.items() if count > 1}
 
     def name(path: Path) -> str:
         if path.stem not in taken:

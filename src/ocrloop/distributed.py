@@ -1,9 +1,9 @@
 """Where this process stands in a ``torch.distributed`` launch (``torchrun``, ``accelerate launch``).
 
-ocrloop does not start processes or pick a backend itself: the launcher sets ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK``, and the Hugging Face ``Trainer`` wraps the model in DistributedDataParallel (NCCL on GPUs, gloo
-on CPUs). What ocrloop adds is that one process, rank 0, writes what must exist once: the registry rows, the run
-card and the saved model.
+ocrloop does not start processes itself: the launcher sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``, and the
+Hugging Face ``Trainer`` wraps the model in DistributedDataParallel. What ocrloop adds: one process, rank 0, writes
+what must exist once (the registry rows, the run card, the saved model, the OCR index); the feature pass and
+batch OCR are shared out by rank; the loop runs on rank 0 and hands training jobs to the others.
 """
 
 from __future__ import annotations
