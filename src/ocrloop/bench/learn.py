@@ -16,18 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ocrloop.atomic import atomic_write_json
+from ocrloop.bench.scoring import report_scores, save_figure, score_tesseract
 from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
 from ocrloop.data.dataset import Dataset
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
 from ocrloop.evaluate.evaluator import evaluate_model
-from ocrloop.evaluate.metrics import EvaluationReport, Normalization, ScoredPair, evaluate_pairs
+from ocrloop.evaluate.metrics import Normalization
 from ocrloop.models import FAMILIES
 from ocrloop.models.reading import ReadingSettings
-
-
-def _scores(report: EvaluationReport) -> dict[str, Any]:
-    return {"cer": report.overall.cer, "wer": report.overall.wer,
-            "by_category": {k: {"cer": v.cer, "wer": v.wer} for k, v in sorted(report.by_category.items())}}
 
 
 def bench_learn(out: Path, *, family: str = "qwen2.5-vl", size: str = "small", train_documents: int = 2000,
@@ -68,7 +64,7 @@ def bench_learn(out: Path, *, family: str = "qwen2.5-vl", size: str = "small", t
 
     final = evaluate_model(tuner.bundle, heldout, heldout_examples, ReadingSettings.from_training(training),
                            batch_size=batch_size, normalization=Normalization(strip_markdown=True))
-    tesseract = score_tesseract(heldout, heldout_examples)
+    tesseract = score_tesseract(heldout)
     curve = [{"step": v["step"], "cer": v["cer"], "wer": v["wer"],
               "by_category": {k: {"cer": c, "wer": v["wer_by_category"][k]} for k, c in v["by_category"].items()}}
              for v in result.card["metrics"]["validation"]]
@@ -81,7 +77,7 @@ def bench_learn(out: Path, *, family: str = "qwen2.5-vl", size: str = "small", t
                      "resolution": resolution, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate},
         "device": result.card["device"], "host": platform.node(), "versions": result.card["versions"],
         "synth_seconds": synth_seconds, "train_seconds": result.card["speed"]["train_seconds"],
-        "curve": curve, "final_strip_markdown": _scores(final.report),
+        "curve": curve, "final_strip_markdown": report_scores(final.report),
         "tesseract": tesseract,
         "train_loss_by_epoch": result.card["metrics"]["train_loss_by_epoch"],
     }
@@ -89,21 +85,6 @@ def bench_learn(out: Path, *, family: str = "qwen2.5-vl", size: str = "small", t
     atomic_write_json(out, results)
     plot_curve(results, out.with_suffix(".png"))
     return results
-
-
-def score_tesseract(heldout: Dataset, examples: list) -> dict[str, Any]:
-    """Tesseract on the held-out pages, markup counted and ignored; ``{"error": ...}`` where it is not installed."""
-    from ocrloop.errors import OcrloopError
-    from ocrloop.evaluate.tesseract import read_with_tesseract, tesseract_name
-
-    try:
-        read, texts = read_with_tesseract(heldout, examples)
-        engine = tesseract_name()
-    except OcrloopError as error:
-        return {"error": str(error)}
-    pairs = [ScoredPair(e.text, t, e.category, e.business) for e, t in zip(read, texts)]
-    return {"engine": engine, **{name: _scores(evaluate_pairs(pairs, norm)) for name, norm in
-                                 (("plain", Normalization()), ("strip_markdown", Normalization(strip_markdown=True)))}}
 
 
 def add_tesseract(out: Path, work: Path = Path("/tmp/ocrloop-learn")) -> dict[str, Any]:
@@ -119,7 +100,7 @@ def add_tesseract(out: Path, work: Path = Path("/tmp/ocrloop-learn")) -> dict[st
         synthesize_dataset(root, SynthOptions(n=documents, seed=2, categories=tuple(workload["categories"]),
                                               scale=workload["scale"]), DataConfig())
     heldout = Dataset.open(root, DataConfig())
-    results["tesseract"] = score_tesseract(heldout, [e for split in ("train", "val", "test") for e in heldout.examples(split)])
+    results["tesseract"] = score_tesseract(heldout)
     atomic_write_json(out, results)
     plot_curve(results, out.with_suffix(".png"))
     return results
@@ -155,13 +136,3 @@ def plot_curve(results: dict[str, Any], png: Path) -> Path:
                  f"{workload['heldout_pages']} held-out pages", fontsize=10)
     return save_figure(fig, png)
 
-
-def save_figure(fig, png: Path) -> Path:
-    """Lay out, write and close a benchmark's figure; return where it went."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png

@@ -21,24 +21,17 @@ from typing import Any
 from ocrloop.atomic import atomic_write_json
 from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
 from ocrloop.data.dataset import Dataset
-from ocrloop.bench.learn import save_figure
+from ocrloop.bench.scoring import save_figure, score_tesseract, scored
 from ocrloop.bench.settings import BenchPretrainSettings
 from ocrloop.data.lessons import LESSONS, LessonOptions, blank_copy, synthesize_lessons
 from ocrloop.evaluate.evaluator import evaluate_model
-from ocrloop.evaluate.metrics import Normalization, ScoredPair, evaluate_pairs
 from ocrloop.models import FAMILIES
 from ocrloop.models.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
 from ocrloop.models.reading import ReadingSettings
 
 HELDOUT_SEED = 7_000  # lesson seeds of the stages are 1 to 4; held-out lessons and pages use seeds from here
-NORMALIZATIONS = {"plain": Normalization(), "strip_markdown": Normalization(strip_markdown=True)}
 NORMALIZED = "runs of whitespace count as one space and text is NFKC-normalized; strip_markdown also drops markup " \
              "(**, #, list dashes, table bars and rules); case is kept"
-
-
-def _group_scores(group) -> dict[str, float]:
-    return {"cer": group.cer, "mean_page_cer": group.macro_cer, "median_page_cer": group.median_cer,
-            "normalized_edit_distance": group.normalized_edit_distance, "wer": group.wer}
 
 
 def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int) -> dict[str, Any]:
@@ -46,40 +39,17 @@ def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int) -
     under each normalization."""
     started = time.perf_counter()
     evaluation = evaluate_model(bundle, dataset, dataset.examples(), reading, batch_size=batch_size)
-    results = _scored(evaluation.examples, evaluation.predictions)
+    results = scored(evaluation.examples, evaluation.predictions)
     results["seconds"] = time.perf_counter() - started
     results["examples"] = [{"reference": e.text, "read": text} for e, text in list(zip(evaluation.examples, evaluation.predictions))[:3]]
     return results
 
 
-def _scored(examples: list, texts: list[str]) -> dict[str, Any]:
-    pairs = [ScoredPair(e.text, t, e.category, e.business) for e, t in zip(examples, texts)]
-    results: dict[str, Any] = {"pages": len(pairs)}
-    for name, normalization in NORMALIZATIONS.items():
-        report = evaluate_pairs(pairs, normalization)
-        results[name] = {**_group_scores(report.overall),
-                         "by_category": {k: _group_scores(v) for k, v in sorted(report.by_category.items())}}
-    return results
-
-
-def score_tesseract_pages(dataset: Dataset) -> dict[str, Any]:
-    """Tesseract on every page of ``dataset`` under each normalization; ``{"error": ...}`` where it is missing."""
-    from ocrloop.errors import OcrloopError
-    from ocrloop.evaluate.tesseract import read_with_tesseract, tesseract_name
-
-    try:
-        read, texts = read_with_tesseract(dataset, dataset.examples())
-        engine = tesseract_name()
-    except OcrloopError as error:
-        return {"error": str(error)}
-    return {"engine": engine, **_scored(read, texts)}
-
-
-def heldout_pages(work: Path, pages: int, categories: tuple[str, ...], data: DataConfig, workers: int = 1) -> tuple[Path, Path]:
+def heldout_pages(work: Path, pages: int, categories: tuple[str, ...], data: DataConfig) -> tuple[Path, Path]:
     """The held-out test pages (clean receipts and invoices, seed never trained on) and their blank twins."""
     root, blank = work / f"heldout-pages-{pages}", work / f"heldout-pages-{pages}-blank"
     if not (root / "annotations.json").is_file():
-        synthesize_lessons(root, LessonOptions("pages", pages, seed=HELDOUT_SEED, categories=categories, noise=0.0), data, workers)
+        synthesize_lessons(root, LessonOptions("pages", pages, seed=HELDOUT_SEED, categories=categories, noise=0.0), data)
     if not (blank / "annotations.json").is_file():
         blank_copy(blank, root, data)
     return root, blank
@@ -171,7 +141,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     results["heldout_pages"] = score(model, pages, reading, batch_size=64)
     log(f"held-out pages CER {results['heldout_pages']['strip_markdown']['cer']:.2%} (markup ignored)")
     results["blind_control"] = score(model, Dataset.open(blank_root, data), reading, batch_size=64)
-    results["tesseract"] = score_tesseract_pages(pages)
+    results["tesseract"] = score_tesseract(pages)
     total = time.perf_counter() - started
     results.update({
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
@@ -212,7 +182,7 @@ def add_tesseract_pages(out: Path, work: Path = Path("/tmp/ocrloop-pretrain")) -
     references = [e["reference"] for e in results["heldout_pages"]["examples"]]
     if [e.text for e in pages.examples()[: len(references)]] != references:
         raise ValueError("the held-out pages rendered here differ from the result's; Tesseract would read other pages")
-    results["tesseract"] = score_tesseract_pages(pages)
+    results["tesseract"] = score_tesseract(pages)
     atomic_write_json(out, results)
     plot_pretrain(results, out.with_suffix(".png"))
     return results

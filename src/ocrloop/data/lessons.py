@@ -22,7 +22,7 @@ import random
 import re
 import string
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from ocrloop.config import DataConfig
 from ocrloop.data.add import AddResult, IncomingDocument, add_documents
 from ocrloop.data.fonts import MONOSPACED, FontFamily, font_families
 from ocrloop.data.synth import (CATEGORY_BUSINESSES, DOCUMENT_CONTENT, PageRenderer, SynthOptions, add_scan_noise,
-                                render_document)
+                                render_document, render_in_processes)
 
 LESSONS = ("glyphs", "lines", "blocks", "pages")
 LINE_SIZE = (448, 112)
@@ -182,15 +182,10 @@ def synthesize_lessons(root: Path, options: LessonOptions, data: DataConfig | No
     With ``workers`` > 1, that many processes each render their share from seed ``options.seed * 1000 + worker``."""
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".lessons-", dir=root) as staging:
-        shares = [options.n // workers + (1 if w < options.n % workers else 0) for w in range(workers)]
-        jobs = [replace(options, n=share, seed=options.seed * 1000 + w) for w, share in enumerate(shares) if share]
-        if len(jobs) == 1:
-            incoming = _render_and_write(replace(options), staging)
+        if min(options.n, workers) == 1:  # one share: rendered here, from the seed itself
+            incoming = _render_and_write(options, staging)
         else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(len(jobs)) as pool:
-                incoming = [document for part in pool.map(_render_and_write, jobs, [staging] * len(jobs)) for document in part]
+            incoming = render_in_processes(_render_and_write, options, staging, workers)
         return add_documents(root, incoming, data)
 
 

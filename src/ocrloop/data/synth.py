@@ -480,6 +480,24 @@ def _render_and_write(options: SynthOptions, staging: str) -> list[IncomingDocum
             for d in generate_documents(options)]
 
 
+def render_in_processes(render, options, staging: str, workers: int, progress=None) -> list[IncomingDocument]:
+    """``render(options, staging)`` shared among ``workers`` processes: each renders its share of ``options.n``
+    from seed ``options.seed * 1000 + worker``; the documents come back in worker order. ``progress`` is called
+    with the number rendered so far."""
+    from concurrent.futures import ProcessPoolExecutor
+    from dataclasses import replace
+
+    shares = [options.n // workers + (1 if w < options.n % workers else 0) for w in range(workers)]
+    jobs = [replace(options, n=share, seed=options.seed * 1000 + w) for w, share in enumerate(shares) if share]
+    incoming: list[IncomingDocument] = []
+    with ProcessPoolExecutor(len(jobs)) as pool:
+        for part in pool.map(render, jobs, [staging] * len(jobs)):
+            incoming += part
+            if progress:
+                progress(len(incoming))
+    return incoming
+
+
 def synthesize_dataset(root: Path, options: SynthOptions, data: DataConfig | None = None, progress=None,
                        workers: int = 1) -> AddResult:
     """Generate documents and add them to the dataset at ``root`` (atomically, duplicates refused).
@@ -490,19 +508,9 @@ def synthesize_dataset(root: Path, options: SynthOptions, data: DataConfig | Non
     """
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".synth-", dir=root) as staging:
-        incoming = []
         if workers > 1:
-            from concurrent.futures import ProcessPoolExecutor
-            from dataclasses import replace
-
-            shares = [options.n // workers + (1 if w < options.n % workers else 0) for w in range(workers)]
-            jobs = [replace(options, n=share, seed=options.seed * 1000 + w) for w, share in enumerate(shares) if share]
-            with ProcessPoolExecutor(len(jobs)) as pool:
-                for part in pool.map(_render_and_write, jobs, [staging] * len(jobs)):
-                    incoming += part
-                    if progress:
-                        progress(len(incoming))
-            return add_documents(root, incoming, data)
+            return add_documents(root, render_in_processes(_render_and_write, options, staging, workers, progress), data)
+        incoming = []
         for count, document in enumerate(generate_documents(options), start=1):
             path = write_document(document, Path(staging))
             incoming.append(IncomingDocument(path, tuple(document.texts), document.category, document.business, document.split))

@@ -141,9 +141,12 @@ class _SQLite:
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=NORMAL")
             self.connection.execute("PRAGMA foreign_keys=ON")
-            self.version = self.connection.execute("PRAGMA user_version").fetchone()[0]
+            self.schema_version()
         except sqlite3.DatabaseError as error:
             raise RegistryError(f"{self.where}: not a usable registry database ({error})") from None
+
+    def schema_version(self) -> int:
+        return self.connection.execute("PRAGMA user_version").fetchone()[0]
 
     def execute(self, sql: str, params: tuple = ()) -> Any:
         return self.connection.execute(sql, params)
@@ -181,10 +184,11 @@ class _Postgres:
         try:
             self.connection = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=max(1, int(timeout)))
             self.connection.execute("CREATE TABLE IF NOT EXISTS ocrloop_schema (version BIGINT NOT NULL)")
-            row = self.connection.execute("SELECT MAX(version) AS version FROM ocrloop_schema").fetchone()
         except psycopg.Error as error:
             raise RegistryError(f"{self.where}: not a usable registry database ({str(error).strip().splitlines()[0]})") from None
-        self.version = row["version"] or 0
+
+    def schema_version(self) -> int:
+        return self.connection.execute("SELECT MAX(version) AS version FROM ocrloop_schema").fetchone()["version"] or 0
 
     @staticmethod
     def _dialect(sql: str) -> str:
@@ -219,18 +223,14 @@ class Registry:
     def __init__(self, location: str | Path, timeout: float = 60.0) -> None:
         self.path = location if is_postgres(location) else Path(location)
         self._db = _Postgres(str(location), timeout) if is_postgres(location) else _SQLite(Path(location), timeout)
-        if self._db.version > SCHEMA_VERSION:
-            raise RegistryError(f"{self._db.where}: made by a newer ocrloop (schema {self._db.version}); upgrade ocrloop")
-        if self._db.version < SCHEMA_VERSION:
+        version = self._db.schema_version()
+        if version > SCHEMA_VERSION:
+            raise RegistryError(f"{self._db.where}: made by a newer ocrloop (schema {version}); upgrade ocrloop")
+        if version < SCHEMA_VERSION:
             with self.transaction():
-                if self._fresh():
+                # Two processes may open a new registry at once: the second, queued behind the first, finds it made.
+                if self._db.schema_version() < SCHEMA_VERSION:
                     self._db.create_schema()
-
-    def _fresh(self) -> bool:
-        # Two processes may open a new registry at once: the second, queued behind the first, finds the schema made.
-        if isinstance(self._db, _SQLite):
-            return self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION
-        return (self._db.execute("SELECT MAX(version) AS version FROM ocrloop_schema").fetchone()["version"] or 0) < SCHEMA_VERSION
 
     def close(self) -> None:
         self._db.connection.close()

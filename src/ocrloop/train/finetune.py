@@ -232,8 +232,7 @@ class FineTuner:
         kept: dict[str, list[PageExample]] = {"train": [], "val": []}
         cache = self.feature_cache
         missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
-        seen: list[str] = []  # distinct pages in order: a page listed twice (same file twice) is computed once
-        seen_keys: set[str] = set()
+        seen: dict[str, None] = {}  # distinct pages in order: a page listed twice (same file twice) is computed once
         t = self.training
 
         if cache is None and self._check_lengths_from_sizes():
@@ -261,9 +260,8 @@ class FineTuner:
                 if cache is not None:
                     key = cache.key(example)
                     needed = cache.add(key, encoded)
-                    if key not in seen_keys:
-                        seen_keys.add(key)
-                        seen.append(key)
+                    if key not in seen:
+                        seen[key] = None
                         # Launched as several processes, each computes every world_size-th distinct page.
                         if needed and (len(seen) - 1) % world_size() == rank():
                             missing.append((key, encoded))
@@ -276,7 +274,7 @@ class FineTuner:
             if world_size() > 1:  # the other processes' pages: read from the shared folder once all are written
                 join_process_group()
                 barrier()
-                if not cache.holds(seen):
+                if not cache.holds(list(seen)):
                     raise ModelError(f"{cache.folder}: after the shared feature pass, some pages have no features; "
                                      "is the output folder on storage every process can read?")
         bar.close()
