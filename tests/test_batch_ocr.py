@@ -27,11 +27,17 @@ def _index(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
 
 
-def test_sharded_ocr_equals_one_process_in_input_order_and_resumes(tiny_presets, tmp_path):
+def _workspace_and_lines(tmp_path: Path, seed: int) -> tuple[Path, Path]:
+    """A workspace on the tiny Qwen preset, and 5 rendered text lines (in LINES/train)."""
     workspace = tmp_path / "ws"
     run_cli("init", str(workspace), "--base-model", "tiny-qwen2.5-vl", check=True)
     lines = tmp_path / "lines"
-    synthesize_lines(lines, LineOptions(n=5, seed=8), DataConfig())
+    synthesize_lines(lines, LineOptions(n=5, seed=seed), DataConfig())
+    return workspace, lines
+
+
+def test_sharded_ocr_equals_one_process_in_input_order_and_resumes(tiny_presets, tmp_path):
+    workspace, lines = _workspace_and_lines(tmp_path, seed=8)
     pages = tmp_path / "pages"
     for folder, chosen in (("a", range(0, 3)), ("b", range(2, 5))):  # line 2 is in both folders, under one name
         (pages / folder).mkdir(parents=True)
@@ -63,3 +69,34 @@ def test_sharded_ocr_without_out_is_refused_in_one_line(tiny_presets, tmp_path):
     result = subprocess.run([sys.executable, "-m", "ocrloop", "ocr", str(tmp_path)], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0 and "give --out" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ocr_reads_pages_of_several_documents_per_batch_and_reads_the_same(tiny_presets, tmp_path):
+    """Batches cross documents (a two-page PDF among images); a broken file fails alone, in its place."""
+    from PIL import Image
+
+    workspace, lines = _workspace_and_lines(tmp_path, seed=9)
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    images = sorted((lines / "train").glob("*.png"))
+    for image in images[:4]:
+        shutil.copy(image, pages)
+    first, second = (Image.open(path).convert("RGB") for path in images[3:5])
+    first.save(pages / "two_pages.pdf", save_all=True, append_images=[second])
+    (pages / "broken.png").write_bytes(b"not an image")
+
+    outputs = {}
+    for size in ("1", "4"):
+        out = tmp_path / f"batch{size}"
+        result = run_cli("ocr", str(pages), "--out", str(out), "--format", "json", "--read-batch-size", size,
+                         "-w", str(workspace))
+        assert result.returncode == 1 and "1 unreadable, of 6 documents" in result.stderr
+        assert result.stderr.count("broken.png") == 1
+        outputs[size] = {p.name: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert sorted(outputs["4"]) == sorted(outputs["1"]) and len(outputs["4"]) == 5
+    assert len(outputs["4"]["two_pages.json"]["pages"]) == 2
+    # The four single-page images went through one generation: each page carries the same share of its time.
+    shares = {document["pages"][0]["seconds"] for name, document in outputs["4"].items() if name.startswith("line_")}
+    assert len(shares) == 1
+    for name, document in outputs["4"].items():
+        assert [p["text"] for p in document["pages"]] == [p["text"] for p in outputs["1"][name]["pages"]]

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -24,7 +25,7 @@ from ocrloop.errors import OcrloopError
 from ocrloop.models import load_model
 from ocrloop.models.base import OCRModel
 from ocrloop.models.reading import ReadingSettings, resolve_reading
-from ocrloop.pii import PiiPolicy, apply_pii_policy
+from ocrloop.pii import PiiPolicy, PiiRejected, apply_pii_policy
 
 ENGINES = ("model", "tesseract")
 
@@ -128,21 +129,73 @@ class OCRAgent:
 
     def read_file(self, path: str | Path, *, prompt: str | None = None, resolution: str | None = None,
                   pii_policy: PiiPolicy | None = None) -> DocumentText:
-        """OCR every page of an image or PDF file; each page's text as ``pii_policy`` lets it out (see ``protect``)."""
-        path = Path(path)
+        """OCR every page of an image or PDF file, one page per generation; each page's text as ``pii_policy`` lets
+        it out (see ``protect``). Raises ``OcrloopError`` for a file it cannot read, ``PiiRejected`` under reject."""
+        ((_, result),) = self.read_files([path], prompt=prompt, resolution=resolution, pii_policy=pii_policy)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def read_files(self, paths: list[str | Path], *, prompt: str | None = None, resolution: str | None = None,
+                   pii_policy: PiiPolicy | None = None, batch_pages: int = 1) -> Iterator[tuple[Path, DocumentText | Exception]]:
+        """``read_file`` for each of ``paths``, in order, reading up to ``batch_pages`` pages (of one or several
+        documents) per generation. Yields ``(path, DocumentText)``, or ``(path, error)`` for a document that could
+        not be read (``OcrloopError``) or was refused (``PiiRejected``); the other documents go on."""
+        chunk: list[tuple[Path, int | OcrloopError]] = []
+        pages = 0
+        for path in map(Path, paths):
+            counted = self._page_count(path)
+            count = counted if isinstance(counted, int) else 0
+            if chunk and pages + count > batch_pages:
+                yield from self._read_chunk(chunk, prompt, resolution, pii_policy, batch_pages)
+                chunk, pages = [], 0
+            chunk.append((path, counted))
+            pages += count
+        if chunk:
+            yield from self._read_chunk(chunk, prompt, resolution, pii_policy, batch_pages)
+
+    def _page_count(self, path: Path) -> int | OcrloopError:
         if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            raise OcrloopError(f"{path}: unsupported format {path.suffix or '(none)'}")
+            return OcrloopError(f"{path}: unsupported format {path.suffix or '(none)'}")
         info, reason = inspect_file(path, self.config.data)
-        if reason:
-            raise OcrloopError(f"{path}: {reason}")
-        document = DocumentText(str(path), self.model_name)
-        for page in range(info.pages):
+        return OcrloopError(f"{path}: {reason}") if reason else info.pages
+
+    def _read_chunk(self, chunk: list[tuple[Path, int | OcrloopError]], prompt: str | None, resolution: str | None,
+                    pii_policy: PiiPolicy | None, batch_pages: int) -> Iterator[tuple[Path, DocumentText | Exception]]:
+        failed = {index: counted for index, (_, counted) in enumerate(chunk) if isinstance(counted, OcrloopError)}
+        wanted = [(index, page) for index, (_, counted) in enumerate(chunk) if index not in failed for page in range(counted)]
+        read: dict[tuple[int, int], tuple[str, float, tuple[int, int]]] = {}  # text, seconds, size
+        for start in range(0, len(wanted), batch_pages):
+            # Pages are loaded a batch at a time: a long PDF is never all in memory.
+            batch: list[tuple[int, int, Image.Image]] = []
+            for index, page in wanted[start:start + batch_pages]:
+                if index in failed:
+                    continue
+                try:
+                    batch.append((index, page, load_page(chunk[index][0], page, self.config.data)))
+                except OcrloopError as error:
+                    failed[index] = error
+            batch = [entry for entry in batch if entry[0] not in failed]
+            if not batch:
+                continue
             started = time.perf_counter()
-            image = load_page(path, page, self.config.data)
-            (text,) = self.read([image], prompt=prompt, resolution=resolution)
-            shown, found = self.protect(text, pii_policy)
-            document.pages.append(PageText(page, shown, time.perf_counter() - started, *image.size, found))
-        return document
+            texts = self.read([image for _, _, image in batch], prompt=prompt, resolution=resolution)
+            share = (time.perf_counter() - started) / len(batch)  # a page's share of its batch's time
+            read.update({(index, page): (text, share, image.size) for (index, page, image), text in zip(batch, texts)})
+        for index, (path, counted) in enumerate(chunk):
+            if index in failed:
+                yield path, failed[index]
+                continue
+            document = DocumentText(str(path), self.model_name)
+            try:
+                for page in range(counted):
+                    text, seconds, size = read[(index, page)]
+                    shown, found = self.protect(text, pii_policy)
+                    document.pages.append(PageText(page, shown, seconds, *size, found))
+            except PiiRejected as rejected:
+                yield path, rejected
+                continue
+            yield path, document
 
     async def process_document(self, path: str | Path) -> dict:
         """The plan's async entry point: OCR a file off the event loop; returns ``DocumentText.to_json()``."""

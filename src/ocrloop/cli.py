@@ -114,6 +114,8 @@ def bench_train_command(workspace: WorkspaceOption = Path("."), settings: BenchT
             continue
         rate = result.get("whole_run_samples_per_second", result["steady_samples_per_second"])
         ratio = f", {result['speedup_vs_baseline']:.2f}x the baseline" if "speedup_vs_baseline" in result else ""
+        if "scaling_vs_one_process" in result:
+            ratio += f", {result['scaling_vs_one_process']:.2f}x one process"
         if result.get("same_trainable_parameters_as_baseline") is False:
             ratio += " (NOT like for like: different trainable parameters)"
         vram = f", peak VRAM {result['peak_vram_allocated_gib']:.1f} GiB" if result["peak_vram_allocated_gib"] is not None else ""
@@ -125,10 +127,16 @@ def bench_train_command(workspace: WorkspaceOption = Path("."), settings: BenchT
 @settings_flags(BenchOcrSettings)
 def bench_ocr_command(settings: BenchOcrSettings | None = None) -> None:
     """OCR generation speed: pages/s and seconds per page, one by one and batched, output lengths like real pages."""
-    from ocrloop.bench.ocr import bench_ocr
+    from ocrloop import distributed
+    from ocrloop.bench.ocr import bench_ocr, bench_ocr_processes
+    from ocrloop.cli_flags import settings_argv
 
     if settings.experts == "grouped_mm" and settings.cache == "static":
         raise OcrloopError("--experts grouped_mm cannot run in the static cache's CUDA graphs; add --cache dynamic")
+    if settings.processes != [distributed.world_size()]:  # launch each count itself, then compare them
+        argv = settings_argv(settings.model_copy(update={"processes": None, "out": None}))
+        bench_ocr_processes(settings.out, argv, tuple(settings.processes), progress=lambda line: notices.print(line, markup=False))
+        return
     bench_ocr(settings.out, family=settings.family, size=settings.size, resolution=settings.resolution,
               batch_sizes=tuple(settings.batch_sizes), pages=settings.pages,
               cache_implementation="static" if settings.cache == "static" else None,
@@ -735,7 +743,7 @@ def models_rollback(business: Annotated[Optional[str], typer.Option(help="Busine
 
 @app.command("ocr")
 @config_flags("serve", only=("pii_policy",))
-@config_flags("training", only=("prompt", "resolution"), names={"resolution": ("--resolution", "--mode")})
+@config_flags("training", only=("prompt", "resolution", "read_batch_size"), names={"resolution": ("--resolution", "--mode")})
 def ocr_command(
     paths: Annotated[list[Path], typer.Argument(help="Images, PDFs or folders of them.")],
     business: Annotated[Optional[str], typer.Option(help="Use this business's champion.")] = None,
@@ -805,17 +813,17 @@ def _read_files(todo: list[Path], target: dict, output_format: str, business: st
     refused = failed = 0
     with _progress() as progress:
         task = progress.add_task(f"OCR with {agent.model_name}", total=len(todo))
-        for path in todo:
-            try:
-                document = agent.read_file(path, prompt=prompt, resolution=mode, pii_policy=config.serve.pii_policy)
-            except PiiRejected as rejected:
+        documents = agent.read_files(todo, prompt=prompt, resolution=mode, pii_policy=config.serve.pii_policy,
+                                     batch_pages=config.training.read_batch_size)
+        for path, document in documents:
+            if isinstance(document, PiiRejected):
                 refused += 1
-                progress.console.print(f"{path}: refused, {rejected} (pii_policy=reject)", markup=False, soft_wrap=True)
+                progress.console.print(f"{path}: refused, {document} (pii_policy=reject)", markup=False, soft_wrap=True)
                 progress.advance(task)
                 continue
-            except OcrloopError as error:  # one unreadable file does not stop the others
+            if isinstance(document, OcrloopError):  # one unreadable file does not stop the others
                 failed += 1
-                progress.console.print(f"{error}", markup=False, soft_wrap=True)
+                progress.console.print(f"{document}", markup=False, soft_wrap=True)
                 progress.advance(task)
                 continue
             if target[path] is None:

@@ -130,6 +130,22 @@ def settings_flags(model: type[BaseModel]) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def settings_argv(settings: BaseModel) -> list[str]:
+    """The flags that ``settings_flags`` turns back into ``settings`` (for re-launching a command as other processes)."""
+    argv: list[str] = []
+    for field, value in settings:
+        if value is None:
+            continue
+        name = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(name if value else name.replace("--", "--no-", 1))
+        elif isinstance(value, (list, tuple)):
+            argv += [name, ",".join(map(str, value))]
+        else:
+            argv += [name, str(value)]
+    return argv
+
+
 def config_flags(section: str, *, only: tuple[str, ...] | None = None,
                  names: dict[str, tuple[str, ...]] | None = None) -> Callable[[Callable], Callable]:
     """Give a typer command one flag per field of ``section`` (or just ``only`` those).

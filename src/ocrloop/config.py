@@ -121,7 +121,8 @@ class TrainingConfig(_Section):
     eval_max_pages: int = Field(32, ge=1, le=10**6, description="Validation pages read to compute CER during training.")
     max_new_tokens: int = Field(1024, ge=1, le=131_072, description="Generation limit per page when reading.")
     read_batch_size: int = Field(8, ge=1, le=4096, description="Pages per generation batch when reading (validation "
-                                                               "during training, eval, the loop's test reads).")
+                                                               "during training, eval, the loop's test reads, "
+                                                               "batch ocr).")
     skip_invalid: bool = Field(False, description="Train on the valid examples of a dataset that fails validation.")
 
 

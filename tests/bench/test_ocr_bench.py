@@ -42,3 +42,18 @@ def test_experts_kept_on_grouped_gemms_read_the_same_text(tiny_presets):
 def test_grouped_experts_with_the_static_cache_are_refused_in_one_line(tmp_path):
     result = run_cli("bench", "ocr", "--out", str(tmp_path / "x.json"), "--size", "tiny", "--experts", "grouped_mm")
     assert result.returncode != 0 and "add --cache dynamic" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_ocr_compares_process_counts_each_reading_its_own_pages(tmp_path):
+    out = tmp_path / "scaling.json"
+    run_cli("bench", "ocr", "--out", str(out), "--size", "tiny", "--batch-sizes", "2", "--pages", "2",
+            "--tokens-per-page", "4", "--cache", "dynamic", "--work", str(tmp_path / "work"), "--processes", "1,2",
+            check=True, env={"OMP_NUM_THREADS": "1"})
+    merged = json.loads(out.read_text())
+    one, two = (merged["processes"][count] for count in ("1", "2"))
+    assert one["workload"]["processes"] == 1 and two["workload"]["processes"] == 2
+    # Each process read its own 2 pages: twice the pages in the two-process run.
+    assert (one["batch_sizes"]["2"]["pages"], two["batch_sizes"]["2"]["pages"]) == (2, 4)
+    ratio = merged["scaling_vs_one_process"]["2"]["2"]
+    assert ratio == two["batch_sizes"]["2"]["pages_per_second"] / one["batch_sizes"]["2"]["pages_per_second"]
+    assert (tmp_path / "scaling-x1.json").is_file() and (tmp_path / "scaling-x2.json").is_file()

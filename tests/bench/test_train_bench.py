@@ -30,3 +30,17 @@ def test_bench_train_runs_each_variant_in_its_own_process_and_writes_ratios(tiny
 def test_bench_train_refuses_unknown_variants(tmp_path):
     result = run_cli("bench", "train", "--out", str(tmp_path / "b.json"), "--variants", "baseline,turbo", "--size", "tiny")
     assert result.returncode == 1 and "unknown variants ['turbo']" in result.stderr
+
+
+def test_bench_train_runs_a_variant_on_one_and_two_processes_and_compares_them(tiny_presets, tmp_path):
+    out = tmp_path / "scaling.json"
+    run_cli("bench", "train", "--out", str(out), "--family", "qwen2.5-vl", "--size", "tiny", "--resolution", "tiny",
+            "--batch-size", "2", "--epochs", "1", "--pages", "8", "--lora-targets", "attention,mlp", "--variants", "ocrloop-hf",
+            "--processes", "1,2", "--work", str(tmp_path / "work"), check=True, env={"OMP_NUM_THREADS": "1"})
+    variants = json.loads(out.read_text())["variants"]
+    one, two = variants["ocrloop-hf"], variants["ocrloop-hf@2"]
+    assert one["status"] == two["status"] == "succeeded", two.get("error")
+    assert (one["processes"], two["processes"]) == (1, 2) and "torch.distributed.run" in two["command"]
+    # The same 8 pages for one epoch: 4 steps of 2 pages on one process, 2 steps of 2x2 on two.
+    assert (one["train_pages"], two["train_pages"]) == (8, 8) and (one["steps"], two["steps"]) == (4, 2)
+    assert two["scaling_vs_one_process"] == two["whole_run_samples_per_second"] / one["whole_run_samples_per_second"]

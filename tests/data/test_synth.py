@@ -57,6 +57,11 @@ def test_parallel_rendering_is_deterministic_per_seed_and_workers(tmp_path):
 
     assert render("a") == render("b")
     assert Dataset.open(tmp_path / "a", DataConfig(pdf_dpi=40)).errors == []
+    # Split sizes are the whole set's plan, not one per process: 14 documents, all but one val and one test in train.
+    root = tmp_path / "c"
+    synthesize_dataset(root, SynthOptions(n=14, seed=3, scale=0.3, split_fractions=(1.0, 0.0, 0.0)), DataConfig(pdf_dpi=40),
+                       workers=3)
+    assert {split: len(list((root / split).iterdir())) for split in ("train", "val", "test")} == {"train": 12, "val": 1, "test": 1}
 
 
 def test_photo_style_pages_are_low_quality_jpegs_that_stay_legible(tmp_path):

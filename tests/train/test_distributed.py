@@ -28,10 +28,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _torchrun(workspace: Path, *launcher: str, output: str, batch_size: int) -> subprocess.Popen:
+def _torchrun(workspace: Path, *launcher: str, output: str, batch_size: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "ocrloop", "train", *TRAINING,
-               "--batch-size", str(batch_size), "--output", output, "-w", str(workspace)]
+               "--batch-size", str(batch_size), "--output", output, "-w", str(workspace), *extra]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -76,6 +76,18 @@ def test_two_processes_train_like_one_on_the_same_global_batch_and_rank_0_alone_
     cache = json.loads((workspace / "models" / "two" / "run_card.json").read_text())["feature_cache"]
     assert (cache["computed"], cache["loaded_from_disk"], cache["entries"]) == (4, 4, 8)
     assert len(list((workspace / "models" / "two" / "feature_cache").glob("*.safetensors"))) == 8
+
+
+def test_a_page_refused_in_the_shared_page_check_stops_every_process_with_its_reason(workspace):
+    """Each process checks only its share of the pages: one process's refusal must reach the others (no hang)."""
+    process = _torchrun(workspace, "--nproc-per-node", "2", "--master-port", str(_free_port()),
+                        output=str(workspace / "models" / "refused"), batch_size=2, extra=("--max-seq-length", "64"))
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0
+    # Each process says it in one line (torchrun then prints its own summary of the failed processes).
+    assert stderr.count("error: train/line_s3_000000.png page 1: 99 tokens (64 image + 35 text) exceed max_seq_length=64") == 2
+    assert "ocrloop/train/" not in stderr  # no traceback from ocrloop's code
+    assert not (workspace / "models" / "refused" / "run_card.json").exists()
 
 
 def test_two_nodes_on_one_host_are_the_same_command_with_a_rendezvous_address(workspace):

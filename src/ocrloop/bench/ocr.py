@@ -7,10 +7,15 @@ runs as long as its longest page, as real batched generation does. Reported per 
 seconds per page (for batch 1, the latency of one page), generated tokens/s and peak VRAM, and where one
 batch's time goes: the vision tower alone, prefill (a 1-token generation less the tower) and decode per
 token (the rest, over the remaining tokens). Random weights measure speed, never accuracy.
+
+Under torchrun every process reads its own ``pages`` pages on its own GPU (the same work per GPU), and a batch
+size's rate is all their pages over the slowest process's time. ``bench_ocr_processes`` runs the whole bench at
+several process counts, one launch each, and compares them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -19,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ocrloop import distributed
 from ocrloop.atomic import atomic_write_json
 from ocrloop.bench.train import prepare
 from ocrloop.data.dataset import Dataset
@@ -37,7 +43,13 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
     generation of that many tokens per batch size runs under the profiler (CUDA): the GPU-busy share of its wall
     time, kernels per token and the most expensive operations, after the timed reads. ``experts="grouped_mm"`` keeps
     MoE experts on grouped GEMMs while decoding (see ``keep_grouped_mm``)."""
+    distributed.join_process_group()
+    if not distributed.is_main_process():
+        distributed.barrier()  # rank 0 writes the pages and the checkpoint; the others then find them
     workspace, checkpoint = prepare(work, family, size, pages + 8, ("receipt", "invoice", "tax_form"))
+    if distributed.is_main_process():
+        distributed.barrier()
+    processes = distributed.world_size()
     dataset = Dataset.open(workspace.config.dataset_dir, workspace.config.data)
     examples = dataset.examples("train")
     bundle = load_model(str(checkpoint), backend="hf")
@@ -50,7 +62,8 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
         "command": "ocrloop bench ocr", "workload": {
             "family": family, "size": size, "resolution": resolution, "cache_implementation": cache_implementation,
             "experts": experts,
-            "chars_per_token": chars_per_token, "tokens_per_page": tokens_per_page, "pages": len(images)},
+            "chars_per_token": chars_per_token, "tokens_per_page": tokens_per_page, "pages": len(images),
+            "processes": processes},
         "host": platform.node(), "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "versions": {"torch": torch.__version__, **_versions()}, "batch_sizes": {},
     }
@@ -80,38 +93,87 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
 
     for batch_size in batch_sizes:
         count = single_pages if batch_size == 1 else math.ceil(pages / batch_size) * batch_size
-        # A warm-up batch, then count pages; pages are reused in turn when there are fewer.
-        order = [images[i % len(images)] for i in range(count + batch_size)]
+        # A warm-up batch, then count pages; pages are reused in turn when there are fewer. Each process starts
+        # at its own page.
+        first = distributed.rank() * count
+        order = [images[(first + i) % len(images)] for i in range(count + batch_size)]
         chunks = [order[i:i + batch_size] for i in range(0, count + batch_size, batch_size)]
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        try:
-            read(chunks[0])  # warm-up: compilation and autotuning
-            read(chunks[0], 1)  # the 1-token shape compiles too
+        errors: list[str] = []
+
+        def everywhere(work) -> bool:
+            """Run ``work``; False in every process when it ran out of memory in any (so all skip the collectives)."""
+            try:
+                work()
+            except torch.OutOfMemoryError as raised:
+                errors.append(str(raised).splitlines()[0])
+                torch.cuda.empty_cache()
+            return distributed.all_succeeded(not errors)
+
+        def measure() -> None:
+            nonlocal measured, wall, profile
+            distributed.barrier()
+            started = time.perf_counter()
             measured = [read(chunk) for chunk in chunks[1:]]
+            wall = time.perf_counter() - started
             profile = split(chunks[1], measured[0][1])
-        except torch.OutOfMemoryError as error:
-            results["batch_sizes"][str(batch_size)] = {"status": "out of memory", "error": str(error).splitlines()[0]}
-            torch.cuda.empty_cache()
+
+        measured, wall, profile = [], 0.0, {}
+        # Warm-up (compilation and autotuning; the 1-token shape compiles too), then the timed reads.
+        if not (everywhere(lambda: (read(chunks[0]), read(chunks[0], 1))) and everywhere(measure)):
+            results["batch_sizes"][str(batch_size)] = {"status": "out of memory",
+                                                       "error": errors[0] if errors else "in another process"}
             continue
-        seconds = sum(t for t, _ in measured)
-        read_pages = batch_size * len(measured)
+        seconds = distributed.slowest(wall)  # from a shared start to the slowest process's end
+        read_pages = batch_size * len(measured) * processes
         generated = sum(tokens * batch_size for _, tokens in measured)
         entry = {
             "status": "succeeded", "pages": read_pages, "seconds": seconds, "pages_per_second": read_pages / seconds,
-            "seconds_per_batch": seconds / len(measured), "generated_tokens_per_second": generated / seconds,
+            "seconds_per_batch": seconds / len(measured), "generated_tokens_per_second": generated * processes / seconds,
             "mean_new_tokens_per_page": sum(tokens for _, tokens in measured) / len(measured),
             "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None, "time_split": profile,
         }
         if profile_tokens and cuda:
             entry["profile"] = _profiled(lambda: read(chunks[1], profile_tokens), profile_tokens)
         results["batch_sizes"][str(batch_size)] = entry
-        progress(f"batch {batch_size}: {entry['pages_per_second']:.2f} pages/s, {entry['seconds_per_batch']:.2f} s per batch, "
-                 f"{entry['generated_tokens_per_second']:.0f} tokens/s; vision {profile['vision_seconds']:.3f} s, prefill "
-                 f"{profile['prefill_seconds']:.3f} s, decode {profile['decode_seconds_per_token'] * 1000:.1f} ms/token")
+        if distributed.is_main_process():
+            on = f" on {processes} processes" if processes > 1 else ""
+            progress(f"batch {batch_size}{on}: {entry['pages_per_second']:.2f} pages/s, {entry['seconds_per_batch']:.2f} s per "
+                     f"batch, {entry['generated_tokens_per_second']:.0f} tokens/s; vision {profile['vision_seconds']:.3f} s, "
+                     f"prefill {profile['prefill_seconds']:.3f} s, decode {profile['decode_seconds_per_token'] * 1000:.1f} ms/token")
+            atomic_write_json(out, results)
+    if distributed.is_main_process():
         atomic_write_json(out, results)
-    atomic_write_json(out, results)
+    distributed.leave_process_group()
     return results
+
+
+def bench_ocr_processes(out: Path, argv: list[str], processes: tuple[int, ...], progress=print) -> dict[str, Any]:
+    """``ocrloop bench ocr`` with flags ``argv`` (without --out and --processes) once per count in ``processes`` (torchrun
+    above one), each writing ``OUT-xN.json``; ``out`` gets them all and each count's pages/s over one process's."""
+    import subprocess
+
+    from ocrloop.bench.train import launch_environment, launcher
+
+    merged: dict[str, Any] = {"command": "ocrloop bench ocr " + " ".join(argv) + " --processes "
+                              + ",".join(map(str, processes)), "processes": {}, "scaling_vs_one_process": {}}
+    for count in processes:
+        part = out.with_name(f"{out.stem}-x{count}.json")
+        command = [*launcher(count), "-m", "ocrloop", "bench", "ocr", *argv, "--out", str(part), "--processes", str(count)]
+        progress(f"{count} process{'es' if count > 1 else ''}: {' '.join(command[1:])}")
+        finished = subprocess.run(command, env=launch_environment(count))
+        merged["processes"][str(count)] = (json.loads(part.read_text()) if part.is_file()
+                                           else {"status": "failed", "returncode": finished.returncode})
+        one = merged["processes"].get("1", {}).get("batch_sizes", {})
+        for batch, entry in merged["processes"][str(count)].get("batch_sizes", {}).items():
+            if count > 1 and one.get(batch, {}).get("status") == entry.get("status") == "succeeded":
+                ratio = entry["pages_per_second"] / one[batch]["pages_per_second"]
+                merged["scaling_vs_one_process"].setdefault(batch, {})[str(count)] = ratio
+                progress(f"batch {batch}: {count} processes read {ratio:.2f}x the pages/s of one")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, merged)
+    return merged
 
 
 KEPT_GROUPED_MM = "ocrloop_grouped_mm"

@@ -4,7 +4,7 @@ these fields by ``cli_flags.settings_flags``). Defaults are the workloads the pu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,9 @@ class BenchTrainSettings(_Bench):
     pages: int = Field(48, ge=1, le=100_000, description="Synthetic pages (run mode: exactly this many training pages).")
     mode: Literal["lora16", "qlora4"] = Field("lora16", description="Training mode of every variant.")
     categories: list[Category] = Field(["receipt", "invoice", "tax_form"], description="Document categories of the pages.")
+    processes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        [1], min_length=1, description="Processes (GPUs) to run each variant on, one run per count (torchrun above one; "
+                                       "--batch-size per process).")
 
 
 class BenchOcrSettings(_Bench):
@@ -52,6 +55,9 @@ class BenchOcrSettings(_Bench):
     profile_tokens: int = Field(0, ge=0, le=4096, description="Also profile one generation of this many tokens per batch "
                                                              "size (CUDA): GPU-busy share, kernels per token, top ops.")
     work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint and pages.")
+    processes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        [1], min_length=1, description="Process (GPU) counts to compare, one launch each (torchrun above one); every "
+                                       "process reads --pages pages per batch size.")
 
 
 class BenchSoakSettings(_Bench):

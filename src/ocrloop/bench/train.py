@@ -57,21 +57,40 @@ def prepare(work: Path, family: str, size: str, pages: int, categories: tuple[st
     if not any((workspace.config.dataset_dir / "train").iterdir()):
         options = (SynthOptions(n=pages + 2, seed=1, categories=categories, split_fractions=(1.0, 0.0, 0.0)) if exact_train_pages
                    else SynthOptions(n=pages, seed=1, categories=categories))
-        synthesize_dataset(workspace.config.dataset_dir, options, DataConfig())
+        # Rendering takes about 0.2 s a page: hundreds of pages render in processes, a few dozen in this one.
+        synthesize_dataset(workspace.config.dataset_dir, options, DataConfig(),
+                           workers=min(os.cpu_count() or 1, max(1, pages // 32)))
     checkpoint = work / "checkpoints" / f"{family}-{size}"
     if not (checkpoint / "config.json").is_file():
         FAMILIES[family]().build_random(checkpoint, size=size)
     return workspace, checkpoint
 
 
-def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: list[str], log: Path) -> dict[str, Any]:
-    """One ``ocrloop train`` process; its run card's speed and memory, or the error it ended with."""
-    command = [sys.executable, "-m", "ocrloop", "train", "-w", str(workspace.root), "--model", str(checkpoint),
+def launcher(processes: int) -> list[str]:
+    """The command that starts ``python -m ...`` as ``processes`` processes on this machine (torchrun above one)."""
+    if processes == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+
+
+def launch_environment(processes: int) -> dict[str, str]:
+    """The environment for ``launcher(processes)``: torchrun gives each process one CPU thread unless
+    ``OMP_NUM_THREADS`` is set, which starves the page preparation (decoding, resizing, collating); here each
+    process gets its share of the cores."""
+    threads = str(max(1, (os.cpu_count() or 1) // processes))
+    return {"OMP_NUM_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: list[str], log: Path,
+                processes: int = 1) -> dict[str, Any]:
+    """One ``ocrloop train`` run (torchrun with ``processes`` above one); its run card's speed and memory, or the
+    error it ended with."""
+    command = [*launcher(processes), "-m", "ocrloop", "train", "-w", str(workspace.root), "--model", str(checkpoint),
                "--output", str(output), "--eval-steps", "100000", "--eval-max-pages", "1", "--max-new-tokens", "8",
                "--logging-steps", "1", *flags]
     kernels_before = _compiled_kernels()
     started = time.perf_counter()
-    process = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.run(command, capture_output=True, text=True, env=launch_environment(processes))
     wall = time.perf_counter() - started
     log.write_text(process.stdout[-20000:] + "\n--- stderr ---\n" + process.stderr[-40000:])
     if process.returncode != 0:
@@ -82,6 +101,7 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
     gib = lambda value: value / 2**30 if value is not None else None  # noqa: E731
     return {
         "status": "succeeded", "command": " ".join(command[1:]), "wall_seconds": wall, "backend": card["backend"],
+        "processes": speed.get("processes", 1),
         "steps": speed["steps"], "first_step_seconds": speed["step_seconds"][0],
         "steady_seconds_per_step": speed["steady_seconds_per_step"],
         "steady_samples_per_second": speed["steady_samples_per_second"],
@@ -121,8 +141,13 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
                 batch_size: int = 8, steps: int = 12, lora_rank: int = 16, lora_targets: str = "attention,mlp,experts",
                 variants: list[str] | None = None, work: Path = Path("/tmp/ocrloop-bench"), pages: int = 48,
                 epochs: float | None = None, mode: str = "lora16", registry_location: str | Path | None = None,
-                categories: tuple[str, ...] = ("receipt", "invoice", "tax_form")) -> dict[str, Any]:
+                categories: tuple[str, ...] = ("receipt", "invoice", "tax_form"),
+                processes: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline.
+
+    Each variant runs once per count in ``processes`` (GPUs; torchrun above one, ``batch_size`` per process). A
+    variant on N processes is named ``VARIANT@N`` and carries ``scaling_vs_one_process``: its rate over the same
+    variant's on one.
 
     Step mode (``epochs`` None): ``steps`` optimizer steps, speed from the median step after warm-up.
     Run mode: ``pages`` training pages x ``epochs``, timed from the first page to the last step: for
@@ -147,18 +172,23 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
         "host": platform.node(), "device_bf16_matmul_tflops": measured_matmul_tflops(),
         "model_flops": language_model_flops(checkpoint), "variants": {},
     }
-    for variant in variants:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name, _, variant_mode = variant.partition(":")
-        flags = shared + VARIANTS[name] + ["--mode", variant_mode or mode]
-        result = run_variant(workspace, checkpoint, work / "runs" / f"{name}-{variant_mode or mode}-{stamp}", flags,
-                             out.parent / f"{out.stem}-{variant.replace(':', '-')}.log")
-        result["mode"] = variant_mode or mode
-        if result["status"] == "succeeded":
-            _add_rates(result, results, whole_run=epochs is not None)
-        results["variants"][variant] = result
-        atomic_write_json(out, results)  # after each variant: partial results survive
     speed_key = "whole_run_samples_per_second" if epochs is not None else "steady_samples_per_second"
+    for variant in variants:
+        for count in processes:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            name, _, variant_mode = variant.partition(":")
+            key = variant if count == 1 else f"{variant}@{count}"
+            flags = shared + VARIANTS[name] + ["--mode", variant_mode or mode]
+            result = run_variant(workspace, checkpoint, work / "runs" / f"{name}-{variant_mode or mode}-{count}-{stamp}", flags,
+                                 out.parent / f"{out.stem}-{key.replace(':', '-').replace('@', '-x')}.log", processes=count)
+            result["mode"] = variant_mode or mode
+            if result["status"] == "succeeded":
+                _add_rates(result, results, whole_run=epochs is not None)
+                single = results["variants"].get(variant, {})
+                if count > 1 and single.get("status") == "succeeded":
+                    result["scaling_vs_one_process"] = result[speed_key] / single[speed_key]
+            results["variants"][key] = result
+            atomic_write_json(out, results)  # after each run: partial results survive
     for reference in ("baseline", "unsloth"):
         base = results["variants"].get(reference, {})
         if base.get("status") != "succeeded":
@@ -195,7 +225,7 @@ def _add_rates(result: dict[str, Any], results: dict[str, Any], whole_run: bool)
         tokens_per_sample = result["steady_tokens_per_second"] / result["steady_samples_per_second"]
         achieved = rate * flops["training_flops_per_token"] * tokens_per_sample
         result["model_tflops_per_second"] = achieved / 1e12
-        result["mfu"] = achieved / (peak * 1e12)
+        result["mfu"] = achieved / (peak * 1e12 * result.get("processes", 1))  # each process has a device
 
 
 def measured_matmul_tflops(size: int = 8192, repeats: int = 20) -> float | None:

@@ -14,7 +14,7 @@ import datetime as dt
 import random
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -485,7 +485,6 @@ def render_in_processes(render, options, staging: str, workers: int, progress=No
     from seed ``options.seed * 1000 + worker``; the documents come back in worker order. ``progress`` is called
     with the number rendered so far."""
     from concurrent.futures import ProcessPoolExecutor
-    from dataclasses import replace
 
     shares = [options.n // workers + (1 if w < options.n % workers else 0) for w in range(workers)]
     jobs = [replace(options, n=share, seed=options.seed * 1000 + w) for w, share in enumerate(shares) if share]
@@ -509,7 +508,11 @@ def synthesize_dataset(root: Path, options: SynthOptions, data: DataConfig | Non
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".synth-", dir=root) as staging:
         if workers > 1:
-            return add_documents(root, render_in_processes(_render_and_write, options, staging, workers, progress), data)
+            incoming = render_in_processes(_render_and_write, options, staging, workers, progress)
+            # Each process planned splits for its own share; the whole set gets the one plan of ``options.n``
+            # (so ``split_fractions`` (1, 0, 0) still means exactly n - 2 training documents).
+            plan = _split_plan(options.n, options.split_fractions, random.Random(options.seed))
+            return add_documents(root, [replace(document, split=split) for document, split in zip(incoming, plan)], data)
         incoming = []
         for count, document in enumerate(generate_documents(options), start=1):
             path = write_document(document, Path(staging))

@@ -226,27 +226,66 @@ class FineTuner:
         self.feature_cache_setup_seconds = time.perf_counter() - started
 
     def _check_examples(self) -> None:
-        """Encode every example once before the first step: too-long or inconsistent examples fail here, named."""
-        image_token_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.family.image_token)
-        self.lengths: list[int] = []
-        kept: dict[str, list[PageExample]] = {"train": [], "val": []}
-        cache = self.feature_cache
-        missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
-        seen: dict[str, None] = {}  # distinct pages in order: a page listed twice (same file twice) is computed once
-        t = self.training
+        """Encode every example once before the first step: too-long or inconsistent examples fail here, named.
 
+        Launched as several processes with the feature cache on, each process encodes and computes only its share
+        of the distinct pages (every world_size-th); the token layouts are then exchanged and the features read
+        from the shared folder, so every process ends with the same examples, in the same order."""
+        self.lengths: list[int] = []
+        cache = self.feature_cache
         if cache is None and self._check_lengths_from_sizes():
             return
+        splits = (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples))
+        owner: dict[str, int] = {}  # distinct pages in order: a page listed twice (same file twice) is encoded once
+        if cache is not None:
+            for _, _, examples in splits:
+                for example in examples:
+                    owner.setdefault(cache.key(example), len(owner) % world_size())
+        shared = cache is not None and world_size() > 1
+        datasets = list({id(dataset): dataset for _, dataset, _ in splits}.values())
+        problems_before = [len(dataset.problems) for dataset in datasets]
+        error: str | None = None
+        try:
+            encoded_pages = self._encode_share(splits, owner)
+        except OcrloopError as raised:
+            if not shared:
+                raise
+            error, encoded_pages = str(raised), {}  # said by every process once the shares are exchanged
+        if shared:
+            new_problems = [p for dataset, before in zip(datasets, problems_before) for p in dataset.problems[before:]]
+            encoded_pages = self._exchange_share(encoded_pages, new_problems, error)
+        kept: dict[str, list[PageExample]] = {"train": [], "val": []}
+        for split, _, examples in splits:
+            for example in examples:
+                encoded = encoded_pages.get(cache.key(example) if cache is not None else example.example_id)
+                if encoded is not None:
+                    kept[split].append(example)
+                    if split == "train":
+                        self.lengths.append(len(encoded))
+        skipped = [p for p in self.dataset.warnings if p.message.startswith("skipped")]
+        for problem in skipped:
+            self.console.print(f"[yellow]{problem}[/yellow]", markup=True, highlight=False)
+        self.train_examples, self.val_examples = kept["train"], kept["val"]
+
+    def _encode_share(self, splits, owner: dict[str, int]) -> dict[str, EncodedExample]:
+        """Encode and check this process's pages (all of them in one process); with the cache, record each page's
+        token layout and compute the features it lacks. Keyed by cache key (or example id without the cache)."""
+        t, cache = self.training, self.feature_cache
+        image_token_id = self.bundle.tokenizer.convert_tokens_to_ids(self.bundle.family.image_token)
+        missing: list[tuple[str, EncodedExample]] = []  # pages whose features are computed in batches
+        encoded_pages: dict[str, EncodedExample] = {}
 
         def encode(example: PageExample, image) -> EncodedExample:
             return self.bundle.encode(image, t.prompt, example.text, t.resolution)
 
+        shares = [(split, dataset, [e for e in examples if cache is None or owner[cache.key(e)] == rank()])
+                  for split, dataset, examples in splits]
         # Pages are decoded and preprocessed by threads while the GPU computes the features of the last batch.
         workers = min(PREPARE_THREADS, os.cpu_count() or 1)
-        bar = tqdm(total=len(self.train_examples) + len(self.val_examples), unit="page", file=sys.stderr, dynamic_ncols=True,
+        bar = tqdm(total=sum(len(share) for _, _, share in shares), unit="page", file=sys.stderr, dynamic_ncols=True,
                    desc="checking pages" + (" and computing image features" if cache is not None else ""))
-        for split, dataset, examples in (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples)):
-            for example, encoded in dataset.iter_prepared(examples, encode, workers=workers):
+        for split, dataset, share in shares:
+            for example, encoded in dataset.iter_prepared(share, encode, workers=workers):
                 bar.update()
                 where = f"{example.source} page {example.page + 1}"
                 if len(encoded) > t.max_seq_length:
@@ -254,34 +293,49 @@ class FineTuner:
                 found = encoded.input_ids.count(image_token_id)
                 if found != encoded.image_tokens:
                     raise ModelError(f"{where}: {found} image tokens in the prompt but {encoded.image_tokens} image features")
-                if split == "train":
-                    self.lengths.append(len(encoded))
-                kept[split].append(example)
-                if cache is not None:
-                    key = cache.key(example)
-                    needed = cache.add(key, encoded)
-                    if key not in seen:
-                        seen[key] = None
-                        # Launched as several processes, each computes every world_size-th distinct page.
-                        if needed and (len(seen) - 1) % world_size() == rank():
-                            missing.append((key, encoded))
-                    if len(missing) >= FEATURE_PASS_CHUNK:
-                        cache.compute(missing)
-                        missing = []
+                if cache is None:
+                    encoded_pages[example.example_id] = encoded
+                    continue
+                key = cache.key(example)
+                if key in encoded_pages:
+                    continue
+                needed = cache.add(key, encoded)
+                encoded_pages[key] = cache.templates[key]
+                if needed:
+                    missing.append((key, encoded))
+                if len(missing) >= FEATURE_PASS_CHUNK:
+                    cache.compute(missing)
+                    missing = []
+        bar.close()
         if cache is not None:
             cache.compute(missing)
             cache.flush()
-            if world_size() > 1:  # the other processes' pages: read from the shared folder once all are written
-                join_process_group()
-                barrier()
-                if not cache.holds(list(seen)):
-                    raise ModelError(f"{cache.folder}: after the shared feature pass, some pages have no features; "
-                                     "is the output folder on storage every process can read?")
-        bar.close()
-        skipped = [p for p in self.dataset.warnings if p.message.startswith("skipped")]
-        for problem in skipped:
-            self.console.print(f"[yellow]{problem}[/yellow]", markup=True, highlight=False)
-        self.train_examples, self.val_examples = kept["train"], kept["val"]
+        return encoded_pages
+
+    def _exchange_share(self, encoded_pages: dict[str, EncodedExample], new_problems: list,
+                        error: str | None) -> dict[str, EncodedExample]:
+        """Every process's token layouts and skipped pages, after all have written their features; one process's
+        error stops them all, with its message."""
+        import torch.distributed as dist
+
+        cache = self.feature_cache
+        join_process_group()
+        shares: list[Any] = [None] * world_size()
+        dist.all_gather_object(shares, {"pages": encoded_pages, "problems": new_problems, "error": error})
+        errors = [share["error"] for share in shares if share["error"]]
+        if errors:
+            raise ModelError(errors[0])
+        everything: dict[str, EncodedExample] = {}
+        for index, share in enumerate(shares):
+            everything.update(share["pages"])
+            if index != rank():
+                self.dataset.problems.extend(share["problems"])
+        cache.templates.update(everything)
+        # The other processes' features: read from the shared folder, now that all are written.
+        if not cache.holds(list(everything)):
+            raise ModelError(f"{cache.folder}: after the shared feature pass, some pages have no features; "
+                             "is the output folder on storage every process can read?")
+        return everything
 
     def _check_lengths_from_sizes(self) -> bool:
         """The page check without decoding a page, where the family counts image tokens from the page's size (the
@@ -352,7 +406,7 @@ class FineTuner:
         eight_bit_adam = t.optimizer == "adamw_8bit" or (
             t.optimizer == "auto" and self.device_is_cuda and importlib.util.find_spec("bitsandbytes") is not None
         )
-        return TrainingArguments(
+        arguments = TrainingArguments(
             output_dir=str(self.output_dir / "checkpoints"),
             num_train_epochs=t.epochs,
             max_steps=t.max_steps or -1,
@@ -379,12 +433,24 @@ class FineTuner:
             dataloader_prefetch_factor=4 if t.dataloader_workers > 0 else None,
             use_cpu=not self.device_is_cuda,
             disable_tqdm=False,
+            # DDP would broadcast every buffer at each forward: the models' buffers are constants, and those of a
+            # vision tower parked on the CPU (``ParkVisionTower``) cannot go through NCCL at all.
+            ddp_broadcast_buffers=False,
+            # Every trainable weight (LoRA or all of them) takes part in every step. Left unset, the Trainer asks
+            # DDP to search each step's autograd graph for unused ones, because a peft model is not a
+            # PreTrainedModel: 12 % of a DeepSeek-OCR-2 step on two H200s.
+            ddp_find_unused_parameters=False,
         )
+        if self.device_is_cuda and world_size() == 1 and arguments.n_gpu > 1:
+            # One process on a machine with several GPUs: the Trainer would split each batch over all of them with
+            # nn.DataParallel. ocrloop runs one GPU per process (torchrun for several), so this one uses its own.
+            arguments._n_gpu = 1
+        return arguments
 
     def run(self) -> RunResult:
         """Train (the step is ``train.trainer.OCRTrainer``), validate, save the model and write the run card."""
         t = self.training
-        steps_per_epoch = math.ceil(len(self.train_examples) / (t.batch_size * t.gradient_accumulation_steps))
+        steps_per_epoch = math.ceil(len(self.train_examples) / (t.batch_size * t.gradient_accumulation_steps * world_size()))
         cache = self.feature_cache
         park = ParkVisionTower(cache)
         trainer = OCRTrainer(
@@ -446,13 +512,15 @@ class FineTuner:
     def _run_card(self, train_output, train_seconds: float, steps: int, final: dict | None) -> dict:
         t = self.training
         samples = train_output.metrics.get("train_samples_per_second")
-        epochs_done = steps * t.batch_size * t.gradient_accumulation_steps / max(len(self.train_examples), 1)
+        # Under torchrun every optimizer step takes a batch from each process.
+        samples_per_step = t.batch_size * t.gradient_accumulation_steps * world_size()
+        epochs_done = steps * samples_per_step / max(len(self.train_examples), 1)
         tokens = sum(self.lengths) * epochs_done
         training_peak = torch.cuda.max_memory_allocated() if self.device_is_cuda else None
         prepare_peak = self.prepare_peak_bytes
         peak_allocated = max(training_peak, prepare_peak) if training_peak is not None else None
         peak_reserved = torch.cuda.max_memory_reserved() if self.device_is_cuda else None
-        gpu_hours = train_seconds / 3600 if self.device_is_cuda else 0.0
+        gpu_hours = train_seconds * world_size() / 3600 if self.device_is_cuda else 0.0
         return {
             "base_model": self.config.base_model,
             "family": self.bundle.family.name,
@@ -471,10 +539,10 @@ class FineTuner:
                 "final_validation": final,
                 "merged_validation": None,  # filled once the merged weights are saved and read
             },
-            "speed": {"steps": steps, "prepare_seconds": getattr(self, "prepare_seconds", None),
+            "speed": {"steps": steps, "processes": world_size(), "prepare_seconds": getattr(self, "prepare_seconds", None),
                       "epoch_seconds": self.history.get("epoch_seconds", []), "train_seconds": train_seconds, "samples_per_second": samples,
                       "tokens_per_second": tokens / train_seconds if train_seconds else None,
-                      **_steady_speed(self.history.get("step_seconds", []), t.batch_size * t.gradient_accumulation_steps,
+                      **_steady_speed(self.history.get("step_seconds", []), samples_per_step,
                                       sum(self.lengths) / max(len(self.lengths), 1))},
             # Whole run: the page pass (features computed) and training, each also on its own.
             "memory": {"peak_vram_allocated_bytes": peak_allocated, "peak_vram_reserved_bytes": peak_reserved,
