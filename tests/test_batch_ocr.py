@@ -92,6 +92,7 @@ def test_ocr_reads_pages_of_several_documents_per_batch_and_reads_the_same(tiny_
                          "-w", str(workspace))
         assert result.returncode == 1 and "1 unreadable, of 6 documents" in result.stderr
         assert result.stderr.count("broken.png") == 1
+        assert "read 6 pages of 5 documents in " in result.stderr  # and the rate, for timing a batch job
         outputs[size] = {p.name: json.loads(p.read_text()) for p in out.glob("*.json")}
     assert sorted(outputs["4"]) == sorted(outputs["1"]) and len(outputs["4"]) == 5
     assert len(outputs["4"]["two_pages.json"]["pages"]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -793,6 +794,7 @@ def ocr_command(
 
 def _read_files(todo: list[Path], target: dict, output_format: str, business: str | None, model: str | None, engine: str,
                 workspace: Path, overrides: dict) -> None:
+    from ocrloop import distributed
     from ocrloop.atomic import atomic_write_json, atomic_write_text
     from ocrloop.pii import PiiRejected
 
@@ -810,7 +812,8 @@ def _read_files(todo: list[Path], target: dict, output_format: str, business: st
     agent = OCRAgent.load(workspace, business=_business(business), model=model, engine=engine)
     for note in agent.settings(prompt=prompt, resolution=mode)[1] if engine == "model" else ():
         notices.print(f"note: {note}", markup=False)
-    refused = failed = 0
+    refused = failed = read_pages = 0
+    started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task(f"OCR with {agent.model_name}", total=len(todo))
         documents = agent.read_files(todo, prompt=prompt, resolution=mode, pii_policy=config.serve.pii_policy,
@@ -832,7 +835,12 @@ def _read_files(todo: list[Path], target: dict, output_format: str, business: st
                 atomic_write_json(target[path], document.to_json())
             else:
                 atomic_write_text(target[path], document.markdown + "\n")
+            read_pages += len(document.pages)
             progress.advance(task)
+    seconds = time.perf_counter() - started
+    share = f"process {distributed.rank() + 1} of {distributed.world_size()}: " if distributed.world_size() > 1 else ""
+    notices.print(f"{share}read {read_pages} pages of {len(todo) - refused - failed} documents in {seconds:.1f} s "
+                  f"({read_pages / seconds:.2f} pages/s)", markup=False)
     problems = [f"{refused} refused for personal data" if refused else "", f"{failed} unreadable" if failed else ""]
     if refused or failed:
         raise OcrloopError(f"{' and '.join(p for p in problems if p)}, of {len(todo)} documents")

@@ -232,6 +232,7 @@ class FineTuner:
         of the distinct pages (every world_size-th); the token layouts are then exchanged and the features read
         from the shared folder, so every process ends with the same examples, in the same order."""
         self.lengths: list[int] = []
+        self.feature_exchange_seconds: float | None = None  # set where processes exchange their shares
         cache = self.feature_cache
         if cache is None and self._check_lengths_from_sizes():
             return
@@ -319,6 +320,7 @@ class FineTuner:
         import torch.distributed as dist
 
         cache = self.feature_cache
+        started = time.perf_counter()
         join_process_group()
         shares: list[Any] = [None] * world_size()
         dist.all_gather_object(shares, {"pages": encoded_pages, "problems": new_problems, "error": error})
@@ -335,6 +337,8 @@ class FineTuner:
         if not cache.holds(list(everything)):
             raise ModelError(f"{cache.folder}: after the shared feature pass, some pages have no features; "
                              "is the output folder on storage every process can read?")
+        # Waiting for the slowest process, exchanging layouts, reading the others' features: what does not shrink.
+        self.feature_exchange_seconds = time.perf_counter() - started
         return everything
 
     def _check_lengths_from_sizes(self) -> bool:
@@ -480,7 +484,8 @@ class FineTuner:
         if final:
             self.history["validation"].append({"step": trainer.state.global_step, **final})
         if cache is not None:
-            self.feature_cache_summary = {**cache.summary(), "setup_seconds": self.feature_cache_setup_seconds}
+            self.feature_cache_summary = {**cache.summary(), "setup_seconds": self.feature_cache_setup_seconds,
+                                          "exchange_seconds": self.feature_exchange_seconds}
             cache.close()
             self.feature_cache = None
         card = self._run_card(train_output, train_seconds, trainer.state.global_step, final)
