@@ -117,6 +117,8 @@ def bench_train_command(workspace: WorkspaceOption = Path("."), settings: BenchT
         ratio = f", {result['speedup_vs_baseline']:.2f}x the baseline" if "speedup_vs_baseline" in result else ""
         if "scaling_vs_one_process" in result:
             ratio += f", {result['scaling_vs_one_process']:.2f}x one process"
+            if not result["same_backend_as_one_process"]:
+                ratio += " (NOT scaling alone: another backend than on one process)"
         if result.get("same_trainable_parameters_as_baseline") is False:
             ratio += " (NOT like for like: different trainable parameters)"
         vram = f", peak VRAM {result['peak_vram_allocated_gib']:.1f} GiB" if result["peak_vram_allocated_gib"] is not None else ""

@@ -44,3 +44,4 @@ def test_bench_train_runs_a_variant_on_one_and_two_processes_and_compares_them(t
     # The same 8 pages for one epoch: 4 steps of 2 pages on one process, 2 steps of 2x2 on two.
     assert (one["train_pages"], two["train_pages"]) == (8, 8) and (one["steps"], two["steps"]) == (4, 2)
     assert two["scaling_vs_one_process"] == two["whole_run_samples_per_second"] / one["whole_run_samples_per_second"]
+    assert two["same_backend_as_one_process"] is True

@@ -187,6 +187,8 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
                 single = results["variants"].get(variant, {})
                 if count > 1 and single.get("status") == "succeeded":
                     result["scaling_vs_one_process"] = result[speed_key] / single[speed_key]
+                    # Under torchrun "auto" means hf: a ratio against Unsloth on one GPU is not scaling alone.
+                    result["same_backend_as_one_process"] = result["backend"] == single["backend"]
             results["variants"][key] = result
             atomic_write_json(out, results)  # after each run: partial results survive
     for reference in ("baseline", "unsloth"):
