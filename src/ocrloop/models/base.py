@@ -9,10 +9,13 @@ Shared mechanics (padding, batching, generation) live here once.
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
+import threading
+import weakref
+from collections import Counter
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from PIL import Image
@@ -61,6 +64,34 @@ class EncodedExample:
         return len(self.input_ids)
 
 
+def model_lock(model: Any) -> threading.Lock:
+    """The one lock of ``model`` that its adapter bundles read and attach under."""
+    return model.__dict__.setdefault("_ocrloop_adapter_lock", threading.Lock())
+
+
+def _adapter_readers(model: Any) -> Counter:
+    """How many live bundles read with each adapter of ``model``."""
+    return model.__dict__.setdefault("_ocrloop_adapter_readers", Counter())
+
+
+def _reader_gone(model: Any, adapter: str) -> None:
+    _adapter_readers(model)[adapter] -= 1
+
+
+def drop_unread_adapters(model: Any) -> None:
+    """Delete the adapters of ``model`` that no live bundle reads with any more (a replaced champion's), keeping at
+    least one. Called with ``model_lock`` held, between reads, never inside one."""
+    readers = _adapter_readers(model)
+    for adapter, count in list(readers.items()):  # a snapshot: a finalizer may change counts meanwhile
+        if count > 0:
+            continue
+        del readers[adapter]
+        if adapter in model.peft_config and len(model.peft_config) > 1:
+            if model.active_adapter == adapter:
+                model.set_adapter(next(name for name in model.peft_config if name != adapter))
+            model.delete_adapter(adapter)
+
+
 @dataclass
 class OCRModel:
     """A loaded model with its tokenizer and image processor, ready to train or read pages."""
@@ -73,6 +104,25 @@ class OCRModel:
     backend: str = "hf"
     extras: dict = field(default_factory=dict)
     reading: ReadingSettings | None = None  # the settings it was trained to read with (saved in its model card)
+    adapter: str | None = None  # the LoRA adapter of ``model`` it reads with: several bundles may share one model
+
+    def __post_init__(self) -> None:
+        if self.adapter is not None:
+            # Once no bundle reads with an adapter, the next read or attach on the model deletes it.
+            _adapter_readers(self.model)[self.adapter] += 1
+            weakref.finalize(self, _reader_gone, self.model, self.adapter)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """``model`` set to this bundle's adapter, and held against other bundles sharing the model meanwhile."""
+        if self.adapter is None:
+            yield
+            return
+        with model_lock(self.model):
+            drop_unread_adapters(self.model)
+            if self.model.active_adapter != self.adapter:
+                self.model.set_adapter(self.adapter)
+            yield
 
     @property
     def device(self) -> torch.device:
@@ -112,7 +162,7 @@ class OCRModel:
         was_training = self.model.training
         self._inference_mode(True)
         try:
-            with self.family.bounded_vision_memory(self.model):
+            with self.active(), self.family.bounded_vision_memory(self.model):
                 output = self.model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,

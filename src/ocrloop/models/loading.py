@@ -16,7 +16,7 @@ import torch
 
 from ocrloop.atomic import atomic_write_json
 from ocrloop.distributed import world_size
-from ocrloop.models.base import ModelError, OCRFamily, OCRModel, wrap_image_features
+from ocrloop.models.base import ModelError, OCRFamily, OCRModel, drop_unread_adapters, model_lock, wrap_image_features
 
 QUANTIZED_MODES = ("qlora4", "lora8")
 
@@ -306,17 +306,46 @@ def load_adapter(path: Path, card: dict, *, backend: str = "auto", device: str |
     model.to(base.device)
     if not for_training:
         model.requires_grad_(False)
+        model.eval()  # get_peft_model leaves it in train mode: LoRA dropout would act on a plain forward
     tokenizer, image_processor = base.family.load_processors(str(path))
     return OCRModel(base.family, model, tokenizer, image_processor, source=str(path), backend=base.backend,
-                    extras={**base.extras, "adapter": str(path)})
+                    extras={**base.extras, "adapter": str(path), "base_model": card["base_model"]},
+                    adapter=None if for_training else "default")
 
 
-def load_adapter_weights(model: Any, weights: Path, what: str = "this model") -> None:
-    """Copy saved LoRA tensors into the live adapter of ``model`` by name; all must fit."""
+def attach_adapter(shared: OCRModel, path: Path, card: dict, name: str) -> OCRModel:
+    """Another saved LoRA adapter, ``name``, on the model of ``shared`` (an adapter bundle of the same base): one
+    base model in memory for both, each bundle reading with its own adapter (``OCRModel.active``)."""
+    from peft import PeftConfig
+
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{path}: adapter_model.safetensors is missing")
+    try:
+        config = PeftConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot read adapter_config.json ({str(error).splitlines()[0]})") from None
+    config.inference_mode = True
+    with model_lock(shared.model):  # not while another adapter of this model is reading
+        drop_unread_adapters(shared.model)
+        shared.model.add_adapter(name, config)
+        try:
+            load_adapter_weights(shared.model, weights, what=f"its base model {card['base_model']}", adapter=name)
+        except ModelError:
+            shared.model.delete_adapter(name)
+            raise
+        shared.model.requires_grad_(False)
+        tokenizer, image_processor = shared.family.load_processors(str(path))
+        return OCRModel(shared.family, shared.model, tokenizer, image_processor, source=str(path),
+                        backend=shared.backend, extras={**shared.extras, "adapter": str(path)}, adapter=name)
+
+
+def load_adapter_weights(model: Any, weights: Path, what: str = "this model", adapter: str = "default") -> None:
+    """Copy saved LoRA tensors into the live adapter ``adapter`` of ``model`` by name; all must fit."""
     from safetensors.torch import load_file
 
-    expected = {name for name, _ in model.named_parameters() if ".lora_" in name}
-    saved = {_adapter_key(name): tensor for name, tensor in load_file(str(weights)).items()}
+    expected = {name for name, _ in model.named_parameters() if ".lora_" in name and f".{adapter}." in name}
+    saved = {_adapter_key(name, adapter): tensor for name, tensor in load_file(str(weights)).items()}
     missing, unexpected = expected - set(saved), set(saved) - expected
     if missing or unexpected:
         example = sorted(missing or unexpected)[0]
@@ -324,8 +353,8 @@ def load_adapter_weights(model: Any, weights: Path, what: str = "this model") ->
     model.load_state_dict(saved, strict=False)
 
 
-def _adapter_key(saved_name: str) -> str:
-    # peft saves "x.lora_A.weight"; the live module holds it as "x.lora_A.default.weight".
+def _adapter_key(saved_name: str, adapter: str = "default") -> str:
+    # peft saves "x.lora_A.weight"; the live module holds it as "x.lora_A.<adapter>.weight".
     for part in (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B."):
-        saved_name = saved_name.replace(part, f"{part}default.")
+        saved_name = saved_name.replace(part, f"{part}{adapter}.")
     return saved_name

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Callable
 
 from ocrloop.agent import OCRAgent
 from ocrloop.config import OcrloopConfig
 from ocrloop.errors import OcrloopError
 from ocrloop.registry.champions import serving_model
-from ocrloop.models import load_model
+from ocrloop.models import load_model, read_model_card
+from ocrloop.models.base import OCRModel
+from ocrloop.models.loading import attach_adapter
+from ocrloop.models.reading import ReadingSettings
 from ocrloop.registry.store import GENERAL, Registry
 
 log = logging.getLogger("ocrloop.serve")
@@ -36,6 +40,7 @@ class ChampionModels:
         self._serving: dict[str, OCRAgent] = {}
         self._named: dict[str, OCRAgent] = {}
         self._lock = threading.Lock()
+        self._adapters = 0  # adapters attached to a shared base model so far (each gets a new name)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -44,9 +49,23 @@ class ChampionModels:
             return serving_model(registry, self.config.base_model, None if key == GENERAL else key)
 
     def _load(self, name: str, path: str) -> OCRAgent:
-        for agent in [*self._serving.values(), *self._named.values()]:
+        loaded = [*self._serving.values(), *self._named.values()]
+        for agent in loaded:
             if agent.model_name == name:
                 return agent
+        card = (read_model_card(Path(path)) if Path(path).is_dir() else None) or {}
+        if card.get("kind") == "adapter":
+            # A LoRA adapter of a base model already in memory joins it there instead of loading another copy
+            # (plain peft models only: adding adapters to Unsloth's patched ones is untested).
+            for agent in loaded:
+                bundle = getattr(agent, "bundle", None)
+                if (isinstance(bundle, OCRModel) and bundle.adapter and bundle.backend == "hf"
+                        and bundle.extras.get("base_model") == card["base_model"]):
+                    log.info("loading %s from %s beside %s, on the same base model", name, path, agent.model_name)
+                    self._adapters += 1
+                    shared = attach_adapter(bundle, Path(path), card, f"adapter_{self._adapters}")
+                    shared.reading = ReadingSettings.from_json(card.get("reading"))
+                    return OCRAgent(shared, name, self.config)
         log.info("loading %s from %s", name, path)
         return OCRAgent(load_model(path, backend=self.config.training.backend), name, self.config)
 

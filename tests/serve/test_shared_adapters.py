@@ -1,0 +1,61 @@
+"""LoRA adapters of one base model are served from one copy of it: each reads exactly as if it were loaded alone,
+and an adapter no model version uses any more is deleted from the shared model."""
+
+import gc
+import shutil
+from pathlib import Path
+
+import torch
+
+from ocrloop.data.dataset import Dataset
+from ocrloop.models import load_model, read_model_card
+from ocrloop.models.base import collate, to_device
+from ocrloop.registry import Registry
+from ocrloop.serve.champions import ChampionModels
+from ocrloop.workspace import Workspace
+
+
+def _logits(bundle, image) -> torch.Tensor:
+    encoded = [bundle.encode(image, "ocr", None, "tiny")]
+    batch = to_device(collate(encoded, bundle.tokenizer.pad_token_id, family=bundle.family, tokenizer=bundle.tokenizer,
+                              dtype=bundle.dtype), bundle.device)
+    batch.pop("labels")
+    with torch.no_grad(), bundle.active():
+        return bundle.model(**batch).logits
+
+
+def test_adapters_of_one_base_share_it_and_each_reads_as_if_loaded_alone(looped_workspace, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(looped_workspace, root)
+    config = Workspace.load(root).config
+    with Registry(config.registry_location) as registry:
+        adapters = [m for m in registry.models()
+                    if Path(m["path"]).is_dir() and (read_model_card(Path(m["path"])) or {}).get("kind") == "adapter"]
+    assert len(adapters) == 2  # the two loop runs' challengers, both LoRA on the tiny Qwen2.5-VL base
+    dataset = Dataset.open(config.dataset_dir, config.data)
+    _, page = next(iter(dataset.iter_images(dataset.examples("test")[:1])))
+
+    models = ChampionModels(config)
+    first, second = (models.named(m["name"]) for m in adapters)
+    assert first.bundle.model is second.bundle.model  # one base model in memory
+    assert first.bundle.adapter != second.bundle.adapter
+
+    shared = {}
+    for _ in range(2):  # alternating between the adapters switches each time
+        for agent in (first, second):
+            shared[agent.model_name] = (_logits(agent.bundle, page), agent.read([page], prompt="ocr", resolution="tiny"))
+    for agent, row in ((first, adapters[0]), (second, adapters[1])):
+        alone = load_model(row["path"], backend="hf")
+        logits, texts = shared[agent.model_name]
+        torch.testing.assert_close(logits, _logits(alone, page), rtol=1e-5, atol=1e-5)
+        assert texts == alone.generate([page], prompt="ocr", resolution="tiny", max_new_tokens=alone.reading.max_new_tokens)
+    assert not torch.allclose(shared[first.model_name][0], shared[second.model_name][0])  # two different adapters
+
+    # The second version is no longer asked for: once nothing reads with its adapter, the next read deletes it.
+    model, gone = second.bundle.model, second.bundle.adapter
+    models._named.pop(second.model_name)
+    del second, agent
+    gc.collect()
+    assert gone in model.peft_config
+    first.read([page], prompt="ocr", resolution="tiny")
+    assert gone not in model.peft_config and first.bundle.adapter in model.peft_config
