@@ -58,8 +58,11 @@ def test_sharded_ocr_equals_one_process_in_input_order_and_resumes(tiny_presets,
     lost = [tmp_path / "two" / d["output"] for d in index[1:3]]
     for path in lost:
         path.unlink()
-    rerun = _torchrun_ocr(workspace, pages, tmp_path / "two")
-    assert "4 already done" in rerun.stderr
+    # The rerun asks for two processes with --gpus, which starts torchrun itself.
+    rerun = run_cli("ocr", str(pages), "--out", str(tmp_path / "two"), "--gpus", "2", "-w", str(workspace),
+                    env={"OMP_NUM_THREADS": "1"})
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "4 already done" in rerun.stderr and "process 2 of 2: read 1 pages of 1 documents" in rerun.stderr
     assert all(path.read_text() == (tmp_path / "one" / path.name).read_text() for path in lost)
     assert all(d["done"] for d in _index(tmp_path / "two"))
 

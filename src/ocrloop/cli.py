@@ -473,8 +473,9 @@ def train_command(
 ) -> None:
     """Fine-tune a model on the dataset: LoRA by default, Unsloth on CUDA, plain transformers + peft elsewhere.
 
-    On several GPUs (or CPU processes): `torchrun --nproc-per-node N -m ocrloop train ...`."""
+    On several GPUs (or CPU processes): `--gpus N`, or `torchrun --nproc-per-node N -m ocrloop train ...`."""
     config = _config(workspace, overrides)
+    _launch_processes(config.training.gpus)
     from ocrloop.models.loading import prepare_backend
 
     prepare_backend(config.training.backend, compile=config.training.compile)
@@ -530,17 +531,21 @@ def _workspace(workspace: Path):
 
 
 @loop_app.command("run")
+@config_flags("training", only=("gpus",))
 def loop_run(
     business: Annotated[Optional[str], typer.Option(help="Run the loop for this business's documents only (default: general).")] = None,
     all_businesses: Annotated[bool, typer.Option("--all-businesses", help="One loop per business the dataset or registry knows.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say whether and why it would retrain; change nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if no trigger fires.")] = False,
     workspace: WorkspaceOption = Path("."),
+    overrides: dict | None = None,
 ) -> None:
     """Decide whether to retrain (and say why), train a challenger, promote it only if it beats the champion.
 
-    Under `torchrun --nproc-per-node N -m ocrloop loop run`, rank 0 runs the loop and every process trains."""
+    With `--gpus N` (or under `torchrun --nproc-per-node N -m ocrloop loop run`), rank 0 runs the loop and every
+    process trains."""
     ws = _workspace(workspace)
+    _launch_processes(_config(workspace, overrides).training.gpus)
     from ocrloop.models.loading import prepare_backend
 
     prepare_backend(ws.config.training.backend, compile=ws.config.training.compile)
@@ -744,9 +749,19 @@ def models_rollback(business: Annotated[Optional[str], typer.Option(help="Busine
     console.print(f"{restored} is the {business_label(business)} champion again (was {replaced})", markup=False)
 
 
+def _launch_processes(gpus: int) -> None:
+    """Run this command as ``gpus`` processes through torchrun and exit with their status, when it asks for several
+    and no launcher started it; otherwise go on in this process."""
+    from ocrloop import distributed
+
+    status = distributed.relaunch(gpus)
+    if status is not None:
+        raise typer.Exit(status)
+
+
 @app.command("ocr")
 @config_flags("serve", only=("pii_policy",))
-@config_flags("training", only=("prompt", "resolution", "read_batch_size"), names={"resolution": ("--resolution", "--mode")})
+@config_flags("training", only=("prompt", "resolution", "read_batch_size", "gpus"), names={"resolution": ("--resolution", "--mode")})
 def ocr_command(
     paths: Annotated[list[Path], typer.Argument(help="Images, PDFs or folders of them.")],
     business: Annotated[Optional[str], typer.Option(help="Use this business's champion.")] = None,
@@ -759,8 +774,8 @@ def ocr_command(
 ) -> None:
     """OCR files with the champion (of --business, else general, else the base model), or with Tesseract.
 
-    Under `torchrun --nproc-per-node N -m ocrloop ocr DIR --out OUT`, each process reads its share of the documents;
-    OUT/index.jsonl lists them all in input order. A rerun skips finished documents."""
+    With `--gpus N --out OUT` (or under `torchrun --nproc-per-node N -m ocrloop ocr DIR --out OUT`), each process reads
+    its share of the documents; OUT/index.jsonl lists them all in input order. A rerun skips finished documents."""
     from ocrloop.data.files import SUPPORTED_SUFFIXES
 
     if output_format not in ("md", "json"):
@@ -776,8 +791,10 @@ def ocr_command(
     from ocrloop.agent import output_paths, write_index
     from ocrloop import distributed
 
-    if distributed.world_size() > 1 and out is None:
-        raise OcrloopError("under torchrun every process writes its share of the results: give --out")
+    gpus = _config(workspace, overrides).training.gpus
+    if (distributed.world_size() > 1 or gpus > 1) and out is None:
+        raise OcrloopError("on several processes each writes its share of the results: give --out")
+    _launch_processes(gpus)
     target = output_paths(files, out, output_format)
     remaining = [f for f in files if target[f] is None or not target[f].exists()]
     if out and distributed.is_main_process() and len(remaining) < len(files):

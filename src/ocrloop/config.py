@@ -80,6 +80,8 @@ class TrainingConfig(_Section):
     max_seq_length: int = Field(8192, ge=64, le=2**20, description="Longest example (image + prompt + answer tokens) allowed.")
     seed: int = Field(3407, ge=0, le=2**32 - 1, description="Seed of weights, data order and dropout.")
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA when installed, else hf.")
+    gpus: int = Field(1, ge=1, le=1024, description="Processes to start through torchrun, one per GPU (train, loop run, "
+                                                    "ocr); on a machine without CUDA, CPU processes.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
     compile: bool = Field(
         False, description="Unsloth backend: let Unsloth compile the model (Unsloth's own default). Off: on an H100 it "

@@ -1,7 +1,8 @@
 """Where this process stands in a ``torch.distributed`` launch (``torchrun``, ``accelerate launch``).
 
-ocrloop does not start processes itself: the launcher sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``, and the
-Hugging Face ``Trainer`` wraps the model in DistributedDataParallel. What ocrloop adds: one process, rank 0, writes
+The launcher sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (``--gpus N`` runs the command through torchrun itself:
+``relaunch``), and the Hugging Face ``Trainer`` wraps the model in DistributedDataParallel. What ocrloop adds: one
+process, rank 0, writes
 what must exist once (the registry rows, the run card, the saved model, the OCR index); the feature pass and
 batch OCR are shared out by rank; the loop runs on rank 0 and hands training jobs to the others.
 """
@@ -9,6 +10,8 @@ batch OCR are shared out by rank; the loop runs on rank 0 and hands training job
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 
 def rank() -> int:
@@ -42,6 +45,36 @@ def local_rank() -> int:
 def shard(items: list) -> list:
     """This process's share of ``items``: every ``world_size()``-th, from its rank (all of them in one process)."""
     return items[rank()::world_size()]
+
+
+def launcher(processes: int) -> list[str]:
+    """The command that starts ``python -m ...`` as ``processes`` processes on this machine (torchrun above one)."""
+    if processes == 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+
+
+def launch_environment(processes: int) -> dict[str, str]:
+    """The environment for ``launcher(processes)``: torchrun gives each process one CPU thread unless
+    ``OMP_NUM_THREADS`` is set, which starves the page preparation (decoding, resizing, collating); here each
+    process gets its share of the cores."""
+    threads = str(max(1, (os.cpu_count() or 1) // processes))
+    return {"OMP_NUM_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def relaunch(processes: int) -> int | None:
+    """This same ``ocrloop`` command as ``processes`` processes through torchrun, when it asks for more than one and
+    no launcher started it; returns their exit status (None: nothing to launch, go on here)."""
+    if processes <= 1 or "RANK" in os.environ:
+        return None
+    import torch
+
+    from ocrloop.errors import OcrloopError
+
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise OcrloopError(f"--gpus {processes}: this machine has {torch.cuda.device_count()} GPU(s)")
+    command = [*launcher(processes), "-m", "ocrloop", *sys.argv[1:]]
+    return subprocess.run(command, env=launch_environment(processes)).returncode
 
 
 def join_process_group() -> None:

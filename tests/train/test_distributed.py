@@ -78,6 +78,15 @@ def test_two_processes_train_like_one_on_the_same_global_batch_and_rank_0_alone_
     assert len(list((workspace / "models" / "two" / "feature_cache").glob("*.safetensors"))) == 8
 
 
+def test_the_gpus_flag_starts_the_same_run_through_torchrun(workspace):
+    result = run_cli("train", *TRAINING, "--batch-size", "2", "--gpus", "2", "--output", str(workspace / "models" / "gpus"),
+                     "-w", str(workspace), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    _same_training(workspace, "gpus")
+    assert _rows(workspace, "gpus") == (1, 1) and result.stdout.count("saved ") == 1
+    assert json.loads((workspace / "models" / "gpus" / "run_card.json").read_text())["speed"]["processes"] == 2
+
+
 def test_a_page_refused_in_the_shared_page_check_stops_every_process_with_its_reason(workspace):
     """Each process checks only its share of the pages: one process's refusal must reach the others (no hang)."""
     process = _torchrun(workspace, "--nproc-per-node", "2", "--master-port", str(_free_port()),

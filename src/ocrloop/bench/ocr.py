@@ -154,15 +154,13 @@ def bench_ocr_processes(out: Path, argv: list[str], processes: tuple[int, ...], 
     above one), each writing ``OUT-xN.json``; ``out`` gets them all and each count's pages/s over one process's."""
     import subprocess
 
-    from ocrloop.bench.train import launch_environment, launcher
-
     merged: dict[str, Any] = {"command": "ocrloop bench ocr " + " ".join(argv) + " --processes "
                               + ",".join(map(str, processes)), "processes": {}, "scaling_vs_one_process": {}}
     for count in processes:
         part = out.with_name(f"{out.stem}-x{count}.json")
-        command = [*launcher(count), "-m", "ocrloop", "bench", "ocr", *argv, "--out", str(part), "--processes", str(count)]
+        command = [*distributed.launcher(count), "-m", "ocrloop", "bench", "ocr", *argv, "--out", str(part), "--processes", str(count)]
         progress(f"{count} process{'es' if count > 1 else ''}: {' '.join(command[1:])}")
-        finished = subprocess.run(command, env=launch_environment(count))
+        finished = subprocess.run(command, env=distributed.launch_environment(count))
         merged["processes"][str(count)] = (json.loads(part.read_text()) if part.is_file()
                                            else {"status": "failed", "returncode": finished.returncode})
         one = merged["processes"].get("1", {}).get("batch_sizes", {})

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ocrloop.atomic import atomic_write_json
+from ocrloop.distributed import launch_environment, launcher
 from ocrloop.config import DataConfig
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
 from ocrloop.models import FAMILIES
@@ -64,21 +65,6 @@ def prepare(work: Path, family: str, size: str, pages: int, categories: tuple[st
     if not (checkpoint / "config.json").is_file():
         FAMILIES[family]().build_random(checkpoint, size=size)
     return workspace, checkpoint
-
-
-def launcher(processes: int) -> list[str]:
-    """The command that starts ``python -m ...`` as ``processes`` processes on this machine (torchrun above one)."""
-    if processes == 1:
-        return [sys.executable]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-
-
-def launch_environment(processes: int) -> dict[str, str]:
-    """The environment for ``launcher(processes)``: torchrun gives each process one CPU thread unless
-    ``OMP_NUM_THREADS`` is set, which starves the page preparation (decoding, resizing, collating); here each
-    process gets its share of the cores."""
-    threads = str(max(1, (os.cpu_count() or 1) // processes))
-    return {"OMP_NUM_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: list[str], log: Path,
