@@ -545,7 +545,7 @@ def loop_run(
     With `--gpus N` (or under `torchrun --nproc-per-node N -m ocrloop loop run`), rank 0 runs the loop and every
     process trains."""
     ws = _workspace(workspace)
-    _launch_processes(_config(workspace, overrides).training.gpus)
+    _launch_processes(apply_overrides(ws.config, overrides or {}).training.gpus)
     from ocrloop.models.loading import prepare_backend
 
     prepare_backend(ws.config.training.backend, compile=ws.config.training.compile)

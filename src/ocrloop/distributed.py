@@ -2,9 +2,8 @@
 
 The launcher sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (``--gpus N`` runs the command through torchrun itself:
 ``relaunch``), and the Hugging Face ``Trainer`` wraps the model in DistributedDataParallel. What ocrloop adds: one
-process, rank 0, writes
-what must exist once (the registry rows, the run card, the saved model, the OCR index); the feature pass and
-batch OCR are shared out by rank; the loop runs on rank 0 and hands training jobs to the others.
+process, rank 0, writes what must exist once (the registry rows, the run card, the saved model, the OCR index); the
+feature pass and batch OCR are shared out by rank; the loop runs on rank 0 and hands training jobs to the others.
 """
 
 from __future__ import annotations

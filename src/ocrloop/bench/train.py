@@ -87,7 +87,7 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
     gib = lambda value: value / 2**30 if value is not None else None  # noqa: E731
     return {
         "status": "succeeded", "command": " ".join(command[1:]), "wall_seconds": wall, "backend": card["backend"],
-        "processes": speed.get("processes", 1),
+        "processes": speed["processes"],
         "steps": speed["steps"], "first_step_seconds": speed["step_seconds"][0],
         "steady_seconds_per_step": speed["steady_seconds_per_step"],
         "steady_samples_per_second": speed["steady_samples_per_second"],
@@ -160,11 +160,11 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     }
     speed_key = "whole_run_samples_per_second" if epochs is not None else "steady_samples_per_second"
     for variant in variants:
+        name, _, variant_mode = variant.partition(":")
+        flags = shared + VARIANTS[name] + ["--mode", variant_mode or mode]
         for count in processes:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            name, _, variant_mode = variant.partition(":")
             key = variant if count == 1 else f"{variant}@{count}"
-            flags = shared + VARIANTS[name] + ["--mode", variant_mode or mode]
             result = run_variant(workspace, checkpoint, work / "runs" / f"{name}-{variant_mode or mode}-{count}-{stamp}", flags,
                                  out.parent / f"{out.stem}-{key.replace(':', '-').replace('@', '-x')}.log", processes=count)
             result["mode"] = variant_mode or mode
@@ -213,7 +213,7 @@ def _add_rates(result: dict[str, Any], results: dict[str, Any], whole_run: bool)
         tokens_per_sample = result["steady_tokens_per_second"] / result["steady_samples_per_second"]
         achieved = rate * flops["training_flops_per_token"] * tokens_per_sample
         result["model_tflops_per_second"] = achieved / 1e12
-        result["mfu"] = achieved / (peak * 1e12 * result.get("processes", 1))  # each process has a device
+        result["mfu"] = achieved / (peak * 1e12 * result["processes"])  # each process has a device
 
 
 def measured_matmul_tflops(size: int = 8192, repeats: int = 20) -> float | None:
