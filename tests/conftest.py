@@ -18,7 +18,7 @@ from ocrloop.workspace import Workspace, init_workspace
 
 SMALL_PAGES = DataConfig(pdf_dpi=40)  # letter pages become 340x440 px: fast to rasterize
 # Resolution per tiny preset that keeps CPU steps fast.
-FAST_RESOLUTION = {"tiny-deepseek-ocr-2": "small", "tiny-qwen2.5-vl": "tiny"}
+FAST_RESOLUTION = {"tiny-deepseek-ocr": "tiny", "tiny-deepseek-ocr-2": "small", "tiny-qwen2.5-vl": "tiny"}
 
 
 @pytest.fixture(scope="session", autouse=True)

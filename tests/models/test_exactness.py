@@ -10,7 +10,7 @@ from ocrloop.models import load_model
 from ocrloop.train.finetune import train
 from tests.conftest import FAST_RESOLUTION, SMALL_PAGES
 
-PRESETS = ("tiny-qwen2.5-vl", "tiny-deepseek-ocr-2")
+PRESETS = ("tiny-qwen2.5-vl", "tiny-deepseek-ocr-2", "tiny-deepseek-ocr")
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,10 @@ def test_presets_are_deterministic(tiny_presets, tmp_path):
         ("tiny-deepseek-ocr-2", ["attention"], "self_attn", "vision_tower"),
         ("tiny-deepseek-ocr-2", ["experts"], "experts", "self_attn"),
         ("tiny-deepseek-ocr-2", ["vision"], "vision_tower", "language_model"),
+        ("tiny-deepseek-ocr", ["attention"], "self_attn", "vision_model"),  # CLIP-L's attention is no decoder's
+        ("tiny-deepseek-ocr", ["experts"], "experts", "self_attn"),
+        ("tiny-deepseek-ocr", ["vision"], "vision_model.encoder", "language_model"),
+        ("tiny-deepseek-ocr", ["vision"], "sam_model", "language_model"),
         ("tiny-qwen2.5-vl", ["mlp"], "mlp", "visual"),
         ("tiny-qwen2.5-vl", ["vision"], "visual", "language_model"),
     ],

@@ -15,7 +15,7 @@ from ocrloop.models.loading import attach_lora, skip_frozen_vision_backward
 from ocrloop.models.feature_cache import FeatureCache
 from tests.conftest import FAST_RESOLUTION, SMALL_PAGES, run_cli
 
-FAMILIES = ["tiny-deepseek-ocr-2", "tiny-qwen2.5-vl"]
+FAMILIES = ["tiny-deepseek-ocr", "tiny-deepseek-ocr-2", "tiny-qwen2.5-vl"]
 
 
 def _bundle(preset_path, vision_lora: bool = False):
@@ -75,7 +75,7 @@ def test_cached_features_give_the_same_loss_gradients_and_text(preset, tiny_pres
     templates = _fill(cache, bundle, pages, resolution)
     assert cache.stats.entries == len(pages) and all("pixel_values_local" not in t.vision and t.vision["pixel_values"].numel() == 1 for t in templates)
     vision_calls = []
-    tower = next(m for name, m in bundle.model.named_modules() if name.endswith(("vision_tower", "visual")))
+    tower = next(m for name, m in bundle.model.named_modules() if name.endswith(("vision_tower", "visual", "sam_model")))
     hook = tower.register_forward_hook(lambda *_: vision_calls.append(1))
     cached_loss, cached_grads = _loss_and_grads(bundle, templates, cache)
     assert vision_calls == [] and cache.stats.hits == len(pages)  # no vision forward, no pixels
@@ -197,7 +197,7 @@ def test_a_parked_vision_tower_trains_the_same_and_comes_back_when_needed(preset
     cached = _generate_cached(bundle, cache, images, resolution, keys)
     plain = bundle.generate(images, resolution=resolution, max_new_tokens=12)
 
-    tower = next(m for name, m in bundle.model.named_modules() if name.endswith(("vision_tower", "visual")))
+    tower = next(m for name, m in bundle.model.named_modules() if name.endswith(("vision_tower", "visual", "sam_model")))
     on_cpu = lambda: all(p.device.type == "cpu" for p in tower.parameters())  # noqa: E731
     assert cache.offload_vision() > 0 and on_cpu() and bundle.device.type == "cuda"
     parked_loss, parked_grads = _loss_and_grads(bundle, templates, cache)

@@ -9,7 +9,7 @@ from ocrloop.models.base import collate
 from ocrloop.models.loading import attach_lora, skip_frozen_vision_backward
 from tests.conftest import FAST_RESOLUTION
 
-VISION_MODULE = {"tiny-deepseek-ocr-2": "vision_tower", "tiny-qwen2.5-vl": "visual"}
+VISION_MODULE = {"tiny-deepseek-ocr": "sam_model", "tiny-deepseek-ocr-2": "vision_tower", "tiny-qwen2.5-vl": "visual"}
 PAGES = [Image.new("RGB", (340, 440), "white"), Image.effect_noise((300, 380), 40).convert("RGB")]  # made once: noise is random
 
 

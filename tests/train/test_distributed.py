@@ -129,3 +129,15 @@ def test_the_loop_under_torchrun_runs_once_and_every_process_trains(tiny_presets
     # Both processes took part: rank 0 computed only its share of the pages, and read the other's.
     assert 0 < cache["computed"] < cache["entries"] and cache["computed"] + cache["loaded_from_disk"] == cache["entries"]
     assert result.stdout.count("general:") == 1  # one decision, reported once
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="which GPU a launched process loads onto: needs two CUDA GPUs")
+def test_a_launched_process_loads_onto_its_own_gpu(monkeypatch, tiny_presets):
+    # Found on two H200s: every process put its model and page features on GPU 0 until the Trainer moved the model.
+    from ocrloop.models import load_model
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    bundle = load_model("tiny-qwen2.5-vl", backend="hf")
+    assert bundle.device == torch.device("cuda", 1) and torch.cuda.current_device() == 1

@@ -208,7 +208,7 @@ def _add_rates(result: dict[str, Any], results: dict[str, Any], whole_run: bool)
         result["whole_run_samples_per_second"] = pages * epochs / seconds
         result["epoch_samples_per_second"] = [pages / e for e in result["epoch_seconds"]]
     flops, peak = results["model_flops"], results["device_bf16_matmul_tflops"]
-    if flops and peak:
+    if flops and "error" not in flops and peak:
         rate = result["whole_run_samples_per_second"] if whole_run else result["steady_samples_per_second"]
         tokens_per_sample = result["steady_tokens_per_second"] / result["steady_samples_per_second"]
         achieved = rate * flops["training_flops_per_token"] * tokens_per_sample
@@ -245,15 +245,16 @@ def language_model_flops(checkpoint: Path) -> dict[str, Any] | None:
     Training counts forward + backward to the activations (2x forward): LoRA computes no gradient
     for the frozen weights, and the adapters' own FLOPs are negligible. Attention scores are left
     out (short sequences), and so is the vision tower, so MFU here is a lower bound."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
     import torch
 
+    from ocrloop.models import detect_family
+
     try:
-        config = AutoConfig.from_pretrained(checkpoint)
+        model_class = detect_family(json.loads((Path(checkpoint) / "config.json").read_text())).model_class()
+        config = model_class.config_class.from_pretrained(checkpoint)
         with torch.device("meta"):
-            model = AutoModelForImageTextToText.from_config(config)
-    except Exception as error:  # noqa: BLE001 - remote-code or unknown architectures: no MFU, say why
+            model = model_class(config)
+    except Exception as error:  # noqa: BLE001 - unknown architectures: no MFU, say why
         return {"error": f"cannot count FLOPs: {error}"}
     text = getattr(config, "text_config", config)
     routed, active = getattr(text, "n_routed_experts", None), getattr(text, "num_experts_per_tok", None)

@@ -23,7 +23,7 @@ FAMILIES: dict[str, type[OCRFamily]] = {
     "deepseek-ocr-2": DeepseekOcr2Family,
     "qwen2.5-vl": Qwen25VLFamily,
 }
-TINY_PRESETS = {"tiny-deepseek-ocr-2": "deepseek-ocr-2", "tiny-qwen2.5-vl": "qwen2.5-vl"}
+TINY_PRESETS = {"tiny-deepseek-ocr": "deepseek-ocr", "tiny-deepseek-ocr-2": "deepseek-ocr-2", "tiny-qwen2.5-vl": "qwen2.5-vl"}
 MODEL_CARD = "ocrloop_model.json"  # written beside every model ocrloop saves
 
 __all__ = ["FAMILIES", "TINY_PRESETS", "PROMPT_TEMPLATES", "RESOLUTIONS", "ModelError", "OCRFamily", "OCRModel",
@@ -54,15 +54,19 @@ def build_preset(name: str, destination: Path | None = None) -> Path:
 
 def detect_family(config: dict[str, Any], where: str = "model") -> OCRFamily:
     """The family of a checkpoint, from its ``config.json`` contents."""
-    model_type = config.get("model_type")
     for family_class in FAMILIES.values():
-        if model_type in family_class.model_types:
-            return family_class()
+        family = family_class()
+        if family.accepts(config):
+            return family
+    model_type = config.get("model_type")
+    described = f"model_type={model_type!r}"
+    if config.get("architectures"):
+        described += f" (architectures {', '.join(map(str, config['architectures']))})"
     known = "; ".join(f"{name} ({', '.join(f.model_types)})" for name, f in FAMILIES.items())
     if config.get("auto_map"):
-        raise ModelError(f"{where}: holds its own remote code for model_type={model_type!r}, which ocrloop does not know "
+        raise ModelError(f"{where}: holds its own remote code for {described}, which ocrloop does not know "
                          f"and will not run; the families it knows (model types): {known}")
-    raise ModelError(f"{where}: cannot tell the model family from model_type={model_type!r}; the families ocrloop knows "
+    raise ModelError(f"{where}: cannot tell the model family from {described}; the families ocrloop knows "
                      f"(model types): {known}")
 
 

@@ -253,13 +253,17 @@ class OCRFamily:
     # Batch keys that get_image_features takes (pixels and their layout); empty: no such method.
     feature_input_keys: ClassVar[tuple[str, ...]] = ()
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
-    trust_remote_code: ClassVar[bool] = False
+    unsloth_supported: ClassVar[bool] = True  # False: Unsloth cannot patch it; ``auto`` picks the hf backend
     # Module-name patterns (regex alternatives over the full module path) per LoRA target group.
     lora_patterns: ClassVar[dict[str, str | None]] = {}  # None: the group has no modules in this family
     # Substrings of parameter names that belong to the vision tower and projector.
     vision_parameter_markers: ClassVar[tuple[str, ...]] = ()
 
     # --- loading ------------------------------------------------------------------------------
+
+    def accepts(self, config: dict[str, Any]) -> bool:
+        """Whether a checkpoint with this ``config.json`` belongs to the family."""
+        return config.get("model_type") in self.model_types
 
     def model_class(self) -> Any:
         raise NotImplementedError

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ocrloop.atomic import atomic_write_json
-from ocrloop.distributed import world_size
+from ocrloop.distributed import local_rank, world_size
 from ocrloop.models.base import ModelError, OCRFamily, OCRModel, drop_unread_adapters, model_lock, wrap_image_features
 
 QUANTIZED_MODES = ("qlora4", "lora8")
@@ -49,11 +49,15 @@ def prepare_backend(backend: str, compile: bool = False) -> None:
     transformers_logging.disable_progress_bar()
 
 
-def pick_backend(backend: str) -> str:
-    """Resolve ``auto`` and check that the requested backend can run here. Launched as several processes
-    (torchrun), ``auto`` is ``hf``: that is the path whose distributed training is tested here."""
+def pick_backend(backend: str, family: OCRFamily | None = None) -> str:
+    """Resolve ``auto`` and check that the requested backend can run here (and for ``family``). Launched as several
+    processes (torchrun), ``auto`` is ``hf``: that is the path whose distributed training is tested here."""
     if backend not in ("auto", "unsloth", "hf"):
         raise ModelError(f"unknown backend {backend!r}; use auto, unsloth or hf")
+    if family is not None and not family.unsloth_supported:
+        if backend == "unsloth":
+            raise ModelError(f"Unsloth cannot patch {family.name}; use --backend hf (or auto)")
+        return "hf"
     if backend == "auto":
         return "unsloth" if unsloth_available() and world_size() == 1 else "hf"
     if backend == "unsloth" and not unsloth_available():
@@ -71,26 +75,20 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 def _device(device: str | None) -> torch.device:
     if device:
         return torch.device(device)
+    if cuda_available() and world_size() > 1:
+        # Each launched process has its own GPU. "cuda" alone is the first one: every process's model, feature pass
+        # and cached features landed there until the Trainer moved the model (seen on two H200s: GPU 1 idle during
+        # the page pass, GPU 0 computing both halves).
+        torch.cuda.set_device(local_rank())
+        return torch.device("cuda", local_rank())
     return torch.device("cuda" if cuda_available() else "cpu")
-
-
-def _remote_code_error(family: OCRFamily, path: Path, error: ImportError) -> Exception:
-    """One line for remote code that does not import here; other import errors stay what they are."""
-    if not family.trust_remote_code:
-        return error
-    import transformers
-
-    # DeepSeek-OCR (v1)'s published code imports names transformers 5 removed (LlamaFlashAttention2, ...).
-    return ModelError(f"{path}: its own model code cannot be imported under transformers {transformers.__version__} "
-                      f"({type(error).__name__}: {str(error).splitlines()[0]}); it was written for another transformers "
-                      f"version, which ocrloop does not install")
 
 
 def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str = "auto", mode: str = "lora16",
                     device: str | None = None, float32_weights: bool = False) -> OCRModel:
     """Load a base checkpoint of ``family`` from ``path`` in the precision ``mode`` asks for (``float32_weights``:
     float32 whatever the device; not with quantized modes)."""
-    backend = pick_backend(backend)
+    backend = pick_backend(backend, family)
     target = _device(device)
     if mode in QUANTIZED_MODES and target.type != "cuda":
         raise ModelError(f"mode {mode} needs a CUDA GPU (bitsandbytes); on this machine use --mode lora16 or full")
@@ -98,8 +96,6 @@ def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str 
         raise ModelError(f"mode {mode} needs the bitsandbytes package; pip install bitsandbytes")
     try:
         tokenizer, image_processor = family.load_processors(str(path))
-    except ImportError as error:
-        raise _remote_code_error(family, path, error) from None
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot load the tokenizer or image processor ({error})") from None
     if float32_weights and mode in QUANTIZED_MODES:
@@ -115,11 +111,10 @@ def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str 
                 load_in_8bit=mode == "lora8",
                 full_finetuning=mode == "full",
                 dtype=dtype,
-                trust_remote_code=family.trust_remote_code,
                 use_gradient_checkpointing="unsloth",
             )
         else:
-            kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": family.trust_remote_code}
+            kwargs: dict[str, Any] = {"dtype": dtype}
             if mode in QUANTIZED_MODES:
                 from transformers import BitsAndBytesConfig
 
@@ -132,8 +127,6 @@ def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str 
             model = family.model_class().from_pretrained(str(path), **kwargs)
             if mode not in QUANTIZED_MODES:
                 model.to(target)
-    except ImportError as error:
-        raise _remote_code_error(family, path, error) from None
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelError(f"{path}: cannot load the model ({type(error).__name__}: {str(error).splitlines()[0]})") from None
     bundle = OCRModel(family, model, tokenizer, image_processor, source=str(source), backend=backend,
