@@ -13,7 +13,6 @@ backend.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ _MODES = {  # global view side, tile side, tiles allowed
     "gundam": (1024, 640, True),
 }
 _FEATURE_STRIDE = 64  # 16 px patches, then 4x downsampling in the SAM neck
-PUBLISHED_ARCHITECTURE = "DeepseekOCRForCausalLM"  # what the published config.json names (its own model code)
-NATIVE_ARCHITECTURE = "DeepseekOcrForConditionalGeneration"  # what the models ocrloop saves name (the port's class)
+# The class the published config.json names (the port's models save under it too); the name alone tells this model
+# from others of type "deepseek_vl_v2" (DeepSeek-VL2, DeepSeek-OCR-2's own remote-code release).
+PUBLISHED_ARCHITECTURE = "DeepseekOCRForCausalLM"
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
@@ -89,10 +89,8 @@ class DeepseekOcrFamily(DeepseekOcr2Family):
     }
 
     def accepts(self, config: dict[str, Any]) -> bool:
-        # "deepseek_vl_v2" is also DeepSeek-VL2's type and that of DeepSeek-OCR-2's own (remote-code) release.
         architectures = config.get("architectures") or [PUBLISHED_ARCHITECTURE]
-        known = (PUBLISHED_ARCHITECTURE, NATIVE_ARCHITECTURE)
-        return config.get("model_type") in self.model_types and any(name in known for name in architectures)
+        return config.get("model_type") in self.model_types and PUBLISHED_ARCHITECTURE in architectures
 
     def model_class(self) -> Any:
         from ocrloop.models.deepseek_ocr_model import DeepseekOcrForConditionalGeneration
@@ -151,15 +149,6 @@ class DeepseekOcrFamily(DeepseekOcr2Family):
 
     def save_random_processors(self, tokenizer: Any, path: Path) -> None:
         """Nothing beyond the tokenizer: the published checkpoint has no processor files."""
-
-    def build_random(self, path: Path, size: str = "tiny", seed: int = 0) -> Path:
-        super().build_random(path, size, seed)
-        # save_pretrained names this class; the published config.json names the class of its own model code.
-        config_path = path / "config.json"
-        config = json.loads(config_path.read_text())
-        config["architectures"] = [PUBLISHED_ARCHITECTURE]
-        config_path.write_text(json.dumps(config, indent=2))
-        return path
 
     def random_config(self, size: str, tokenizer: Any) -> Any:
         from ocrloop.models.deepseek_ocr_model import DeepseekOcrConfig

@@ -17,7 +17,9 @@ transformers 5 cannot import. Nothing of it runs here. Its architecture is assem
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +33,10 @@ from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPPreTrainedMo
 from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import DeepseekOcr2SamVisionConfig, DeepseekOcr2TextConfig
 from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2SamVisionEncoder, DeepseekOcr2TextModel
 
+from ocrloop.atomic import atomic_write_json
 from ocrloop.models.base import ModelError
+
+PUBLISHED_ARCHITECTURE = "DeepseekOCRForCausalLM"  # the class the published config.json names (its own code's)
 
 # The published DeepSeek-OCR architecture (its config.json and its 2,710 weight shapes).
 PUBLISHED_LANGUAGE = {
@@ -321,6 +326,15 @@ class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, Generation
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> None:
+        """Save in the published layout, ``config.json`` naming the published class (which vLLM and the published
+        code know the checkpoint by) instead of this one."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        config_path = Path(save_directory) / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            atomic_write_json(config_path, {**config, "architectures": [PUBLISHED_ARCHITECTURE]})
 
     def get_image_features(self, pixel_values: torch.Tensor, pixel_values_local: torch.Tensor | None = None,
                            num_local_patches: Any = None, images_spatial_crop: torch.Tensor | None = None,
