@@ -185,6 +185,25 @@ def _edited_copy(preset_path, tmp_path, edit):
     return folder
 
 
+def test_the_published_config_extras_load_and_no_remote_code_runs(preset_path, tmp_path):
+    # The published config.json also points at its own model code and carries fields only that code reads.
+    def publish(config):
+        config.update(auto_map={"AutoConfig": "modeling_deepseekocr.DeepseekOCRConfig",
+                                "AutoModel": "modeling_deepseekocr.DeepseekOCRForCausalLM"},
+                      candidate_resolutions=[[1024, 1024]], global_view_pos="head", tile_tag="2D",
+                      torch_dtype="bfloat16", transformers_version="4.46.3")
+        config["language_config"].update(kv_lora_rank=None, q_lora_rank=None, qk_nope_head_dim=0, qk_rope_head_dim=0,
+                                         v_head_dim=0, model_type="deepseek_v2", torch_dtype="bfloat16")
+        config["vision_config"].update(model_type="vision", mlp_ratio=3.7362)
+
+    folder = _edited_copy(preset_path, tmp_path, publish)
+    assert not list(folder.glob("*.py"))  # the code it points at is absent: loading must not need it
+    page = Image.effect_noise((300, 400), 50).convert("RGB")
+    published = load_model(str(folder), backend="hf").generate([page], prompt="free", resolution="tiny", max_new_tokens=6)
+    built = load_model(str(preset_path), backend="hf").generate([page], prompt="free", resolution="tiny", max_new_tokens=6)
+    assert published == built
+
+
 def test_a_config_the_port_does_not_implement_is_one_clear_error(preset_path, tmp_path):
     folder = _edited_copy(preset_path, tmp_path, lambda config: config["language_config"].update(use_mla=True))
     with pytest.raises(ModelError, match="use_mla=true"):
