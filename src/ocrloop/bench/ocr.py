@@ -29,6 +29,7 @@ from ocrloop.atomic import atomic_write_json
 from ocrloop.bench.train import prepare
 from ocrloop.data.dataset import Dataset
 from ocrloop.models import load_model
+from ocrloop.models.experts import use_padded_experts
 
 
 def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "base",
@@ -56,6 +57,8 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
     bundle.model.eval()
     if experts == "grouped_mm":
         keep_grouped_mm(bundle.model)
+    elif experts == "padded":
+        use_padded_experts(bundle.model)
     images = [(example, image) for example, image in dataset.iter_images(examples)]
     cuda = torch.cuda.is_available()
     results: dict[str, Any] = {

@@ -49,9 +49,10 @@ class BenchOcrSettings(_Bench):
     cache: Literal["static", "dynamic"] = Field("static", description="KV cache: static (compiled decode) or dynamic.")
     tokens_per_page: int | None = Field(None, ge=2, le=16_384, description="Make every page generate exactly this many "
                                                                            "tokens (default: as many as its text takes).")
-    experts: Literal["default", "grouped_mm"] = Field(
-        "default", description="MoE experts: default (transformers: batched_mm while decoding on a GPU) or grouped_mm "
-                               "(grouped GEMMs while decoding too; with --cache dynamic).")
+    experts: Literal["default", "grouped_mm", "padded"] = Field(
+        "default", description="MoE experts: default (transformers: batched_mm while decoding on a GPU), grouped_mm "
+                               "(grouped GEMMs while decoding too; with --cache dynamic) or padded (a step's tokens "
+                               "grouped by expert, each expert's weights read once; ocrloop.models.experts).")
     profile_tokens: int = Field(0, ge=0, le=4096, description="Also profile one generation of this many tokens per batch "
                                                              "size (CUDA): GPU-busy share, kernels per token, top ops.")
     work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint and pages.")

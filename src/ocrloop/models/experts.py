@@ -1,0 +1,83 @@
+"""MoE experts for decoding: a step's tokens grouped by expert into one padded batch, each expert's weights read once.
+
+While decoding on a GPU, transformers' ``generate`` runs the experts as ``batched_mm``, which gathers the chosen
+experts' weight matrices once per token: at batch 64 with 6 experts a token, about 2.6 GB a layer for DeepSeek-OCR's
+decoder. A profile put that at 17 of a decode step's 21 ms (H200, docs/performance-notes.md). Here each step reads
+every expert's weights once (0.44 GB a layer at full size) and runs two batched matrix products over an
+(experts, slots, width) buffer. Inputs of many tokens (prefill) go to transformers' grouped GEMMs, where a padded
+buffer would grow with experts x tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+PADDED_EXPERTS = "ocrloop_padded"
+# (token, expert) pairs above which the grouped GEMMs are used: a decode step of batch 64 x 6 experts has 384.
+GROUPED_ABOVE_PAIRS = 4096
+
+
+def _static_shapes(hidden_states: torch.Tensor) -> bool:
+    """Whether shapes must not depend on the data: compiled or captured into a CUDA graph (no host reads)."""
+    if torch.compiler.is_compiling():
+        return True
+    return hidden_states.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def padded_experts(experts: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
+                   *, static_capacity: bool) -> torch.Tensor:
+    """The experts' output for ``hidden_states`` (tokens, width) routed to ``top_k_index`` with ``top_k_weights``.
+
+    Each expert gets as many slots as the busiest expert needs (one host read), or, with ``static_capacity``, one
+    slot per (token, expert) pair, so that nothing is ever dropped and shapes stay fixed."""
+    tokens, width = hidden_states.shape
+    per_token = top_k_index.size(-1)
+    expert_count = experts.num_experts
+    expert_ids = top_k_index.reshape(-1)
+    pairs = expert_ids.numel()
+    sorted_ids, order = torch.sort(expert_ids, stable=True)
+    # histc, not bincount or one_hot, which read the data on the host (no CUDA graphs); CPUs count floats only.
+    counts = torch.histc(sorted_ids.float() if sorted_ids.device.type == "cpu" else sorted_ids.int(), bins=expert_count,
+                         min=0, max=expert_count - 1).long()
+    starts = torch.cumsum(counts, 0) - counts
+    slots = torch.arange(pairs, device=expert_ids.device) - starts[sorted_ids]
+    capacity = pairs if static_capacity else int(counts.max())
+
+    grouped = hidden_states.new_zeros(expert_count, capacity, width)
+    grouped[sorted_ids, slots] = hidden_states[order // per_token]
+    first = experts.gate_up_proj if experts.has_gate else experts.up_proj
+    projected = torch.bmm(grouped, first if experts.is_transposed else first.transpose(1, 2))
+    if experts.has_bias:
+        projected = projected + (experts.gate_up_proj_bias if experts.has_gate else experts.up_proj_bias)[:, None, :]
+    activated = experts._apply_gate(projected) if experts.has_gate else experts.act_fn(projected)
+    down = experts.down_proj
+    output = torch.bmm(activated, down if experts.is_transposed else down.transpose(1, 2))
+    if experts.has_bias:
+        output = output + experts.down_proj_bias[:, None, :]
+
+    weighted = output[sorted_ids, slots] * top_k_weights.reshape(-1)[order].unsqueeze(-1)  # float32, as transformers
+    unsorted = torch.empty_like(weighted)
+    unsorted[order] = weighted
+    return unsorted.view(tokens, per_token, width).sum(dim=1).to(hidden_states.dtype)
+
+
+def padded_experts_forward(experts: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                           top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The experts implementation registered as ``PADDED_EXPERTS``."""
+    from transformers.integrations.moe import grouped_mm_experts_forward
+
+    if top_k_index.numel() > GROUPED_ABOVE_PAIRS:
+        return grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights)
+    return padded_experts(experts, hidden_states, top_k_index, top_k_weights,
+                          static_capacity=_static_shapes(hidden_states))
+
+
+def use_padded_experts(model: Any) -> None:
+    """Run ``model``'s MoE experts through ``padded_experts_forward``, in prefill (grouped GEMMs) and decoding alike;
+    ``generate`` leaves an implementation of this name as it is."""
+    from transformers.integrations import moe
+
+    moe.ALL_EXPERTS_FUNCTIONS.register(PADDED_EXPERTS, padded_experts_forward)
+    model.set_experts_implementation(PADDED_EXPERTS)
