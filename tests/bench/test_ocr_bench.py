@@ -25,15 +25,15 @@ def test_experts_kept_on_grouped_gemms_read_the_same_text(tiny_presets):
     """``--experts grouped_mm`` changes how MoE experts are computed while decoding, never what is read."""
     from PIL import Image
 
-    from ocrloop.bench.ocr import KEPT_GROUPED_MM, keep_grouped_mm
     from ocrloop.data.synth import SynthOptions, generate_documents
     from ocrloop.models import load_model
+    from ocrloop.models.experts import KEPT_GROUPED_MM, use_experts
 
     bundle = load_model("tiny-deepseek-ocr-2", backend="hf")
     pages = [d.pages[0] for d in generate_documents(SynthOptions(n=3, categories=("receipt",), scale=0.4, seed=2))]
     pages.append(Image.new("RGB", (120, 300), "white"))
     default = bundle.generate(pages, prompt="ocr", resolution="small", max_new_tokens=12)
-    keep_grouped_mm(bundle.model)
+    use_experts(bundle.model, "grouped_mm")
     assert set(bundle.model.get_experts_implementation().values()) == {KEPT_GROUPED_MM}
     assert bundle.generate(pages, prompt="ocr", resolution="small", max_new_tokens=12) == default
     assert [bundle.generate([page], prompt="ocr", resolution="small", max_new_tokens=12)[0] for page in pages] == default

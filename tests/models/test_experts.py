@@ -6,7 +6,7 @@ from PIL import Image
 from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
 
 from ocrloop.models import load_model
-from ocrloop.models.experts import padded_experts, use_padded_experts
+from ocrloop.models.experts import padded_experts, use_experts
 from tests.conftest import FAST_RESOLUTION
 
 MOE_PRESETS = ["tiny-deepseek-ocr", "tiny-deepseek-ocr-2"]
@@ -41,5 +41,5 @@ def test_generation_reads_the_same_with_padded_experts(tiny_presets, preset):
     resolution = FAST_RESOLUTION[preset]
     plain = load_model(preset, backend="hf").generate(pages, prompt="free", resolution=resolution, max_new_tokens=10)
     bundle = load_model(preset, backend="hf")
-    use_padded_experts(bundle.model)
+    use_experts(bundle.model, "padded")
     assert bundle.generate(pages, prompt="free", resolution=resolution, max_new_tokens=10) == plain

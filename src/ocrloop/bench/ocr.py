@@ -29,7 +29,7 @@ from ocrloop.atomic import atomic_write_json
 from ocrloop.bench.train import prepare
 from ocrloop.data.dataset import Dataset
 from ocrloop.models import load_model
-from ocrloop.models.experts import use_padded_experts
+from ocrloop.models.experts import use_experts
 
 
 def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "base",
@@ -43,7 +43,8 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
     The first batch of each size is a warm-up (compilation) and is not timed. With ``profile_tokens``, one more
     generation of that many tokens per batch size runs under the profiler (CUDA): the GPU-busy share of its wall
     time, kernels per token and the most expensive operations, after the timed reads. ``experts="grouped_mm"`` keeps
-    MoE experts on grouped GEMMs while decoding (see ``keep_grouped_mm``)."""
+    MoE experts on grouped GEMMs while decoding, ``padded`` reads each expert's weights once a step (see
+    ``ocrloop.models.experts``)."""
     distributed.join_process_group()
     if not distributed.is_main_process():
         distributed.barrier()  # rank 0 writes the pages and the checkpoint; the others then find them
@@ -55,10 +56,8 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
     examples = dataset.examples("train")
     bundle = load_model(str(checkpoint), backend="hf")
     bundle.model.eval()
-    if experts == "grouped_mm":
-        keep_grouped_mm(bundle.model)
-    elif experts == "padded":
-        use_padded_experts(bundle.model)
+    if experts != "default":
+        use_experts(bundle.model, experts)
     images = [(example, image) for example, image in dataset.iter_images(examples)]
     cuda = torch.cuda.is_available()
     results: dict[str, Any] = {
@@ -175,20 +174,6 @@ def bench_ocr_processes(out: Path, argv: list[str], processes: tuple[int, ...], 
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, merged)
     return merged
-
-
-KEPT_GROUPED_MM = "ocrloop_grouped_mm"
-
-
-def keep_grouped_mm(model) -> None:
-    """Run ``model``'s MoE experts on grouped GEMMs in decoding too. On a GPU, transformers' ``generate`` switches a
-    ``grouped_mm`` model to ``batched_mm`` while decoding, which copies each chosen expert's weights for every
-    token: cheap for a few tokens, gigabytes per layer at batch 64. The same grouped-GEMM function registered
-    under another name is left alone. Not CUDA-graph compatible: use the dynamic cache."""
-    from transformers.integrations import moe
-
-    moe.ALL_EXPERTS_FUNCTIONS.register(KEPT_GROUPED_MM, moe.grouped_mm_experts_forward)
-    model.set_experts_implementation(KEPT_GROUPED_MM)
 
 
 @torch.no_grad()

@@ -71,6 +71,17 @@ def _layout(width: int, height: int, resolution: str) -> tuple[int, int, int, in
     return base_size, tile_size, 1, 1
 
 
+def _image_tokens(base_size: int, tile_size: int, across: int, down: int) -> int:
+    """Image tokens of a page laid out as ``_layout`` says: rows of features plus a newline each, per view grid, and
+    one view separator."""
+    side = math.ceil(base_size / _FEATURE_STRIDE)
+    tokens = side * (side + 1) + 1
+    if across * down > 1:
+        tile_side = math.ceil(tile_size / _FEATURE_STRIDE)
+        tokens += (tile_side * down) * (tile_side * across + 1)
+    return tokens
+
+
 class DeepseekOcrFamily(DeepseekOcr2Family):
     name = "deepseek-ocr"
     model_types = ("deepseek_vl_v2",)
@@ -117,13 +128,7 @@ class DeepseekOcrFamily(DeepseekOcr2Family):
 
     def image_tokens_for(self, bundle: OCRModel, width: int, height: int, resolution: str) -> int:
         self.check_resolution(resolution)
-        base_size, tile_size, across, down = _layout(width, height, resolution)
-        side = math.ceil(base_size / _FEATURE_STRIDE)
-        tokens = side * (side + 1) + 1
-        if across * down > 1:
-            tile_side = math.ceil(tile_size / _FEATURE_STRIDE)
-            tokens += (tile_side * down) * (tile_side * across + 1)
-        return tokens
+        return _image_tokens(*_layout(width, height, resolution))
 
     def prompt_ids_for(self, bundle: OCRModel, prompt: str, image_tokens: int) -> list[int]:
         tokenizer = bundle.tokenizer
@@ -134,8 +139,9 @@ class DeepseekOcrFamily(DeepseekOcr2Family):
             tokenizer(after, add_special_tokens=False)["input_ids"]
 
     def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
-        image_tokens = self.image_tokens_for(bundle, image.width, image.height, resolution)
+        self.check_resolution(resolution)
         base_size, tile_size, across, down = _layout(image.width, image.height, resolution)
+        image_tokens = _image_tokens(base_size, tile_size, across, down)
         vision = {"pixel_values": _to_tensor(_global_view(image, base_size)).unsqueeze(0),
                   "num_local_patches": torch.tensor([across * down if across * down > 1 else 0]),
                   "images_spatial_crop": torch.tensor([[across, down]])}

@@ -13,7 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.integrations.moe import grouped_mm_experts_forward
 
+# ocrloop's experts paths are registered under their own names: generate leaves those as they are while decoding
+# (on a GPU it switches only "grouped_mm" to "batched_mm", which gathers each chosen expert's weights per token).
+KEPT_GROUPED_MM = "ocrloop_grouped_mm"
 PADDED_EXPERTS = "ocrloop_padded"
 # (token, expert) pairs above which the grouped GEMMs are used: a decode step of batch 64 x 6 experts has 384.
 GROUPED_ABOVE_PAIRS = 4096
@@ -66,18 +70,19 @@ def padded_experts(experts: Any, hidden_states: torch.Tensor, top_k_index: torch
 def padded_experts_forward(experts: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                            top_k_weights: torch.Tensor) -> torch.Tensor:
     """The experts implementation registered as ``PADDED_EXPERTS``."""
-    from transformers.integrations.moe import grouped_mm_experts_forward
-
     if top_k_index.numel() > GROUPED_ABOVE_PAIRS:
         return grouped_mm_experts_forward(experts, hidden_states, top_k_index, top_k_weights)
     return padded_experts(experts, hidden_states, top_k_index, top_k_weights,
                           static_capacity=_static_shapes(hidden_states))
 
 
-def use_padded_experts(model: Any) -> None:
-    """Run ``model``'s MoE experts through ``padded_experts_forward``, in prefill (grouped GEMMs) and decoding alike;
-    ``generate`` leaves an implementation of this name as it is."""
+def use_experts(model: Any, path: str) -> None:
+    """Run ``model``'s MoE experts through one of ocrloop's paths, in prefill and decoding alike: ``grouped_mm``
+    (transformers' grouped GEMMs; not CUDA-graph compatible: use the dynamic cache) or ``padded``
+    (``padded_experts_forward``)."""
     from transformers.integrations import moe
 
-    moe.ALL_EXPERTS_FUNCTIONS.register(PADDED_EXPERTS, padded_experts_forward)
-    model.set_experts_implementation(PADDED_EXPERTS)
+    name, forward = {"grouped_mm": (KEPT_GROUPED_MM, grouped_mm_experts_forward),
+                     "padded": (PADDED_EXPERTS, padded_experts_forward)}[path]
+    moe.ALL_EXPERTS_FUNCTIONS.register(name, forward)
+    model.set_experts_implementation(name)

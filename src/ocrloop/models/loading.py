@@ -281,18 +281,12 @@ def load_adapter(path: Path, card: dict, *, backend: str = "auto", device: str |
     (DeepSeek-OCR-2's ``language_model``) and silently leaves the adapter at its initial zeros.
     Every adapter tensor must land, or loading fails.
     """
-    from peft import PeftConfig, get_peft_model
+    from peft import get_peft_model
 
     from ocrloop.models import load_model
 
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ModelError(f"{path}: adapter_model.safetensors is missing")
+    weights, config = _adapter_files(path)
     base = load_model(card["base_model"], backend=backend, device=device)
-    try:
-        config = PeftConfig.from_pretrained(str(path))
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot read adapter_config.json ({str(error).splitlines()[0]})") from None
     config.inference_mode = not for_training
     model = get_peft_model(base.model, config)
     load_adapter_weights(model, weights, what=f"its base model {card['base_model']}")
@@ -309,15 +303,9 @@ def load_adapter(path: Path, card: dict, *, backend: str = "auto", device: str |
 def attach_adapter(shared: OCRModel, path: Path, card: dict, name: str) -> OCRModel:
     """Another saved LoRA adapter, ``name``, on the model of ``shared`` (an adapter bundle of the same base): one
     base model in memory for both, each bundle reading with its own adapter (``OCRModel.active``)."""
-    from peft import PeftConfig
+    from ocrloop.models.reading import ReadingSettings
 
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ModelError(f"{path}: adapter_model.safetensors is missing")
-    try:
-        config = PeftConfig.from_pretrained(str(path))
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot read adapter_config.json ({str(error).splitlines()[0]})") from None
+    weights, config = _adapter_files(path)
     config.inference_mode = True
     with model_lock(shared.model):  # not while another adapter of this model is reading
         drop_unread_adapters(shared.model)
@@ -330,7 +318,21 @@ def attach_adapter(shared: OCRModel, path: Path, card: dict, name: str) -> OCRMo
         shared.model.requires_grad_(False)
         tokenizer, image_processor = shared.family.load_processors(str(path))
         return OCRModel(shared.family, shared.model, tokenizer, image_processor, source=str(path),
-                        backend=shared.backend, extras={**shared.extras, "adapter": str(path)}, adapter=name)
+                        backend=shared.backend, extras={**shared.extras, "adapter": str(path)},
+                        reading=ReadingSettings.from_json(card.get("reading")), adapter=name)
+
+
+def _adapter_files(path: Path) -> tuple[Path, Any]:
+    """A saved adapter's weights file and its peft config; a clear error when either is missing or unreadable."""
+    from peft import PeftConfig
+
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{path}: adapter_model.safetensors is missing")
+    try:
+        return weights, PeftConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot read adapter_config.json ({str(error).splitlines()[0]})") from None
 
 
 def load_adapter_weights(model: Any, weights: Path, what: str = "this model", adapter: str = "default") -> None:

@@ -20,7 +20,6 @@ from ocrloop.registry.champions import serving_model
 from ocrloop.models import load_model, read_model_card
 from ocrloop.models.base import OCRModel
 from ocrloop.models.loading import attach_adapter
-from ocrloop.models.reading import ReadingSettings
 from ocrloop.registry.store import GENERAL, Registry
 
 log = logging.getLogger("ocrloop.serve")
@@ -63,9 +62,7 @@ class ChampionModels:
                         and bundle.extras.get("base_model") == card["base_model"]):
                     log.info("loading %s from %s beside %s, on the same base model", name, path, agent.model_name)
                     self._adapters += 1
-                    shared = attach_adapter(bundle, Path(path), card, f"adapter_{self._adapters}")
-                    shared.reading = ReadingSettings.from_json(card.get("reading"))
-                    return OCRAgent(shared, name, self.config)
+                    return OCRAgent(attach_adapter(bundle, Path(path), card, f"adapter_{self._adapters}"), name, self.config)
         log.info("loading %s from %s", name, path)
         return OCRAgent(load_model(path, backend=self.config.training.backend), name, self.config)
 

@@ -451,10 +451,15 @@ class FineTuner:
             arguments._n_gpu = 1
         return arguments
 
+    @property
+    def samples_per_step(self) -> int:
+        """Samples per optimizer step: under torchrun every step takes a batch from each process."""
+        return self.training.batch_size * self.training.gradient_accumulation_steps * world_size()
+
     def run(self) -> RunResult:
         """Train (the step is ``train.trainer.OCRTrainer``), validate, save the model and write the run card."""
         t = self.training
-        steps_per_epoch = math.ceil(len(self.train_examples) / (t.batch_size * t.gradient_accumulation_steps * world_size()))
+        steps_per_epoch = math.ceil(len(self.train_examples) / self.samples_per_step)
         cache = self.feature_cache
         park = ParkVisionTower(cache)
         trainer = OCRTrainer(
@@ -515,10 +520,8 @@ class FineTuner:
         return metrics
 
     def _run_card(self, train_output, train_seconds: float, steps: int, final: dict | None) -> dict:
-        t = self.training
         samples = train_output.metrics.get("train_samples_per_second")
-        # Under torchrun every optimizer step takes a batch from each process.
-        samples_per_step = t.batch_size * t.gradient_accumulation_steps * world_size()
+        samples_per_step = self.samples_per_step
         epochs_done = steps * samples_per_step / max(len(self.train_examples), 1)
         tokens = sum(self.lengths) * epochs_done
         training_peak = torch.cuda.max_memory_allocated() if self.device_is_cuda else None
