@@ -159,6 +159,10 @@ class ServeConfig(_Section):
     max_concurrent_requests: int = Field(16, ge=1, le=100_000, description="Requests beyond this are answered 429.")
     max_batch_pages: int = Field(8, ge=1, le=1024, description="Pages of concurrent requests read in one GPU batch.")
     batch_wait_ms: float = Field(10, ge=0, le=60_000, description="How long the first page of a batch waits for others.")
+    fast_decode: bool = Field(
+        False, description="Decode with a static KV cache (CUDA graphs on a GPU), batches padded to a power of two "
+                           "pages, prompts to multiples of 64 tokens, MoE experts read once a step (hf backend; the "
+                           "first batch of each shape compiles).")
     champion_check_seconds: float = Field(2.0, gt=0, le=86_400, description="How often a promotion is looked for; the new champion is loaded, then swapped in.")
 
 

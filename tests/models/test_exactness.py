@@ -1,6 +1,7 @@
 """The fast reading path reads exactly what plain generation reads: the static KV cache (the compiled decode on a
-GPU) against the dynamic cache, a batch against one page at a time, for both families, with and without a LoRA
-adapter. Random tiny weights write nonsense, but deterministic nonsense: any padding or cache bug changes it."""
+GPU) against the dynamic cache, a batch against one page at a time, fast decoding (batches and prompts padded to
+repeating shapes, MoE experts read once a step), for every family, with and without a LoRA adapter. Random tiny
+weights write nonsense, but deterministic nonsense: any padding or cache bug changes it."""
 
 import pytest
 
@@ -48,5 +49,12 @@ def test_static_cache_and_batching_read_exactly_what_plain_generation_reads(pres
     assert model.generate(pages, **settings) == plain
     assert model.generate(pages, cache_implementation="static", **settings) == plain
     assert [model.generate([page], cache_implementation="static", **settings)[0] for page in pages] == plain
+    # fast decoding: three pages are read as a batch of four, prompts padded to a multiple of 64 tokens
+    model.enable_fast_decode()
+    shapes, generate = [], model.model.generate
+    model.model.generate = lambda **kwargs: shapes.append(tuple(kwargs["input_ids"].shape)) or generate(**kwargs)
+    assert model.generate(pages[:3], **settings) == plain[:3]
+    assert shapes[0][0] == 4 and shapes[0][1] % 64 == 0, shapes
+    assert model.generate(pages[:1], **settings) == plain[:1]
     if with_adapter:  # the adapter is really there: it reads differently from its base
         assert [load_model(preset, backend="hf").generate([page], **settings)[0] for page in pages] != plain

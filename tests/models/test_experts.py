@@ -6,7 +6,7 @@ from PIL import Image
 from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
 
 from ocrloop.models import load_model
-from ocrloop.models.experts import padded_experts, use_experts
+from ocrloop.models.experts import experts_path, padded_experts, padded_experts_forward, use_experts
 from tests.conftest import FAST_RESOLUTION
 
 MOE_PRESETS = ["tiny-deepseek-ocr", "tiny-deepseek-ocr-2"]
@@ -43,3 +43,19 @@ def test_generation_reads_the_same_with_padded_experts(tiny_presets, preset):
     bundle = load_model(preset, backend="hf")
     use_experts(bundle.model, "padded")
     assert bundle.generate(pages, prompt="free", resolution=resolution, max_new_tokens=10) == plain
+
+
+@pytest.mark.parametrize("tokens", [1, 13, 3000])
+def test_each_step_size_takes_its_path_and_computes_the_same(tiny_presets, tokens):
+    """One page's decode step keeps batched_mm (fewer weights read), a batch's goes padded, a prefill grouped."""
+    experts = _experts("tiny-deepseek-ocr-2")
+    per_token = 2
+    expected_path = {1: "batched_mm", 13: "padded", 3000: "grouped_mm"}[tokens]
+    assert experts_path(tokens * per_token, experts.num_experts) == expected_path
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(tokens, experts.hidden_dim, generator=generator)
+    index = torch.stack([torch.randperm(experts.num_experts, generator=generator)[:per_token] for _ in range(tokens)])
+    weights = torch.rand(tokens, per_token, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(padded_experts_forward(experts, hidden, index, weights),
+                                   batched_mm_experts_forward(experts, hidden, index, weights), rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ocrloop.models import load_model
 from ocrloop.models.base import collate
-from ocrloop.models.qwen2_5_vl import PACKED_SDPA, _uint8_patches
+from ocrloop.models.qwen2_5_vl import PACKED_SDPA, _uint8_patches, multimodal_rope_positions
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,51 @@ def test_length_counted_from_the_page_size_equals_the_encoded_length(qwen, size,
     encoded = qwen.encode(image, "ocr", "Total: $12.50\n**Date:** 2025-01-01", resolution)
     counted = qwen.family.encoded_length(qwen, *size, "ocr", "Total: $12.50\n**Date:** 2025-01-01", resolution)
     assert counted == (len(encoded), encoded.image_tokens)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_precomputed_rope_positions_equal_the_models(qwen, padding_side):
+    """The collator's 3-D positions (text, then each page's rows and columns) are the model's ``get_rope_index``,
+    for pages of different shapes and padding on either side."""
+    encoded = [qwen.encode(image, "ocr", text, "tiny") for image, text in
+               zip(_images([(448, 112), (300, 200), (1000, 700)]), ["AB", "a longer answer 123", ""])]
+    batch = collate(encoded, qwen.tokenizer.pad_token_id, padding_side=padding_side, family=qwen.family,
+                    tokenizer=qwen.tokenizer, dtype=qwen.dtype)
+    assert batch["mm_token_type_ids"].sum() == sum(e.image_tokens for e in encoded)
+    config = qwen.model.config
+    positions = multimodal_rope_positions(batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"],
+                                          config.image_token_id, config.vision_config.spatial_merge_size)
+    expected, _ = qwen.model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
+                                                  attention_mask=batch["attention_mask"])
+    assert positions.shape == expected.shape
+    assert torch.equal(positions, expected)
+    # the rows and columns of a page are really 2-D: not the 1-D count the model used without token types
+    assert len(set(positions[1, 0].tolist())) < len(set(positions[2, 0].tolist()))
+
+
+def test_training_with_the_precomputed_layout_equals_the_models_own(qwen):
+    """One training forward and backward with the collator's positions and vision layout gives the loss and gradients
+    the model gets computing them itself."""
+    encoded = [qwen.encode(image, "ocr", text, "tiny") for image, text in
+               zip(_images([(448, 112), (448, 112), (300, 200)]), ["AB", "CDE 12", "line three"])]
+    plain = collate(encoded, qwen.tokenizer.pad_token_id, family=qwen.family, tokenizer=qwen.tokenizer, dtype=qwen.dtype)
+    laid_out = dict(plain)
+    qwen.family.add_training_layout(qwen, laid_out)
+    assert {"position_ids", "image_window_index", "image_cu_seqlens", "image_max_window_seqlen"} <= set(laid_out)
+    model = qwen.model
+    results = []
+    for batch in (plain, laid_out):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    model.zero_grad()
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    assert len(grads_a) == len(grads_b) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_a, grads_b))
+    # and the model really uses what the collator gave it
+    with torch.no_grad():
+        for key in ("position_ids", "image_window_index"):
+            wrong = dict(laid_out, **{key: torch.zeros_like(laid_out[key])})
+            assert not torch.allclose(model(**wrong).loss, loss_a, atol=1e-4), key

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ocrloop.config import apply_overrides
 from ocrloop.data.dataset import Dataset
 from ocrloop.models import load_model, read_model_card
 from ocrloop.models.base import collate, to_device
@@ -59,3 +60,20 @@ def test_adapters_of_one_base_share_it_and_each_reads_as_if_loaded_alone(looped_
     assert gone in model.peft_config
     first.read([page], prompt="ocr", resolution="tiny")
     assert gone not in model.peft_config and first.bundle.adapter in model.peft_config
+
+
+def test_the_service_with_fast_decoding_reads_what_it_reads_without(looped_workspace, tmp_path):
+    """serve.fast_decode: every model the service loads, shared-base adapters included, reads with a static cache in
+    padded shapes, and reads the same text."""
+    root = tmp_path / "ws"
+    shutil.copytree(looped_workspace, root)
+    config = Workspace.load(root).config
+    with Registry(config.registry_location) as registry:
+        names = [m["name"] for m in registry.models() if Path(m["path"]).is_dir()]
+    dataset = Dataset.open(config.dataset_dir, config.data)
+    pages = [image for _, image in dataset.iter_images(dataset.examples("test")[:3])]
+    plain, fast = ChampionModels(config), ChampionModels(apply_overrides(config, {"serve.fast_decode": True}))
+    for name in names:
+        agent = fast.named(name)
+        assert agent.bundle.fast_decode
+        assert agent.read(pages, prompt="ocr", resolution="tiny") == plain.named(name).read(pages, prompt="ocr", resolution="tiny")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
     images = [(example, image) for example, image in dataset.iter_images(examples)]
     cuda = torch.cuda.is_available()
     results: dict[str, Any] = {
-        "command": "ocrloop bench ocr", "workload": {
+        "command": " ".join(["ocrloop bench ocr", *sys.argv[3:]]), "workload": {
             "family": family, "size": size, "resolution": resolution, "cache_implementation": cache_implementation,
             "experts": experts,
             "chars_per_token": chars_per_token, "tokens_per_page": tokens_per_page, "pages": len(images),

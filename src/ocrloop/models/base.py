@@ -24,6 +24,8 @@ from ocrloop.errors import OcrloopError
 from ocrloop.models.reading import ReadingSettings
 
 IGNORE_INDEX = -100
+# Prompts are padded to a multiple of this under fast decoding: pages of nearby lengths share compiled shapes.
+FAST_DECODE_LENGTH_STEP = 64
 
 # The plan's prompt templates (DeepSeek-OCR wording); families adapt the image placeholder.
 PROMPT_TEMPLATES = {
@@ -105,6 +107,8 @@ class OCRModel:
     extras: dict = field(default_factory=dict)
     reading: ReadingSettings | None = None  # the settings it was trained to read with (saved in its model card)
     adapter: str | None = None  # the LoRA adapter of ``model`` it reads with: several bundles may share one model
+    # Decode with a static KV cache (compiled into CUDA graphs on a GPU) in shapes that repeat; see enable_fast_decode.
+    fast_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.adapter is not None:
@@ -140,6 +144,19 @@ class OCRModel:
     def encode(self, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         return self.family.encode(self, image, prompt, target, resolution)
 
+    def enable_fast_decode(self) -> None:
+        """From now on read with a static KV cache, each batch padded to a power of two pages and each prompt to a
+        multiple of ``FAST_DECODE_LENGTH_STEP`` tokens, so that the compiled decode steps of earlier batches are reused;
+        MoE experts read each expert's weights once a step (``models.experts``). The same text as the dynamic cache;
+        on a GPU, ``bench ocr`` measured twice the pages/s at batch 64 (docs/benchmarks.md). hf backend only."""
+        if self.backend != "hf":
+            raise ModelError(f"fast decoding needs the hf backend; this model was loaded with {self.backend}")
+        if self.family.routed_experts:
+            from ocrloop.models.experts import use_experts
+
+            use_experts(self.model, "padded")
+        self.fast_decode = True
+
     def read(self, images: list[Image.Image], reading: ReadingSettings) -> list[str]:
         """Greedy OCR of ``images`` at ``reading``'s resolution, prompt and generation limit.
 
@@ -155,8 +172,12 @@ class OCRModel:
         ``min_new_tokens`` forces output lengths (benchmarks of random weights); ``cache_implementation="static"``
         compiles the decode."""
         encoded = [self.encode(image, prompt, None, resolution) for image in images]
+        length_step = 1
+        if self.fast_decode and cache_implementation is None:
+            cache_implementation, length_step = "static", FAST_DECODE_LENGTH_STEP
+            encoded += [encoded[-1]] * ((1 << (len(encoded) - 1).bit_length()) - len(encoded))  # read, then dropped
         batch = collate(encoded, self.tokenizer.pad_token_id, padding_side="left", family=self.family,
-                        tokenizer=self.tokenizer, dtype=self.dtype)
+                        tokenizer=self.tokenizer, dtype=self.dtype, pad_to_multiple=length_step)
         batch.pop("labels")
         batch = to_device(batch, self.device)
         was_training = self.model.training
@@ -175,7 +196,7 @@ class OCRModel:
         finally:
             if was_training:
                 self._inference_mode(False)
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        new_tokens = output[:len(images), batch["input_ids"].shape[1]:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [self.family.clean_output(text) for text in texts]
 
@@ -205,13 +226,14 @@ def wrap_image_features(owner: Any, wrap: Callable[[Callable], Callable]) -> Cal
 
 
 def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str = "right",
-            family: "OCRFamily | None" = None, tokenizer: Any = None, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """Pad ids/labels/attention to the longest example and batch the vision inputs.
+            family: "OCRFamily | None" = None, tokenizer: Any = None, dtype: torch.dtype | None = None,
+            pad_to_multiple: int = 1) -> dict[str, Any]:
+    """Pad ids/labels/attention to the longest example (rounded up to ``pad_to_multiple``) and batch the vision inputs.
 
     Vision tensors are concatenated along the first dimension unless ``family`` batches them
     its own way; pixel tensors are cast to ``dtype`` when given.
     """
-    longest = max(len(e) for e in examples)
+    longest = -(-max(len(e) for e in examples) // pad_to_multiple) * pad_to_multiple
     ids, labels, mask = [], [], []
     for example in examples:
         padding = longest - len(example)
@@ -230,16 +252,18 @@ def collate(examples: list[EncodedExample], pad_token_id: int, padding_side: str
     }
     if family is not None and type(family).collate_vision is not OCRFamily.collate_vision:
         family.collate_vision([e.vision for e in examples], batch, tokenizer, dtype)
-        return batch
-    if all(e.feature_key for e in examples):
-        batch["feature_keys"] = [e.feature_key for e in examples]
-    # Keys may differ between pages (a small page has no local tiles); each present tensor is concatenated.
-    for key in dict.fromkeys(key for e in examples for key in e.vision):
-        batch[key] = torch.cat([e.vision[key] for e in examples if key in e.vision], dim=0)
-    if family is not None and dtype is not None:
-        for key in family.pixel_keys:
-            if key in batch and batch[key].is_floating_point():
-                batch[key] = batch[key].to(dtype)
+    else:
+        if all(e.feature_key for e in examples):
+            batch["feature_keys"] = [e.feature_key for e in examples]
+        # Keys may differ between pages (a small page has no local tiles); each present tensor is concatenated.
+        for key in dict.fromkeys(key for e in examples for key in e.vision):
+            batch[key] = torch.cat([e.vision[key] for e in examples if key in e.vision], dim=0)
+        if family is not None and dtype is not None:
+            for key in family.pixel_keys:
+                if key in batch and batch[key].is_floating_point():
+                    batch[key] = batch[key].to(dtype)
+    if family is not None:
+        family.finish_batch(batch, tokenizer)
     return batch
 
 
@@ -254,6 +278,7 @@ class OCRFamily:
     feature_input_keys: ClassVar[tuple[str, ...]] = ()
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
     unsloth_supported: ClassVar[bool] = True  # False: Unsloth cannot patch it; ``auto`` picks the hf backend
+    routed_experts: ClassVar[bool] = False  # a mixture-of-experts decoder (transformers' experts implementations)
     # Module-name patterns (regex alternatives over the full module path) per LoRA target group.
     lora_patterns: ClassVar[dict[str, str | None]] = {}  # None: the group has no modules in this family
     # Substrings of parameter names that belong to the vision tower and projector.
@@ -334,6 +359,14 @@ class OCRFamily:
                        dtype: torch.dtype | None) -> None:
         """Put the vision inputs of a padded batch into ``batch``; override when concatenation is not it."""
         raise NotImplementedError
+
+    def finish_batch(self, batch: dict[str, Any], tokenizer: Any) -> None:
+        """Add the inputs the model's forward derives from a padded batch (token types, for one); nothing by default."""
+
+    def add_training_layout(self, bundle: "OCRModel", batch: dict[str, Any]) -> None:
+        """Add to a training batch, on the CPU (in the data loader's workers), the index tensors the model would
+        otherwise build on its device step by step (one small kernel and host sync after another); the same values
+        either way. Nothing by default."""
 
     def lora_target_regex(self, groups: list[str]) -> str | list[str]:
         """A regex over module names selecting the linear layers of the chosen target groups

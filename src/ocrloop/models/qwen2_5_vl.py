@@ -97,6 +97,36 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
     return torch.cat(outputs, dim=2).transpose(1, 2), None
 
 
+def multimodal_rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor,
+                              image_token_id: int, merge: int) -> torch.Tensor:
+    """Qwen2.5-VL's 3-D rotary positions (temporal, row, column) of a padded batch of pages, [3, batch, length]:
+    what the model's ``get_rope_index`` computes on its device, one small kernel at a time. Text counts on from
+    the last position; an image's tokens sit at (start, start + row, start + column), and the text after it
+    resumes at start + the longer side; padding gets 0."""
+    ids, real_tokens = input_ids.numpy(), attention_mask.numpy().astype(bool)
+    grids = iter(image_grid_thw.tolist())
+    positions = np.zeros((3, *ids.shape), dtype=np.int64)
+    for row, (sample, real) in enumerate(zip(ids, real_tokens)):
+        where = np.flatnonzero(real)
+        is_image = sample[where] == image_token_id
+        bounds = [0, *(np.flatnonzero(np.diff(is_image.astype(np.int8))) + 1).tolist(), len(where)]
+        out, current = np.empty((3, len(where)), dtype=np.int64), 0
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if not is_image[start]:
+                out[:, start:end] = np.arange(current, current + end - start)
+                current += end - start
+                continue
+            frames, height, width = next(grids)
+            rows, columns = height // merge, width // merge
+            if frames * rows * columns != end - start:
+                raise ValueError(f"{end - start} image tokens for an image of {frames * rows * columns}")
+            grid = np.indices((frames, rows, columns)).reshape(3, -1)
+            out[:, start:end] = grid + current
+            current += max(height, width) // merge
+        positions[:, row, where] = out
+    return torch.from_numpy(positions)
+
+
 class Qwen25VLFamily(OCRFamily):
     name = "qwen2.5-vl"
     image_token = "<|image_pad|>"
@@ -156,6 +186,35 @@ class Qwen25VLFamily(OCRFamily):
             text = f"<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
             cached = _PROMPT_IDS[key] = bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
         return list(cached)
+
+    def finish_batch(self, batch: dict[str, Any], tokenizer: Any) -> None:
+        # Without token types the model falls back to 1-D positions for image tokens: not how Qwen2.5-VL reads.
+        image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        batch["mm_token_type_ids"] = (batch["input_ids"] == image_token_id).to(torch.int32)
+
+    def add_training_layout(self, bundle: OCRModel, batch: dict[str, Any]) -> None:
+        """The text's 3-D positions, and the vision tower's patch positions, attention spans and windows
+        (transformers' own ``vision_utils``, which the tower takes precomputed as ``image_*`` inputs)."""
+        from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+
+        grid = batch.get("image_grid_thw")
+        if grid is None:
+            return
+        config = bundle.model.config
+        vision = config.vision_config
+        batch["position_ids"] = multimodal_rope_positions(batch["input_ids"], batch["attention_mask"], grid,
+                                                          config.image_token_id, vision.spatial_merge_size)
+        if "feature_keys" in batch:  # features come from the cache: the tower does not run
+            return
+        cu_seqlens = get_vision_cu_seqlens(grid)
+        window_index, cu_window_seqlens = get_vision_window_index(grid, vision.spatial_merge_size, vision.window_size,
+                                                                  vision.patch_size)
+        batch.update({
+            "image_position_ids": get_vision_position_ids(grid, vision.spatial_merge_size),
+            "image_cu_seqlens": cu_seqlens, "image_max_seqlen": int((cu_seqlens[1:] - cu_seqlens[:-1]).max()),
+            "image_window_index": window_index, "image_cu_window_seqlens": cu_window_seqlens,
+            "image_max_window_seqlen": int((cu_window_seqlens[1:] - cu_window_seqlens[:-1]).max()),
+        })
 
     def prepare_loaded(self, bundle: OCRModel) -> None:
         """Pixels arrive as uint8 patches and are normalized on the model's device (see ``_uint8_patches``);

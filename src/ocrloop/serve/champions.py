@@ -62,9 +62,18 @@ class ChampionModels:
                         and bundle.extras.get("base_model") == card["base_model"]):
                     log.info("loading %s from %s beside %s, on the same base model", name, path, agent.model_name)
                     self._adapters += 1
-                    return OCRAgent(attach_adapter(bundle, Path(path), card, f"adapter_{self._adapters}"), name, self.config)
+                    return self._agent(attach_adapter(bundle, Path(path), card, f"adapter_{self._adapters}"), name)
         log.info("loading %s from %s", name, path)
-        return OCRAgent(load_model(path, backend=self.config.training.backend), name, self.config)
+        return self._agent(load_model(path, backend=self.config.training.backend), name)
+
+    def _agent(self, bundle: OCRModel, name: str) -> OCRAgent:
+        if self.config.serve.fast_decode:
+            if bundle.backend == "hf":
+                bundle.enable_fast_decode()
+            else:
+                log.warning("serve.fast_decode needs the hf backend; %s reads with the dynamic cache (%s backend)",
+                            name, bundle.backend)
+        return OCRAgent(bundle, name, self.config)
 
     def agent(self, business: str | None) -> OCRAgent:
         """The model serving ``business`` now (loaded on the first request for that business)."""

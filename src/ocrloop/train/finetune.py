@@ -94,6 +94,8 @@ class PageCollator:
     def __call__(self, examples: list[EncodedExample]) -> dict[str, Any]:
         b = self.bundle
         batch = collate(examples, b.tokenizer.pad_token_id, family=b.family, tokenizer=b.tokenizer, dtype=b.dtype)
+        if b.backend == "hf":  # Unsloth runs its own compiled copies of the modules; not checked with these inputs
+            b.family.add_training_layout(b, batch)
         if self.cache is not None and "feature_keys" in batch:
             self.cache.prefetch(batch["feature_keys"])
         return batch
