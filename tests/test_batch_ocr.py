@@ -89,9 +89,9 @@ def test_ocr_reads_pages_of_several_documents_per_batch_and_reads_the_same(tiny_
     (pages / "broken.png").write_bytes(b"not an image")
 
     outputs = {}
-    for size in ("1", "4"):
-        out = tmp_path / f"batch{size}"
-        result = run_cli("ocr", str(pages), "--out", str(out), "--format", "json", "--read-batch-size", size,
+    for size in ("1", "4", "4 --fast-decode"):
+        out = tmp_path / f"batch{size.replace(' ', '')}"
+        result = run_cli("ocr", str(pages), "--out", str(out), "--format", "json", "--read-batch-size", *size.split(),
                          "-w", str(workspace))
         assert result.returncode == 1 and "1 unreadable, of 6 documents" in result.stderr
         assert result.stderr.count("broken.png") == 1
@@ -104,3 +104,4 @@ def test_ocr_reads_pages_of_several_documents_per_batch_and_reads_the_same(tiny_
     assert len(shares) == 1
     for name, document in outputs["4"].items():
         assert [p["text"] for p in document["pages"]] == [p["text"] for p in outputs["1"][name]["pages"]]
+        assert [p["text"] for p in outputs["4 --fast-decode"][name]["pages"]] == [p["text"] for p in document["pages"]]

@@ -760,7 +760,7 @@ def _launch_processes(gpus: int) -> None:
 
 
 @app.command("ocr")
-@config_flags("serve", only=("pii_policy",))
+@config_flags("serve", only=("pii_policy", "fast_decode"))
 @config_flags("training", only=("prompt", "resolution", "read_batch_size", "gpus"), names={"resolution": ("--resolution", "--mode")})
 def ocr_command(
     paths: Annotated[list[Path], typer.Argument(help="Images, PDFs or folders of them.")],
@@ -831,6 +831,8 @@ def _read_files(todo: list[Path], target: dict, output_format: str, business: st
     agent = OCRAgent.load(workspace, business=_business(business), model=model, engine=engine)
     for note in agent.settings(prompt=prompt, resolution=mode)[1] if engine == "model" else ():
         notices.print(f"note: {note}", markup=False)
+    if config.serve.fast_decode and engine == "model":
+        agent.bundle.enable_fast_decode()
     refused = failed = read_pages = 0
     started = time.perf_counter()
     with _progress() as progress:

@@ -3,11 +3,14 @@ GPU) against the dynamic cache, a batch against one page at a time, fast decodin
 repeating shapes, MoE experts read once a step), for every family, with and without a LoRA adapter. Random tiny
 weights write nonsense, but deterministic nonsense: any padding or cache bug changes it."""
 
+import dataclasses
+
 import pytest
 
 from ocrloop.config import OcrloopConfig, apply_overrides
 from ocrloop.data.synth import SynthOptions, generate_documents, synthesize_dataset
 from ocrloop.models import load_model
+from ocrloop.models.base import ModelError
 from ocrloop.train.finetune import train
 from tests.conftest import FAST_RESOLUTION, SMALL_PAGES
 
@@ -58,3 +61,10 @@ def test_static_cache_and_batching_read_exactly_what_plain_generation_reads(pres
     assert model.generate(pages[:1], **settings) == plain[:1]
     if with_adapter:  # the adapter is really there: it reads differently from its base
         assert [load_model(preset, backend="hf").generate([page], **settings)[0] for page in pages] != plain
+
+
+def test_fast_decoding_off_the_hf_backend_is_refused_with_the_fix(tiny_presets):
+    model = dataclasses.replace(load_model("tiny-qwen2.5-vl", backend="hf"), backend="unsloth")
+    with pytest.raises(ModelError, match="needs the hf backend.*training.backend: hf"):
+        model.enable_fast_decode()
+    assert not model.fast_decode

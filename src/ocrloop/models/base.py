@@ -150,7 +150,8 @@ class OCRModel:
         MoE experts read each expert's weights once a step (``models.experts``). The same text as the dynamic cache;
         on a GPU, ``bench ocr`` measured twice the pages/s at batch 64 (docs/benchmarks.md). hf backend only."""
         if self.backend != "hf":
-            raise ModelError(f"fast decoding needs the hf backend; this model was loaded with {self.backend}")
+            raise ModelError(f"fast decoding needs the hf backend, and this model was loaded with {self.backend}: "
+                             "set training.backend: hf in the workspace's ocrloop.yaml")
         if self.family.routed_experts:
             from ocrloop.models.experts import use_experts
 
