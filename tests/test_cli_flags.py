@@ -24,7 +24,7 @@ def test_train_and_serve_have_a_flag_for_every_field_of_their_sections():
     assert sorted(command_config_flags(serve_command)) == sorted(_fields("serve"))
     assert set(command_config_flags(evaluate)) <= _fields("training") | {"dataset_dir"}
     assert set(command_config_flags(ocr_command)) == {"training.prompt", "training.resolution", "training.read_batch_size",
-                                                      "training.gpus", "serve.pii_policy"}
+                                                      "training.gpus", "serve.pii_policy", "serve.fast_decode"}
 
 
 def _commands(group: click.Group, prefix: str = ""):

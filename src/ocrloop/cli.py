@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ocrloop.bench.settings import (BenchLearnSettings, BenchLinesSettings, BenchOcrSettings, BenchPretrainSettings,
-                                    BenchSoakSettings, BenchTrainSettings)
+from ocrloop.bench.settings import (BenchLearnSettings, BenchLinesSettings, BenchOcrSettings, BenchPhotoLoopSettings,
+                                    BenchPretrainSettings, BenchSoakSettings, BenchTrainSettings)
 from ocrloop.cli_flags import config_flags, settings_flags
 from ocrloop.config import CONFIG_FILENAME, DOCUMENT_CATEGORIES, OcrloopConfig, apply_overrides
 from ocrloop.errors import OcrloopError
@@ -229,6 +229,21 @@ def bench_pretrain_command(settings: BenchPretrainSettings | None = None) -> Non
     line += f"; {tesseract['engine']} {tesseract['strip_markdown']['cer']:.2%}" if "engine" in tesseract else \
         f"; Tesseract not scored ({tesseract['error']})"
     console.print(line + f"; {results['total_seconds'] / 60:.1f} min", markup=False)
+
+
+@bench_app.command("photo-loop")
+@settings_flags(BenchPhotoLoopSettings)
+def bench_photo_loop_command(settings: BenchPhotoLoopSettings | None = None) -> None:
+    """Fine-tune a reader on phone photos of one business through the loop; score it before and after on held-out photos, with Tesseract and a blind control."""
+    from ocrloop.bench.photo_loop import bench_photo_loop
+
+    results = bench_photo_loop(settings, console=notices)
+    console.print(f"loop: {results['loop']['reason']} (champion {results['loop']['champion']})", markup=False)
+    for key, label in (("reader", "the reader"), ("champion", "the champion"), ("blind_control", "champion, blank pages"),
+                       ("tesseract", "Tesseract")):
+        scores = results[key]
+        console.print(f"{label}: " + (f"CER {scores['strip_markdown']['cer']:.2%} (markup ignored)" if "strip_markdown" in scores
+                                      else f"not scored ({scores['error']})"), markup=False)
 
 
 @config_app.command("set", context_settings={"ignore_unknown_options": True})  # `training.epochs -1` is a value

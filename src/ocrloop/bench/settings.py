@@ -8,10 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ocrloop.config import DOCUMENT_CATEGORIES, Resolution
+from ocrloop.config import BUSINESS_TYPES, DOCUMENT_CATEGORIES, Resolution
 
 Family = Literal["deepseek-ocr", "deepseek-ocr-2", "qwen2.5-vl"]
 Category = Literal[DOCUMENT_CATEGORIES]
+Business = Literal[BUSINESS_TYPES]
 
 
 class _Bench(BaseModel):
@@ -124,3 +125,22 @@ class BenchPretrainSettings(_Bench):
     work: Path = Field(Path("/tmp/ocrloop-pretrain"), description="Scratch folder for lessons, checkpoint and runs.")
     add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "
                                                    "was missing).")
+
+
+class BenchPhotoLoopSettings(_Bench):
+    out: Path = Field(description="JSON file to write (the plot goes beside it as .png).")
+    reader: str = Field(description="The model to start from: a folder (e.g. bench pretrain --save-model's) or a preset.")
+    business: Business = Field("ecommerce", description="The one business whose documents are photographed.")
+    categories: list[Category] = Field(["receipt", "invoice"], description="Document categories.")
+    documents: int = Field(500, ge=1, le=100_000, description="Labelled photographed documents in the workspace.")
+    heldout: int = Field(64, ge=1, le=100_000, description="Held-out photographed documents (a seed never trained on).")
+    scale: float = Field(1.0, gt=0, le=4, description="Page size (1.0: letter pages of 850x1100 px).")
+    steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps of the loop's training run.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Pages per step.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the challenger.")
+    min_test_pages: int = Field(10, ge=1, le=10**6, description="loop.min_test_pages of the workspace.")
+    read_batch_size: int = Field(32, ge=1, le=4096, description="Pages per generation when reading held-out photos.")
+    resolution: Resolution | None = Field(None, description="Resolution to train and read at; unset: the reader's own.")
+    max_new_tokens: int | None = Field(None, ge=1, le=32_768, description="Longest reading; unset: the reader's own.")
+    backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="training.backend of the workspace.")
+    work: Path = Field(Path("/tmp/ocrloop-photo-loop"), description="Scratch folder for the workspace and held-out photos.")

@@ -1,0 +1,131 @@
+"""``ocrloop bench photo-loop``: a reader fine-tuned on phone photos of one business's documents through the real loop.
+
+The reader (``--reader``: a folder, e.g. ``bench pretrain --save-model``'s, or a preset) becomes a fresh workspace's
+base model; the workspace gets labelled phone photos (``data synth --style photo``) of one business; ``FineTuneLoop``
+trains a challenger (LoRA by default) and promotes it only if it beats the reader on the test split. Then the reader
+and the champion read held-out photos rendered from a seed the workspace never saw, beside Tesseract and a blind
+control (the same texts on blank pages, read by the champion). Everything goes to one JSON and a PNG per category.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ocrloop.atomic import atomic_write_json
+from ocrloop.bench.pretrain import NORMALIZED, score
+from ocrloop.bench.scoring import save_figure, score_tesseract
+from ocrloop.bench.settings import BenchPhotoLoopSettings
+from ocrloop.config import OcrloopConfig, apply_overrides
+from ocrloop.data.dataset import Dataset
+from ocrloop.data.lessons import blank_copy
+from ocrloop.data.synth import SynthOptions, synthesize_dataset
+from ocrloop.errors import OcrloopError
+from ocrloop.loop.history import loop_history
+from ocrloop.loop.recipe import FineTuneLoop
+from ocrloop.models import load_model, read_model_card
+from ocrloop.models.reading import ReadingSettings
+from ocrloop.registry import Registry
+from ocrloop.registry.champions import serving_model
+from ocrloop.workspace import init_workspace
+
+TRAIN_SEED = 11  # the workspace's photos
+HELDOUT_SEED = 9_000  # held-out photos: a seed the workspace's documents never use
+
+
+def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str, Any]:
+    """Run the loop on photos from ``settings.reader`` and write ``settings.out`` and a PNG beside it."""
+    started = time.perf_counter()
+    log = (lambda line: console.print(line, markup=False)) if console else (lambda line: None)
+    reader = str(Path(settings.reader).resolve()) if Path(settings.reader).exists() else settings.reader
+    card = (read_model_card(Path(reader)) if Path(reader).is_dir() else None) or {}
+    reading = ReadingSettings(**card["reading"]) if card.get("reading") else ReadingSettings()
+    reading = dataclasses.replace(reading, **{k: v for k, v in (("resolution", settings.resolution),
+                                                                ("max_new_tokens", settings.max_new_tokens)) if v is not None})
+    overrides = {"training.max_steps": settings.steps, "training.batch_size": settings.batch_size,
+                 "training.learning_rate": settings.learning_rate, "training.backend": settings.backend,
+                 "loop.min_test_pages": settings.min_test_pages,
+                 # the challenger trains, and everything reads, at the reader's settings
+                 "training.resolution": reading.resolution, "training.prompt": reading.prompt,
+                 "training.max_new_tokens": reading.max_new_tokens}
+    root = settings.work / "workspace"
+    if root.exists():  # its settings and registry would be an earlier run's
+        raise OcrloopError(f"{root} holds an earlier run's workspace: remove it, or give another --work")
+    workspace, _ = init_workspace(root, apply_overrides(OcrloopConfig(base_model=reader), overrides))
+    config = workspace.config
+    photos = dict(categories=tuple(settings.categories), businesses=(settings.business,), style="photo", scale=settings.scale)
+    log(f"rendering {settings.documents} photographed documents of a {settings.business} business")
+    synthesize_dataset(config.dataset_dir, SynthOptions(n=settings.documents, seed=TRAIN_SEED, **photos), config.data)
+    name = f"heldout-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{settings.heldout}"
+    heldout_root, blank_root = settings.work / name, settings.work / f"{name}-blank"  # reused by later runs
+    if not (heldout_root / "annotations.json").is_file():
+        synthesize_dataset(heldout_root, SynthOptions(n=settings.heldout, seed=HELDOUT_SEED, split_fractions=(1.0, 0.0, 0.0),
+                                                      **photos), config.data)
+    if not (blank_root / "annotations.json").is_file():
+        blank_copy(blank_root, heldout_root, config.data)
+    heldout = Dataset.open(heldout_root, config.data)
+    trained_texts = {e.text for e in Dataset.open(config.dataset_dir, config.data).examples()}
+    overlap = sum(e.text in trained_texts for e in heldout.examples())
+
+    log("running the loop (train a challenger, judge it against the reader, promote it only if it is better)")
+    loop = FineTuneLoop(workspace, console=console).run()
+    with Registry(config.registry_location) as registry:
+        champion = serving_model(registry, config.base_model, None)
+    history = loop_history(config.registry_location)
+
+    base = load_model(reader, backend=config.training.backend)
+    results: dict[str, Any] = {
+        "command": " ".join(["ocrloop bench photo-loop", *sys.argv[3:]]),
+        "workload": {"reader": reader, "business": settings.business, "categories": list(settings.categories),
+                     "documents": settings.documents, "train_seed": TRAIN_SEED, "heldout_pages": len(heldout.examples()),
+                     "heldout_seed": HELDOUT_SEED, "heldout_texts_also_in_training": overlap,
+                     "reading": dataclasses.asdict(reading),
+                     "normalized": NORMALIZED},
+        "loop": {"ran": loop.ran, "promoted": loop.promoted, "reason": loop.reason, "champion": champion.name,
+                 "champion_is_the_reader": champion.key == "base", "history": history},
+    }
+    log("reading the held-out photos with the reader, the champion, Tesseract, and the champion on blank pages")
+    results["reader"] = score(base, heldout, reading, batch_size=settings.read_batch_size)
+    del base
+    promoted = load_model(champion.path, backend=config.training.backend)
+    results["champion"] = score(promoted, heldout, reading, batch_size=settings.read_batch_size)
+    results["blind_control"] = score(promoted, Dataset.open(blank_root, config.data), reading, batch_size=settings.read_batch_size)
+    results["tesseract"] = score_tesseract(heldout)
+    results.update({"host": platform.node(), "total_seconds": time.perf_counter() - started})
+    atomic_write_json(settings.out, results)
+    plot_photo_loop(results, settings.out.with_suffix(".png"))
+    return results
+
+
+def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
+    """Held-out CER (markup ignored) per category and overall: the reader, the loop's champion, Tesseract, and the
+    champion on blank pages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    readers = [("reader", "the reader (before)"), ("champion", "the loop's champion (after)"),
+               ("tesseract", "Tesseract"), ("blind_control", "champion, blank pages")]
+    present = [(key, label) for key, label in readers if "strip_markdown" in results.get(key, {})]
+    categories = sorted(results[present[0][0]]["strip_markdown"]["by_category"]) if present else []
+    groups = ["overall", *categories]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(present))
+    for offset, (key, label) in enumerate(present):
+        scores = results[key]["strip_markdown"]
+        values = [scores["cer"], *(scores["by_category"].get(c, {}).get("cer", np.nan) for c in categories)]
+        ax.bar(np.arange(len(groups)) + offset * width, values, width, label=label)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(present) - 1) / 2, groups)
+    ax.set_ylabel("held-out CER (markup ignored)")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.legend(fontsize=7)
+    workload = results["workload"]
+    ax.set_title(f"{workload['documents']} photographed {workload['business']} documents through the loop: "
+                 f"{workload['heldout_pages']} held-out photos", fontsize=10)
+    return save_figure(fig, png)
