@@ -124,6 +124,8 @@ def bench_train_command(workspace: WorkspaceOption = Path("."), settings: BenchT
         vram = f", peak VRAM {result['peak_vram_allocated_gib']:.1f} GiB" if result["peak_vram_allocated_gib"] is not None else ""
         mfu = f", MFU {result['mfu']:.1%}" if result.get("mfu") is not None else ""
         console.print(f"{name} ({result['backend']}): {rate:.2f} samples/s{ratio}{vram}{mfu}", markup=False)
+    for name, scaling in results.get("scaling_medians", {}).items():
+        console.print(f"{name}: median {scaling:.2f}x the median one-process run", markup=False)
 
 
 @bench_app.command("ocr")

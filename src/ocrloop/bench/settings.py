@@ -36,8 +36,8 @@ class BenchTrainSettings(_Bench):
     mode: Literal["lora16", "qlora4"] = Field("lora16", description="Training mode of every variant.")
     categories: list[Category] = Field(["receipt", "invoice", "tax_form"], description="Document categories of the pages.")
     processes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
-        [1], min_length=1, description="Processes (GPUs) to run each variant on, one run per count (torchrun above one; "
-                                       "--batch-size per process).")
+        [1], min_length=1, description="Processes (GPUs) to run each variant on, one run per count, in order; a count "
+                                       "may repeat, e.g. 2,1,2,1 (torchrun above one; --batch-size per process).")
 
 
 class BenchOcrSettings(_Bench):

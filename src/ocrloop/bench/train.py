@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -131,9 +132,11 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
                 processes: tuple[int, ...] = (1,)) -> dict[str, Any]:
     """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline.
 
-    Each variant runs once per count in ``processes`` (GPUs; torchrun above one, ``batch_size`` per process). A
-    variant on N processes is named ``VARIANT@N`` and carries ``scaling_vs_one_process``: its rate over the same
-    variant's on one.
+    Each variant runs once per count in ``processes`` (GPUs; torchrun above one, ``batch_size`` per process), in that
+    order; a count may repeat (``2,1,2,1``: neither count always runs first on a cold machine). A variant on N
+    processes is named ``VARIANT@N`` (``VARIANT@N#2`` for its second run, and so on) and carries
+    ``scaling_vs_one_process``: its rate over the median rate of the same variant's one-process runs.
+    ``scaling_medians`` gives, per variant and count, the median rate over the median one-process rate.
 
     Step mode (``epochs`` None): ``steps`` optimizer steps, speed from the median step after warm-up.
     Run mode: ``pages`` training pages x ``epochs``, timed from the first page to the last step: for
@@ -162,21 +165,31 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     for variant in variants:
         name, _, variant_mode = variant.partition(":")
         flags = shared + VARIANTS[name] + ["--mode", variant_mode or mode]
+        runs: dict[int, list[dict[str, Any]]] = {}
         for count in processes:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            key = variant if count == 1 else f"{variant}@{count}"
+            runs.setdefault(count, [])
+            key = (variant if count == 1 else f"{variant}@{count}") + (f"#{len(runs[count]) + 1}" if runs[count] else "")
             result = run_variant(workspace, checkpoint, work / "runs" / f"{name}-{variant_mode or mode}-{count}-{stamp}", flags,
-                                 out.parent / f"{out.stem}-{key.replace(':', '-').replace('@', '-x')}.log", processes=count)
+                                 out.parent / f"{out.stem}-{key.replace(':', '-').replace('@', '-x').replace('#', '-')}.log",
+                                 processes=count)
             result["mode"] = variant_mode or mode
             if result["status"] == "succeeded":
                 _add_rates(result, results, whole_run=epochs is not None)
-                single = results["variants"].get(variant, {})
-                if count > 1 and single.get("status") == "succeeded":
-                    result["scaling_vs_one_process"] = result[speed_key] / single[speed_key]
-                    # Under torchrun "auto" means hf: a ratio against Unsloth on one GPU is not scaling alone.
-                    result["same_backend_as_one_process"] = result["backend"] == single["backend"]
+                runs[count].append(result)
             results["variants"][key] = result
             atomic_write_json(out, results)  # after each run: partial results survive
+        singles = runs.get(1, [])
+        if singles:
+            single_rate = statistics.median(r[speed_key] for r in singles)
+            for count, done in runs.items():
+                for result in done if count > 1 else ():
+                    result["scaling_vs_one_process"] = result[speed_key] / single_rate
+                    # Under torchrun "auto" means hf: a ratio against Unsloth on one GPU is not scaling alone.
+                    result["same_backend_as_one_process"] = result["backend"] == singles[0]["backend"]
+                if count > 1 and done:
+                    results.setdefault("scaling_medians", {})[f"{variant}@{count}"] = (
+                        statistics.median(r[speed_key] for r in done) / single_rate)
     for reference in ("baseline", "unsloth"):
         base = results["variants"].get(reference, {})
         if base.get("status") != "succeeded":
