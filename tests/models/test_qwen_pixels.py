@@ -8,7 +8,7 @@ from PIL import Image
 
 from ocrloop.models import load_model
 from ocrloop.models.base import collate
-from ocrloop.models.qwen2_5_vl import PACKED_SDPA, _uint8_patches, multimodal_rope_positions
+from ocrloop.models.qwen2_5_vl import PACKED_SDPA, _uint8_patches
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,9 @@ def test_precomputed_rope_positions_equal_the_models(qwen, padding_side):
     batch = collate(encoded, qwen.tokenizer.pad_token_id, padding_side=padding_side, family=qwen.family,
                     tokenizer=qwen.tokenizer, dtype=qwen.dtype)
     assert batch["mm_token_type_ids"].sum() == sum(e.image_tokens for e in encoded)
-    config = qwen.model.config
-    positions = multimodal_rope_positions(batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"],
-                                          config.image_token_id, config.vision_config.spatial_merge_size)
+    laid_out = dict(batch)
+    qwen.family.add_training_layout(qwen, laid_out)
+    positions = laid_out["position_ids"]
     expected, _ = qwen.model.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"],
                                                   attention_mask=batch["attention_mask"])
     assert positions.shape == expected.shape

@@ -43,7 +43,7 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     log = (lambda line: console.print(line, markup=False)) if console else (lambda line: None)
     reader = str(Path(settings.reader).resolve()) if Path(settings.reader).exists() else settings.reader
     card = (read_model_card(Path(reader)) if Path(reader).is_dir() else None) or {}
-    reading = ReadingSettings(**card["reading"]) if card.get("reading") else ReadingSettings()
+    reading = ReadingSettings.from_json(card.get("reading")) or ReadingSettings()
     reading = dataclasses.replace(reading, **{k: v for k, v in (("resolution", settings.resolution),
                                                                 ("max_new_tokens", settings.max_new_tokens)) if v is not None})
     overrides = {"training.max_steps": settings.steps, "training.batch_size": settings.batch_size,
@@ -77,7 +77,6 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
         champion = serving_model(registry, config.base_model, None)
     history = loop_history(config.registry_location)
 
-    base = load_model(reader, backend=config.training.backend)
     results: dict[str, Any] = {
         "command": " ".join(["ocrloop bench photo-loop", *sys.argv[3:]]),
         "workload": {"reader": reader, "business": settings.business, "categories": list(settings.categories),
@@ -89,11 +88,14 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
                  "champion_is_the_reader": champion.key == "base", "history": history},
     }
     log("reading the held-out photos with the reader, the champion, Tesseract, and the champion on blank pages")
-    results["reader"] = score(base, heldout, reading, batch_size=settings.read_batch_size)
-    del base
-    promoted = load_model(champion.path, backend=config.training.backend)
-    results["champion"] = score(promoted, heldout, reading, batch_size=settings.read_batch_size)
-    results["blind_control"] = score(promoted, Dataset.open(blank_root, config.data), reading, batch_size=settings.read_batch_size)
+    model = load_model(reader, backend=config.training.backend)
+    results["reader"] = score(model, heldout, reading, batch_size=settings.read_batch_size)
+    if champion.key == "base":  # nothing was promoted: the reader is the champion, already read
+        results["champion"] = results["reader"]
+    else:
+        model = load_model(champion.path, backend=config.training.backend)
+        results["champion"] = score(model, heldout, reading, batch_size=settings.read_batch_size)
+    results["blind_control"] = score(model, Dataset.open(blank_root, config.data), reading, batch_size=settings.read_batch_size)
     results["tesseract"] = score_tesseract(heldout)
     results.update({"host": platform.node(), "total_seconds": time.perf_counter() - started})
     atomic_write_json(settings.out, results)

@@ -152,10 +152,9 @@ class OCRModel:
         if self.backend != "hf":
             raise ModelError(f"fast decoding needs the hf backend, and this model was loaded with {self.backend}: "
                              "set training.backend: hf in the workspace's ocrloop.yaml")
-        if self.family.routed_experts:
-            from ocrloop.models.experts import use_experts
+        from ocrloop.models.experts import use_experts
 
-            use_experts(self.model, "padded")
+        use_experts(self.model, "padded")
         self.fast_decode = True
 
     def read(self, images: list[Image.Image], reading: ReadingSettings) -> list[str]:
@@ -279,7 +278,6 @@ class OCRFamily:
     feature_input_keys: ClassVar[tuple[str, ...]] = ()
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
     unsloth_supported: ClassVar[bool] = True  # False: Unsloth cannot patch it; ``auto`` picks the hf backend
-    routed_experts: ClassVar[bool] = False  # a mixture-of-experts decoder (transformers' experts implementations)
     # Module-name patterns (regex alternatives over the full module path) per LoRA target group.
     lora_patterns: ClassVar[dict[str, str | None]] = {}  # None: the group has no modules in this family
     # Substrings of parameter names that belong to the vision tower and projector.

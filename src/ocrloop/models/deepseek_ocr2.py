@@ -28,7 +28,6 @@ _GROUNDING = re.compile(r"<\|ref\|>.*?<\|/ref\|><\|det\|>.*?<\|/det\|>\n?|<\|gro
 
 class DeepseekOcr2Family(OCRFamily):
     name = "deepseek-ocr-2"
-    routed_experts = True
     model_types = ("deepseek_ocr2",)
     pixel_keys = ("pixel_values", "pixel_values_local")
     feature_input_keys = ("pixel_values", "pixel_values_local", "num_local_patches")

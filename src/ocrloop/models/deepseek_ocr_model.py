@@ -35,8 +35,7 @@ from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr
 
 from ocrloop.atomic import atomic_write_json
 from ocrloop.models.base import ModelError
-
-PUBLISHED_ARCHITECTURE = "DeepseekOCRForCausalLM"  # the class the published config.json names (its own code's)
+from ocrloop.models.deepseek_ocr import PUBLISHED_ARCHITECTURE
 
 # The published DeepSeek-OCR architecture (its config.json and its 2,710 weight shapes).
 PUBLISHED_LANGUAGE = {

@@ -93,7 +93,7 @@ def padded_experts_forward(experts: Any, hidden_states: torch.Tensor, top_k_inde
 def use_experts(model: Any, path: str) -> None:
     """Run ``model``'s MoE experts through one of ocrloop's paths, in prefill and decoding alike: ``grouped_mm``
     (transformers' grouped GEMMs; not CUDA-graph compatible: use the dynamic cache) or ``padded``
-    (``padded_experts_forward``)."""
+    (``padded_experts_forward``). transformers leaves a model without experts as it is."""
     from transformers.integrations import moe
 
     name, forward = {"grouped_mm": (KEPT_GROUPED_MM, grouped_mm_experts_forward),

@@ -97,34 +97,10 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
     return torch.cat(outputs, dim=2).transpose(1, 2), None
 
 
-def multimodal_rope_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_grid_thw: torch.Tensor,
-                              image_token_id: int, merge: int) -> torch.Tensor:
-    """Qwen2.5-VL's 3-D rotary positions (temporal, row, column) of a padded batch of pages, [3, batch, length]:
-    what the model's ``get_rope_index`` computes on its device, one small kernel at a time. Text counts on from
-    the last position; an image's tokens sit at (start, start + row, start + column), and the text after it
-    resumes at start + the longer side; padding gets 0."""
-    ids, real_tokens = input_ids.numpy(), attention_mask.numpy().astype(bool)
-    grids = iter(image_grid_thw.tolist())
-    positions = np.zeros((3, *ids.shape), dtype=np.int64)
-    for row, (sample, real) in enumerate(zip(ids, real_tokens)):
-        where = np.flatnonzero(real)
-        is_image = sample[where] == image_token_id
-        bounds = [0, *(np.flatnonzero(np.diff(is_image.astype(np.int8))) + 1).tolist(), len(where)]
-        out, current = np.empty((3, len(where)), dtype=np.int64), 0
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            if not is_image[start]:
-                out[:, start:end] = np.arange(current, current + end - start)
-                current += end - start
-                continue
-            frames, height, width = next(grids)
-            rows, columns = height // merge, width // merge
-            if frames * rows * columns != end - start:
-                raise ValueError(f"{end - start} image tokens for an image of {frames * rows * columns}")
-            grid = np.indices((frames, rows, columns)).reshape(3, -1)
-            out[:, start:end] = grid + current
-            current += max(height, width) // merge
-        positions[:, row, where] = out
-    return torch.from_numpy(positions)
+def _inner_model(model: Any) -> Any:
+    """The ``Qwen2_5_VLModel`` inside ``model`` (a peft model, or the one for conditional generation): the module
+    holding the vision tower and computing the 3-D rotary positions."""
+    return next(m for m in model.modules() if hasattr(m, "visual") and hasattr(m.visual, "patch_embed"))
 
 
 class Qwen25VLFamily(OCRFamily):
@@ -193,17 +169,19 @@ class Qwen25VLFamily(OCRFamily):
         batch["mm_token_type_ids"] = (batch["input_ids"] == image_token_id).to(torch.int32)
 
     def add_training_layout(self, bundle: OCRModel, batch: dict[str, Any]) -> None:
-        """The text's 3-D positions, and the vision tower's patch positions, attention spans and windows
-        (transformers' own ``vision_utils``, which the tower takes precomputed as ``image_*`` inputs)."""
+        """The text's 3-D positions (the model's ``get_rope_index``), and the vision tower's patch positions, attention
+        spans and windows (transformers' own ``vision_utils``, which the tower takes precomputed as ``image_*``
+        inputs)."""
         from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
         grid = batch.get("image_grid_thw")
         if grid is None:
             return
-        config = bundle.model.config
-        vision = config.vision_config
-        batch["position_ids"] = multimodal_rope_positions(batch["input_ids"], batch["attention_mask"], grid,
-                                                          config.image_token_id, vision.spatial_merge_size)
+        inner = _inner_model(bundle.model)
+        vision = inner.config.vision_config
+        # The model's own computation, on the CPU tensors of the batch: no device work, no host syncs in the step.
+        batch["position_ids"], _ = inner.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"], grid,
+                                                        attention_mask=batch["attention_mask"])
         if "feature_keys" in batch:  # features come from the cache: the tower does not run
             return
         cu_seqlens = get_vision_cu_seqlens(grid)
@@ -222,8 +200,7 @@ class Qwen25VLFamily(OCRFamily):
         from transformers import AttentionInterface
 
         AttentionInterface.register(PACKED_SDPA, packed_sdpa)
-        model = bundle.model
-        owner = next(m for m in model.modules() if hasattr(m, "visual") and hasattr(m.visual, "patch_embed"))
+        owner = _inner_model(bundle.model)
         owner.visual.patch_embed.register_forward_pre_hook(_PatchNormalizer(bundle.image_processor), with_kwargs=True)
         vision_config = owner.visual.config
         if vision_config._attn_implementation == "sdpa":

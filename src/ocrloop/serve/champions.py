@@ -18,7 +18,7 @@ from ocrloop.config import OcrloopConfig
 from ocrloop.errors import OcrloopError
 from ocrloop.registry.champions import serving_model
 from ocrloop.models import load_model, read_model_card
-from ocrloop.models.base import OCRModel
+from ocrloop.models.base import ModelError, OCRModel
 from ocrloop.models.loading import attach_adapter
 from ocrloop.registry.store import GENERAL, Registry
 
@@ -68,11 +68,10 @@ class ChampionModels:
 
     def _agent(self, bundle: OCRModel, name: str) -> OCRAgent:
         if self.config.serve.fast_decode:
-            if bundle.backend == "hf":
+            try:
                 bundle.enable_fast_decode()
-            else:
-                log.warning("serve.fast_decode needs the hf backend; %s reads with the dynamic cache (%s backend)",
-                            name, bundle.backend)
+            except ModelError as error:  # the service keeps serving, with the dynamic cache
+                log.warning("%s reads with the dynamic cache: %s", name, error)
         return OCRAgent(bundle, name, self.config)
 
     def agent(self, business: str | None) -> OCRAgent:
