@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ocrloop.bench.settings import (BenchLearnSettings, BenchLinesSettings, BenchOcrSettings, BenchPhotoLoopSettings,
-                                    BenchPretrainSettings, BenchSoakSettings, BenchTrainSettings)
+                                    BenchPretrainSettings, BenchServeSettings, BenchSoakSettings, BenchTrainSettings)
 from ocrloop.cli_flags import config_flags, settings_flags
 from ocrloop.config import CONFIG_FILENAME, DOCUMENT_CATEGORIES, OcrloopConfig, apply_overrides
 from ocrloop.errors import OcrloopError
@@ -148,6 +148,27 @@ def bench_ocr_command(settings: BenchOcrSettings | None = None) -> None:
               tokens_per_page=settings.tokens_per_page, profile_tokens=settings.profile_tokens, experts=settings.experts,
               work=settings.work,
               progress=lambda line: notices.print(line, markup=False))
+
+
+@bench_app.command("serve")
+@settings_flags(BenchServeSettings)
+def bench_serve_command(settings: BenchServeSettings | None = None) -> None:
+    """The service under concurrent clients against bench ocr: pages/s, tokens/s, p50/p99, 5xx, peak GPU memory."""
+    from ocrloop.bench.serve_load import bench_serve
+
+    if settings.compare_with is not None and not settings.compare_with.is_file():
+        raise OcrloopError(f"{settings.compare_with}: no bench ocr result there")
+    total = settings.warmup_requests + settings.requests
+    with _progress() as progress:
+        task = progress.add_task(f"{settings.clients} clients", total=total)
+        result = bench_serve(**settings.model_dump(), progress=lambda done, _: progress.update(task, completed=done),
+                             log=lambda line: notices.print(line, markup=False))
+    latency, bench = result["latency_seconds"], result.get("bench_ocr")
+    ratio = (f", {bench['service_over_bench_at_max_batch_pages']:.0%} of bench ocr at batch {settings.max_batch_pages}"
+             if bench and bench["service_over_bench_at_max_batch_pages"] else "")
+    console.print(f"{result['pages_per_second']:.2f} pages/s ({result['generated_tokens_per_second']:.0f} tokens/s){ratio}; "
+                  f"p50 {latency['p50']:.2f} s, p99 {latency['p99']:.2f} s; 5xx {result['server_errors']}, "
+                  f"lost {result['lost_answers']}", markup=False)
 
 
 @bench_app.command("soak")

@@ -19,10 +19,15 @@ class _Bench(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class BenchTrainSettings(_Bench):
-    out: Path = Field(description="JSON file to write (logs go beside it).")
+class _ArchitectureBench(_Bench):
+    """A bench of a published architecture with random weights (or its tiny preset): speed and memory only."""
+
     family: Family = Field("deepseek-ocr-2", description="Model family.")
     size: Literal["full", "tiny"] = Field("full", description="full (the published architecture) or tiny.")
+
+
+class BenchTrainSettings(_ArchitectureBench):
+    out: Path = Field(description="JSON file to write (logs go beside it).")
     resolution: Resolution = Field("gundam", description="Resolution mode of the pages.")
     batch_size: int = Field(8, ge=1, le=4096, description="Pages per step, the same for every variant.")
     steps: int = Field(12, ge=3, le=100_000, description="Optimizer steps per variant (the first two are warm-up).")
@@ -40,10 +45,8 @@ class BenchTrainSettings(_Bench):
                                        "may repeat, e.g. 2,1,2,1 (torchrun above one; --batch-size per process).")
 
 
-class BenchOcrSettings(_Bench):
+class BenchOcrSettings(_ArchitectureBench):
     out: Path = Field(description="JSON file to write.")
-    family: Family = Field("deepseek-ocr-2", description="Model family.")
-    size: Literal["full", "tiny"] = Field("full", description="full (the published architecture) or tiny.")
     resolution: Resolution = Field("base", description="Resolution mode of the pages.")
     batch_sizes: list[int] = Field([1, 8, 32], min_length=1, description="Batch sizes to measure.")
     pages: int = Field(32, ge=1, le=100_000, description="Pages read per batch size above 1.")
@@ -60,6 +63,22 @@ class BenchOcrSettings(_Bench):
     processes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
         [1], min_length=1, description="Process (GPU) counts to compare, one launch each (torchrun above one); every "
                                        "process reads --pages pages per batch size.")
+
+
+class BenchServeSettings(_ArchitectureBench):
+    out: Path = Field(description="JSON file to write (the service's log goes beside it).")
+    resolution: Resolution = Field("base", description="Resolution mode the service reads at.")
+    tokens_per_page: int = Field(512, ge=2, le=16_384, description="Tokens every page generates (the model's limit).")
+    clients: int = Field(64, ge=1, le=4096, description="Concurrent clients, each with one page in flight.")
+    requests: int = Field(640, ge=1, le=10_000_000, description="Timed requests after the warm-up.")
+    warmup_requests: int = Field(192, ge=0, le=10_000_000, description="Requests answered before timing starts "
+                                                                        "(compilation of each batch shape).")
+    max_batch_pages: int = Field(64, ge=1, le=1024, description="serve.max_batch_pages of the service.")
+    batch_wait_ms: float = Field(50, ge=0, le=60_000, description="serve.batch_wait_ms of the service.")
+    fast_decode: bool = Field(True, description="serve.fast_decode of the service.")
+    compare_with: Path | None = Field(None, description="A bench ocr result: the service's rate over the bench's at "
+                                                        "--max-batch-pages and at its best batch size.")
+    work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint, pages and workspace.")
 
 
 class BenchSoakSettings(_Bench):

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import psutil
@@ -87,12 +88,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_server(workspace: Path, engine: str, port: int, log_path: Path) -> subprocess.Popen:
-    log = log_path.open("w")
-    return subprocess.Popen([sys.executable, "-m", "ocrloop", "serve", "-w", str(workspace), "--port", str(port),
-                             "--engine", engine], stdout=log, stderr=subprocess.STDOUT)
-
-
 def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,6 +103,26 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> di
             pass
         time.sleep(0.3)
     raise OcrloopError(f"the service was not ready after {timeout:.0f} s")
+
+
+@contextmanager
+def running_service(workspace: Path, log_path: Path, engine: str = "model",
+                    ready_timeout: float = 600) -> Iterator[tuple[str, subprocess.Popen, dict]]:
+    """``ocrloop serve`` for ``workspace`` on a free loopback port, its output in ``log_path``: ``(url, process,
+    /readyz answer)`` once it has read a page; stopped on exit."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "ocrloop", "serve", "-w", str(workspace), "--port", str(port),
+                                    "--engine", engine], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield url, process, _wait_ready(url, process, ready_timeout)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 async def _run_load(url: str, kinds: list[RequestKind], requests: int, connections: int, server: psutil.Process,
@@ -154,23 +169,13 @@ def bench_soak(workspace: Path, out: Path, *, requests: int = 5000, connections:
     config = Workspace.load(workspace).config
     kinds = request_mix(config.serve.max_upload_bytes)
     by_name = {kind.name: kind for kind in kinds}
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    process = _start_server(Path(workspace), engine, port, out.with_suffix(".serve.log"))
-    try:
-        ready = _wait_ready(url, process)
+    with running_service(Path(workspace), out.with_suffix(".serve.log"), engine) as (url, process, ready):
         load = asyncio.run(_run_load(url, kinds, requests, connections, psutil.Process(process.pid), progress))
         # /readyz answers 503 by design while the model loads (the wait above polled it): not an error.
         server_errors_in_metrics = sum(float(line.split()[-1]) for line in httpx.get(url + "/metrics").text.splitlines()
                                        if line.startswith("ocr_requests_total") and 'code="5' in line
                                        and 'route="/readyz"' not in line)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
     results, rss = load["results"], load["rss"]
     codes = Counter((name, code) for name, code, _ in results)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import difflib
 from contextlib import asynccontextmanager
 
-from importlib.metadata import version
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+import ocrloop
 from ocrloop.config import OcrloopConfig
 from ocrloop.serve.middleware import BodyLimit, RequestAccounting
 from ocrloop.serve.routes import health, metrics, models, ocr, web
@@ -44,7 +43,7 @@ def create_app(config: OcrloopConfig, engine: str = "model") -> FastAPI:
 
     # FastAPIOffline serves /docs with Swagger UI's files from its own package: the page works with no internet.
     app = FastAPIOffline(title="ocrloop", summary="OCR with the champion models of an ocrloop workspace.", lifespan=lifespan,
-                         version=version("ocrloop"))
+                         version=ocrloop.__version__)
     app.state.service = service
     for router in (ocr.router, models.router, health.router, metrics.router, web.router):
         app.include_router(router)
