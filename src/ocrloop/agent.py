@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from PIL import Image
 
@@ -126,6 +126,16 @@ class OCRAgent:
         """OCR text of each image, in order."""
         reading, _ = self.settings(prompt=prompt, resolution=resolution)
         return self.bundle.read(images, reading)
+
+    def prepare(self, image: Image.Image, *, prompt: str | None = None, resolution: str | None = None) -> Any:
+        """The CPU work of reading ``image`` done ahead (any thread); ``read_prepared`` then does the rest."""
+        reading, _ = self.settings(prompt=prompt, resolution=resolution)
+        return self.bundle.prepare(image, reading)
+
+    def read_prepared(self, pages: list[Any], *, prompt: str | None = None, resolution: str | None = None) -> list[str]:
+        """``read`` of pages ``prepare``d with the same prompt and resolution."""
+        reading, _ = self.settings(prompt=prompt, resolution=resolution)
+        return self.bundle.read_prepared(pages, reading)
 
     def read_file(self, path: str | Path, *, prompt: str | None = None, resolution: str | None = None,
                   pii_policy: PiiPolicy | None = None) -> DocumentText:

@@ -85,3 +85,24 @@ def test_explicit_settings_win_and_differences_are_named():
     assert chosen == ReadingSettings("tiny", "ocr", 64)
     assert notes == ["reading with max_new_tokens 64, but m1 was trained with 16"]
     assert ReadingSettings.from_json({"resolution": "tiny", "prompt": "ocr"}) is None  # incomplete: not trusted
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen2.5-vl", "tiny-deepseek-ocr-2"])
+def test_pages_prepared_in_other_threads_while_the_model_reads_give_the_same_text(tiny_presets, preset):
+    """The service prepares pages in request threads while its worker reads earlier ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ocrloop.data.synth import SynthOptions, generate_documents
+    from ocrloop.models import load_model
+    from ocrloop.models.reading import ReadingSettings
+
+    bundle = load_model(preset, backend="hf")
+    reading = ReadingSettings(resolution="small", prompt="ocr", max_new_tokens=10)
+    pages = [d.pages[0] for d in generate_documents(SynthOptions(n=12, categories=("receipt", "invoice"), scale=0.4, seed=5))]
+    expected = [bundle.read([page], reading)[0] for page in pages]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        prepared = [pool.submit(bundle.prepare, page, reading) for page in pages]
+        texts = []
+        for start in range(0, len(pages), 3):  # reads batches of 3 while the pool still prepares later pages
+            texts += bundle.read_prepared([future.result() for future in prepared[start:start + 3]], reading)
+    assert texts == expected

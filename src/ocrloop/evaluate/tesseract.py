@@ -58,3 +58,10 @@ class TesseractReader:
     def read(self, images, reading=None) -> list[str]:
         pytesseract = _pytesseract()
         return [pytesseract.image_to_string(image, lang=self.language).strip() for image in images]
+
+    def prepare(self, image, reading=None):
+        """Nothing to do ahead of reading: Tesseract takes the image itself."""
+        return image
+
+    def read_prepared(self, images, reading=None) -> list[str]:
+        return self.read(images, reading)

@@ -161,21 +161,35 @@ class OCRModel:
         """Greedy OCR of ``images`` at ``reading``'s resolution, prompt and generation limit.
 
         Inside ``FeatureCache.reading(keys)`` the image features come from the cache, not the vision tower."""
-        return self.generate(images, prompt=reading.prompt, resolution=reading.resolution,
-                             max_new_tokens=reading.max_new_tokens)
+        return self.read_prepared([self.prepare(image, reading) for image in images], reading)
 
-    @torch.no_grad()
+    def prepare(self, image: Image.Image, reading: ReadingSettings) -> EncodedExample:
+        """The CPU half of reading ``image`` (resizing, normalizing, the prompt's ids): safe to run in other threads
+        while this model generates, so that it can wait on the GPU instead of the GPU waiting on it."""
+        return self.encode(image, reading.prompt, None, reading.resolution)
+
+    def read_prepared(self, pages: list[EncodedExample], reading: ReadingSettings) -> list[str]:
+        """``read`` of pages already ``prepare``d with the same ``reading``."""
+        return self.generate_encoded(pages, max_new_tokens=reading.max_new_tokens)
+
     def generate(self, images: list[Image.Image], prompt: str = "markdown", resolution: str = "base",
                  max_new_tokens: int = 512, min_new_tokens: int = 0, cache_implementation: str | None = None) -> list[str]:
         """Greedy OCR of ``images``: one cleaned text per image.
 
         ``min_new_tokens`` forces output lengths (benchmarks of random weights); ``cache_implementation="static"``
         compiles the decode."""
-        encoded = [self.encode(image, prompt, None, resolution) for image in images]
+        return self.generate_encoded([self.encode(image, prompt, None, resolution) for image in images],
+                                     max_new_tokens, min_new_tokens, cache_implementation)
+
+    @torch.no_grad()
+    def generate_encoded(self, encoded: list[EncodedExample], max_new_tokens: int = 512, min_new_tokens: int = 0,
+                         cache_implementation: str | None = None) -> list[str]:
+        """``generate`` of pages already encoded (without targets)."""
+        pages = len(encoded)
         length_step = 1
         if self.fast_decode and cache_implementation is None:
             cache_implementation, length_step = "static", FAST_DECODE_LENGTH_STEP
-            encoded += [encoded[-1]] * ((1 << (len(encoded) - 1).bit_length()) - len(encoded))  # read, then dropped
+            encoded = encoded + [encoded[-1]] * ((1 << (pages - 1).bit_length()) - pages)  # read, then dropped
         batch = collate(encoded, self.tokenizer.pad_token_id, padding_side="left", family=self.family,
                         tokenizer=self.tokenizer, dtype=self.dtype, pad_to_multiple=length_step)
         batch.pop("labels")
@@ -196,7 +210,7 @@ class OCRModel:
         finally:
             if was_training:
                 self._inference_mode(False)
-        new_tokens = output[:len(images), batch["input_ids"].shape[1]:]
+        new_tokens = output[:pages, batch["input_ids"].shape[1]:]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [self.family.clean_output(text) for text in texts]
 

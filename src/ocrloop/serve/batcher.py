@@ -1,5 +1,8 @@
 """One worker thread owns the GPU and reads pages of concurrent requests in batches.
 
+Pages arrive prepared (``OCRAgent.prepare``: resized, normalized, the prompt's ids) by the threads that submit
+them, so the worker only runs the model: the CPU work of the next pages overlaps the GPU work of this batch.
+
 A page waits at most ``max_wait_seconds`` for others that share its model, prompt and resolution;
 up to ``max_batch_pages`` of them are generated in one call. When a batch fails, each of its pages is
 read alone, so a page the model cannot read fails only its own request. Each page carries the model it was
@@ -13,9 +16,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
-
-from PIL import Image
+from typing import Any, Callable
 
 from ocrloop.agent import OCRAgent
 
@@ -23,7 +24,7 @@ from ocrloop.agent import OCRAgent
 @dataclass
 class _Page:
     agent: OCRAgent
-    image: Image.Image
+    prepared: Any  # what agent.prepare made of the page
     prompt: str
     resolution: str
     future: Future = field(default_factory=Future)
@@ -48,9 +49,10 @@ class PageBatcher:
         self._worker = threading.Thread(target=self._run, name="ocrloop-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, agent: OCRAgent, image: Image.Image, prompt: str, resolution: str) -> Future:
-        """Queue one page; the future resolves to its text (or the error that reading it raised)."""
-        page = _Page(agent, image, prompt, resolution)
+    def submit(self, agent: OCRAgent, prepared: Any, prompt: str, resolution: str) -> Future:
+        """Queue one page ``prepared`` by ``agent`` with this prompt and resolution; the future resolves to its text
+        (or the error that reading it raised)."""
+        page = _Page(agent, prepared, prompt, resolution)
         with self._condition:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -99,7 +101,7 @@ class PageBatcher:
 
     def _read(self, batch: list[_Page]) -> None:
         first = batch[0]
-        texts = first.agent.read([page.image for page in batch], prompt=first.prompt, resolution=first.resolution)
+        texts = first.agent.read_prepared([page.prepared for page in batch], prompt=first.prompt, resolution=first.resolution)
         for page, text in zip(batch, texts):
             page.future.set_result(text)
         if self.on_batch:

@@ -79,8 +79,8 @@ class Service:
         try:
             agent = self.tesseract or self.champions.agent(None)
             started = time.perf_counter()
-            self.batcher.submit(agent, Image.new("RGB", (256, 256), "white"), agent.reading.prompt,
-                                agent.reading.resolution).result()
+            page = agent.prepare(Image.new("RGB", (256, 256), "white"))
+            self.batcher.submit(agent, page, agent.reading.prompt, agent.reading.resolution).result()
             self.readiness = Readiness("ready", agent.model_name, seconds_to_read_a_page=time.perf_counter() - started)
             log.info("ready: %s read a page in %.2f s", agent.model_name, self.readiness.seconds_to_read_a_page)
         except Exception as error:  # noqa: BLE001 - reported by /readyz and by every OCR request

@@ -86,6 +86,10 @@ def _document_format(body: bytes, declared: str) -> str:
     raise RequestRefused(415, f"unsupported format {declared or '(unknown)'}; send one of {supported}")
 
 
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 async def _read_document(service: Service, path: Path, suffix: str,
                          options: OcrOptions) -> tuple[OCRAgent, ReadingSettings, list[tuple]]:
     """The agent that read the document, the settings it read with, and ``((width, height), text, seconds)`` per
@@ -110,14 +114,18 @@ async def _read_document(service: Service, path: Path, suffix: str,
             raise RequestRefused(422, f"page {page + 1}: {error}") from None
         sizes.append(image.size)
         submitted.append(time.perf_counter())
-        futures.append(asyncio.wrap_future(service.batcher.submit(agent, image, reading.prompt, reading.resolution)))
+        try:  # here, not on the GPU's thread: it reads the pages before these meanwhile
+            prepared = await asyncio.to_thread(agent.prepare, image, prompt=reading.prompt, resolution=reading.resolution)
+        except (OcrloopError, ValueError) as error:  # the model cannot take this page (its processor refuses the shape)
+            raise RequestRefused(422, f"page {page + 1} could not be read: {_first_line(error)}") from None
+        futures.append(asyncio.wrap_future(service.batcher.submit(agent, prepared, reading.prompt, reading.resolution)))
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     done = time.perf_counter()
     for page, outcome in enumerate(outcomes):
         # A page the model cannot take (its processor refuses the shape, ...) is the request's problem;
         # anything else is the service's, and surfaces as a counted 500.
         if isinstance(outcome, (OcrloopError, ValueError)):
-            raise RequestRefused(422, f"page {page + 1} could not be read: {str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__}")
+            raise RequestRefused(422, f"page {page + 1} could not be read: {_first_line(outcome)}")
         if isinstance(outcome, BaseException):
             raise outcome
     for started in submitted:
