@@ -60,3 +60,44 @@ def test_synthesized_lessons_form_a_valid_dataset_and_the_blank_copy_keeps_texts
     assert sizes(blank) == sizes(pages)
     for example in blank.examples():
         assert np.asarray(blank.load_image(example).convert("L")).min() >= 254  # nothing on it to read
+
+
+def test_scrambled_text_keeps_the_shape_and_markup_but_not_the_words():
+    from ocrloop.data.lessons import scramble
+
+    lines = ["# Acme Store", "**Date:** 2025-03-04", "| Widget | 2 | $3.50 | $7.00 |", "|---|---|---|---|", "- Pen x2: $1.20"]
+    scrambled = scramble(lines, random.Random(1))
+    assert scrambled[3] == lines[3]
+    for before, after in zip(lines, scrambled):
+        assert len(before) == len(after)
+        for a, b in zip(before, after):  # each character keeps its kind; markup and punctuation stay as they were
+            assert (a.isdigit(), a.isupper(), a.islower()) == (b.isdigit(), b.isupper(), b.islower())
+            assert a == b or a.isalnum()
+    changed = [b for a, b in zip("".join(lines), "".join(scrambled)) if a.isalnum() and a != b]
+    assert len(changed) > 0.8 * sum(c.isalnum() for c in "".join(lines))
+
+
+@pytest.mark.parametrize("kind", ["blocks", "pages"])
+def test_a_scrambled_share_of_blocks_and_pages_reads_like_no_document(kind):
+    from ocrloop.data.synth import _COMPANIES, _ITEMS
+
+    known = {word for names in _COMPANIES.values() for name in names for word in name.split()} | \
+        {word for items in _ITEMS.values() for name, _ in items for word in name.split()}
+    known = {w for w in known if len(w) > 3}
+    families = font_families()
+
+    def template_words(scrambled: float) -> set[str]:
+        rng, options = random.Random(7), LessonOptions(kind, 8, scrambled=scrambled)
+        words = set()
+        for image, text, category in (render_lesson(kind, rng, families, options) for _ in range(8)):
+            assert image.mode == "L" and image.size[0] % WINDOW == 0 and category in ("receipt", "invoice")
+            words |= {word.strip("*#|:-$,.") for word in text.split()} & known
+        return words
+
+    assert template_words(0.0)  # plain lessons name the templates' companies and items ...
+    assert not template_words(1.0)  # ... scrambled ones none of them
+
+
+def test_scrambled_must_be_a_share():
+    with pytest.raises(ValueError, match="scrambled"):
+        LessonOptions("pages", 1, scrambled=1.5)

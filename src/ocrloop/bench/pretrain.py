@@ -77,11 +77,12 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
     stage_data, stage_heldout = {}, {}
     for index, (stage, count) in enumerate(zip(stages, lessons), start=1):
-        stage_data[stage] = work / f"{stage}-{count}"
+        scrambled = settings.scrambled if stage in ("blocks", "pages") else 0.0
+        stage_data[stage] = work / (f"{stage}-{count}" + (f"-scrambled-{scrambled:g}" if scrambled else ""))
         if not (stage_data[stage] / "annotations.json").is_file():
             log(f"rendering {count} {stage} lessons")
-            synthesize_lessons(stage_data[stage], LessonOptions(stage, count, seed=index, categories=categories), data,
-                               settings.render_processes)
+            synthesize_lessons(stage_data[stage], LessonOptions(stage, count, seed=index, categories=categories,
+                                                                scrambled=scrambled), data, settings.render_processes)
         stage_heldout[stage] = work / f"heldout-{stage}-{heldout}"
         if stage != "pages" and not (stage_heldout[stage] / "annotations.json").is_file():
             synthesize_lessons(stage_heldout[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories), data)
@@ -146,6 +147,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     results.update({
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
                      "categories": list(categories), "heldout_pages": heldout, "heldout_seed": HELDOUT_SEED,
+                     "scrambled": settings.scrambled,
                      "training_samples": samples_before, "normalized": NORMALIZED},
         "host": platform.node(), "synth_seconds": synth_seconds, "total_seconds": total, "model": base,
     })

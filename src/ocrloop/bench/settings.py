@@ -138,6 +138,8 @@ class BenchPretrainSettings(_Bench):
     categories: list[Category] = Field(["receipt", "invoice"], description="Document categories of blocks and pages.")
     resolution: Resolution = Field("base", description="Resolution mode of every stage (base: no page is resized).")
     evals_per_stage: int = Field(4, ge=1, le=1000, description="Held-out reads per stage (the curve's points).")
+    scrambled: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose words and numbers are "
+                                                           "random, layout kept (held-out lessons and pages never are).")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the lessons.")
     save_model: Path | None = Field(None, description="Also copy the final reader here, weights in bfloat16.")

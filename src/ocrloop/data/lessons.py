@@ -9,6 +9,10 @@
    list items, table rows).
 4. ``pages``: whole receipts and invoices, cut below their last line.
 
+With ``scrambled`` above 0, that share of blocks and pages keeps its document's layout and markup but has every
+word and number replaced by random letters and digits of the same shape: a model that writes the document it
+expects, without looking, gets those wrong, so looking keeps paying after the glyphs.
+
 Blocks and pages draw their families from every family on the machine (``data.fonts``) and get light scan
 noise; their canvases are padded with white to multiples of 112 px, the vision tower's attention window, so
 every window has the same length and a batch's window attention is one call. The texts come from
@@ -51,15 +55,33 @@ class LessonOptions:
     categories: tuple[str, ...] = ("receipt", "invoice")
     noise: float = 0.15  # light scan noise (0: clean pages, as the held-out test pages are)
     scale: tuple[float, float] = (0.8, 1.0)  # page scale range (1.0: receipts about 430 px wide, 15-18 px text)
+    scrambled: float = 0.0  # share of blocks and pages whose words and numbers are random (see ``scramble``)
 
     def __post_init__(self) -> None:
         if self.kind not in LESSONS:
             raise ValueError(f"unknown lesson {self.kind!r}; choose from {', '.join(LESSONS)}")
         if self.n < 1:
             raise ValueError("n must be at least 1")
+        if not 0 <= self.scrambled <= 1:
+            raise ValueError("scrambled must be between 0 and 1")
         unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
         if unknown:
             raise ValueError(f"unknown categories {unknown}")
+
+
+_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def scramble(lines: list[str], rng: random.Random) -> list[str]:
+    """``lines`` with every run of letters and digits replaced by random ones of the same length and kind (capitals,
+    small letters, digits each stay what they were); markup, punctuation and spacing are kept."""
+
+    def random_like(match: re.Match) -> str:
+        return "".join(rng.choice(string.digits) if c.isdigit() else
+                       rng.choice(string.ascii_uppercase) if c.isupper() else rng.choice(string.ascii_lowercase)
+                       for c in match.group())
+
+    return [_WORD.sub(random_like, line) for line in lines]
 
 
 def _document_lines(rng: random.Random, categories: tuple[str, ...]) -> tuple[str, list[str]]:
@@ -128,15 +150,17 @@ def _pad_to_windows(image: Image.Image) -> Image.Image:
 
 
 def render_block_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
-                        scale: tuple[float, float]) -> tuple[Image.Image, str, str]:
+                        scale: tuple[float, float], scrambled: bool = False) -> tuple[Image.Image, str, str]:
     """Two to six consecutive markdown lines of a receipt or invoice, drawn as on the page, cut to their content;
-    with the document's category."""
+    with the document's category. ``scrambled``: their words and numbers random (``scramble``)."""
     category, lines = _document_lines(rng, categories)
     count = rng.randint(2, 6)
     start = rng.randrange(max(1, len(lines) - count + 1))
     chosen = lines[start:start + count]
     if chosen[0].startswith("|---"):
         chosen = chosen[1:] or lines[:1]
+    if scrambled:
+        chosen = scramble(chosen, rng)
     renderer = PageRenderer(rng, rng.choice(list(_families_of_kind(families, rng).values())), LINE_SIZE[0], None,
                          rng.uniform(*scale), paginate=False)
     pages, texts = renderer.render(chosen)
@@ -151,14 +175,17 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
     noise_seed = rng.randrange(2**32)
     if kind in ("glyphs", "lines"):
         return (*render_line_lesson(rng, families, options.categories, glyphs=kind == "glyphs"), kind)
+    # Drawn only when asked for, so that lessons without scrambling stay those of earlier versions, seed for seed.
+    scrambled = options.scrambled > 0 and rng.random() < options.scrambled
     if kind == "blocks":
-        image, text, category = render_block_lesson(rng, families, options.categories, options.scale)
+        image, text, category = render_block_lesson(rng, families, options.categories, options.scale, scrambled)
     else:
         category = rng.choice(options.categories)
         page_options = SynthOptions(n=1, categories=(category,), scale=rng.uniform(*options.scale), fit_to_content=True,
                                     noise=0.0)
         document = render_document(category, rng.choice(CATEGORY_BUSINESSES[category]), rng, page_options,
-                                   _families_of_kind(families, rng))
+                                   _families_of_kind(families, rng),
+                                   rewrite=(lambda lines: scramble(lines, rng)) if scrambled else None)
         image, text = document.pages[0], document.texts[0]
     noisy = add_scan_noise(image.convert("L"), random.Random(noise_seed), np.random.default_rng(noise_seed), options.noise)
     return _pad_to_windows(noisy), text, category

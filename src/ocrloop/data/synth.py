@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -386,11 +387,14 @@ def photograph(page: Image.Image, rng: random.Random, nrng: np.random.Generator)
 
 
 def render_document(category: str, business: str, rng: random.Random, options: SynthOptions,
-                    families: dict[str, FontFamily]) -> SynthDocument:
-    """Render one document of ``category`` for ``business``."""
+                    families: dict[str, FontFamily],
+                    rewrite: Callable[[list[str]], list[str]] | None = None) -> SynthDocument:
+    """Render one document of ``category`` for ``business``; ``rewrite`` changes its markdown lines first."""
     # Noise draws from its own generator so the same seed gives the same texts at any noise level.
     noise_seed = rng.randrange(2**32)
     markdown_lines = DOCUMENT_CONTENT[category](rng, business)
+    if rewrite is not None:
+        markdown_lines = rewrite(markdown_lines)
     family = rng.choice(["mono", "sans"] if category == "receipt" else ["sans", "serif", "mono"])
     scale = options.scale * rng.uniform(0.9, 1.1)
     if category == "receipt":
