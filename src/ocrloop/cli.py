@@ -381,6 +381,8 @@ def data_synth(
     workers: Annotated[int, typer.Option(help="Rendering processes (more than 1: other documents for the same seed).")] = 1,
     style: Annotated[str, typer.Option(help="scan (flat pages, --noise) or photo (phone photos of paper: perspective, "
                                             "shadow, faded ink, blur, JPEG quality 20-35).")] = "scan",
+    templates: Annotated[Optional[str], typer.Option(help="Comma-separated layouts to draw from (receipts and invoices "
+                                                          "have 0-2, the others 0); default 0.")] = None,
     workspace: WorkspaceOption = Path("."),
     dataset: DatasetOption = None,
 ) -> None:
@@ -396,6 +398,7 @@ def data_synth(
             noise=noise,
             scale=scale,
             style=style,
+            templates=tuple(_templates(templates)) if templates else None,
         )
     except ValueError as error:
         raise OcrloopError(str(error)) from None
@@ -407,6 +410,13 @@ def data_synth(
         result = synthesize_dataset(root, options, config.data, progress=lambda done: progress.update(task, completed=done),
                                     workers=workers)
     console.print(f"{len(result.added)} documents added to {root}, {len(result.refused)} refused as duplicates", markup=False)
+
+
+def _templates(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise OcrloopError(f"--templates takes numbers separated by commas, e.g. 0,1 (got {text!r})") from None
 
 
 @app.command("eval")

@@ -4,6 +4,7 @@ the workspace never saw."""
 
 import json
 
+from ocrloop.data.dataset import Dataset
 from ocrloop.loop.history import loop_history
 from tests.conftest import run_cli
 
@@ -17,6 +18,13 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     workload = results["workload"]
     assert workload["business"] == "ecommerce" and workload["heldout_pages"] >= 3
     assert workload["heldout_texts_also_in_training"] == 0
+    # Held-out photos are in a layout the workspace never trained on: template 2 tabulates items under
+    # "| Item | Qty |"; templates 0 and 1 never do.
+    assert (workload["train_templates"], workload["heldout_templates"]) == ([0, 1], [2])
+    trained = [e.text for e in Dataset.open(work / "workspace" / "data" / "ocr_documents").examples()]
+    heldout = [e.text for e in Dataset.open(next(work.glob("heldout-photos-*-templates-2"))).examples()]
+    assert trained and heldout
+    assert all("| Item | Qty |" in text for text in heldout) and not any("| Item | Qty |" in text for text in trained)
     assert workload["reading"] == {"resolution": "tiny", "prompt": "markdown", "max_new_tokens": 8}
     history = loop_history(work / "workspace" / "ocrloop.db")
     assert len(history) == 1 and results["loop"]["ran"] and results["loop"]["history"][0]["run_id"] == history[0]["run_id"]
@@ -31,3 +39,9 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     # a second run into the same folder would mix in the first one's workspace: refused in one line
     again = run_cli("bench", "photo-loop", "--out", str(out), "--reader", "tiny-qwen2.5-vl", "--work", str(work))
     assert again.returncode != 0 and "earlier run's workspace" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_held_out_layouts_that_were_also_trained_on_are_refused_in_one_line(tmp_path):
+    result = run_cli("bench", "photo-loop", "--out", str(tmp_path / "x.json"), "--reader", "tiny-qwen2.5-vl",
+                     "--train-templates", "0,1", "--heldout-templates", "1,2", "--work", str(tmp_path / "work"))
+    assert result.returncode != 0 and "both trained on and held out" in result.stderr and "Traceback" not in result.stderr

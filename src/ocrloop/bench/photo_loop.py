@@ -4,7 +4,9 @@ The reader (``--reader``: a folder, e.g. ``bench pretrain --save-model``'s, or a
 base model; the workspace gets labelled phone photos (``data synth --style photo``) of one business; ``FineTuneLoop``
 trains a challenger (LoRA by default) and promotes it only if it beats the reader on the test split. Then the reader
 and the champion read held-out photos rendered from a seed the workspace never saw, beside Tesseract and a blind
-control (the same texts on blank pages, read by the champion). Everything goes to one JSON and a PNG per category.
+control (the same texts on blank pages, read by the champion). The held-out photos are drawn in layouts the workspace's
+documents never use (``--heldout-templates`` against ``--train-templates``). Everything goes to one JSON and a PNG
+per category.
 """
 
 from __future__ import annotations
@@ -59,12 +61,15 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     config = workspace.config
     photos = dict(categories=tuple(settings.categories), businesses=(settings.business,), style="photo", scale=settings.scale)
     log(f"rendering {settings.documents} photographed documents of a {settings.business} business")
-    synthesize_dataset(config.dataset_dir, SynthOptions(n=settings.documents, seed=TRAIN_SEED, **photos), config.data)
-    name = f"heldout-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{settings.heldout}"
+    synthesize_dataset(config.dataset_dir, SynthOptions(n=settings.documents, seed=TRAIN_SEED,
+                                                        templates=tuple(settings.train_templates), **photos), config.data)
+    heldout_templates = tuple(settings.heldout_templates)
+    name = (f"heldout-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{settings.heldout}"
+            f"-templates-{'-'.join(map(str, heldout_templates))}")
     heldout_root, blank_root = settings.work / name, settings.work / f"{name}-blank"  # reused by later runs
     if not (heldout_root / "annotations.json").is_file():
         synthesize_dataset(heldout_root, SynthOptions(n=settings.heldout, seed=HELDOUT_SEED, split_fractions=(1.0, 0.0, 0.0),
-                                                      **photos), config.data)
+                                                      templates=heldout_templates, **photos), config.data)
     if not (blank_root / "annotations.json").is_file():
         blank_copy(blank_root, heldout_root, config.data)
     heldout = Dataset.open(heldout_root, config.data)
@@ -82,6 +87,7 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
         "workload": {"reader": reader, "business": settings.business, "categories": list(settings.categories),
                      "documents": settings.documents, "train_seed": TRAIN_SEED, "heldout_pages": len(heldout.examples()),
                      "heldout_seed": HELDOUT_SEED, "heldout_texts_also_in_training": overlap,
+                     "train_templates": list(settings.train_templates), "heldout_templates": list(heldout_templates),
                      "reading": dataclasses.asdict(reading),
                      "normalized": NORMALIZED},
         "loop": {"ran": loop.ran, "promoted": loop.promoted, "reason": loop.reason, "champion": champion.name,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ocrloop.config import BUSINESS_TYPES, DOCUMENT_CATEGORIES, Resolution
 
@@ -154,6 +154,10 @@ class BenchPhotoLoopSettings(_Bench):
     business: Business = Field("ecommerce", description="The one business whose documents are photographed.")
     categories: list[Category] = Field(["receipt", "invoice"], description="Document categories.")
     documents: int = Field(500, ge=1, le=100_000, description="Labelled photographed documents in the workspace.")
+    train_templates: list[Annotated[int, Field(ge=0, le=2)]] = Field(
+        [0, 1], min_length=1, description="Layouts of the workspace's documents (data synth --templates).")
+    heldout_templates: list[Annotated[int, Field(ge=0, le=2)]] = Field(
+        [2], min_length=1, description="Layouts of the held-out photos: none of the training ones.")
     heldout: int = Field(64, ge=1, le=100_000, description="Held-out photographed documents (a seed never trained on).")
     scale: float = Field(1.0, gt=0, le=4, description="Page size (1.0: letter pages of 850x1100 px).")
     steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps of the loop's training run.")
@@ -165,3 +169,10 @@ class BenchPhotoLoopSettings(_Bench):
     max_new_tokens: int | None = Field(None, ge=1, le=32_768, description="Longest reading; unset: the reader's own.")
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="training.backend of the workspace.")
     work: Path = Field(Path("/tmp/ocrloop-photo-loop"), description="Scratch folder for the workspace and held-out photos.")
+
+    @model_validator(mode="after")
+    def _heldout_layouts_unseen(self) -> "BenchPhotoLoopSettings":
+        shared = sorted(set(self.train_templates) & set(self.heldout_templates))
+        if shared:
+            raise ValueError(f"templates {shared} are both trained on and held out; held-out layouts must be unseen")
+        return self

@@ -40,6 +40,8 @@ _COMPANIES = {
     "legal": ["Harper & Lowe LLP", "Meridian Legal Group", "Atlas Counsel"],
     "accounting": ["Ledgerline Accounting", "Summit Tax Partners", "Clearbooks CPA"],
 }
+_STREETS = ["Market Street", "Harbour Road", "Elm Avenue", "Station Square", "Mill Lane", "King's Parade"]
+_TOWNS = ["Springfield", "Riverton", "Lakeside", "Fairview", "Oakridge"]
 _CLIENTS = ["Client ABC", "Acme Corp", "Blue River Foods", "Orion Logistics", "Nimbus Health", "Greenfield School", "Vertex Labs"]
 _PEOPLE = ["Jane Doe", "Omar Haddad", "Li Wei", "Maria Santos", "Tom Becker", "Aisha Khan", "Ivan Petrov", "Sofia Rossi"]
 _ITEMS = {
@@ -86,6 +88,8 @@ class SynthOptions:
     # "scan": flat pages with scan noise; "photo": phone photos of paper (see ``photograph``), always JPEG
     style: str = "scan"
     fit_to_content: bool = False  # invoices and tax forms end below their last line, as receipts do
+    # Layouts to draw from, by index into DOCUMENT_TEMPLATES (a category uses those it has); None: the first only.
+    templates: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
@@ -105,6 +109,16 @@ class SynthOptions:
             raise ValueError("scale must be between 0.1 and 4")
         if self.style not in STYLES:
             raise ValueError(f"unknown style {self.style!r}; choose from {', '.join(STYLES)}")
+        if self.templates is not None:
+            lacking = [c for c in self.categories if not self.category_templates(c)]
+            if not self.templates or lacking:
+                have = ", ".join(f"{c} 0-{len(DOCUMENT_TEMPLATES[c]) - 1}" for c in lacking or self.categories)
+                raise ValueError(f"no template {list(self.templates)} for {', '.join(lacking) or 'any category'} (templates: {have})")
+
+    def category_templates(self, category: str) -> tuple[int, ...]:
+        """The templates a document of ``category`` is drawn in."""
+        chosen = (0,) if self.templates is None else self.templates
+        return tuple(t for t in dict.fromkeys(chosen) if 0 <= t < len(DOCUMENT_TEMPLATES[category]))
 
 
 @dataclass
@@ -121,6 +135,7 @@ class SynthDocument:
     name: str = ""
     dpi: float = 100.0
     jpeg_quality: int = 90
+    template: int = 0  # index into DOCUMENT_TEMPLATES[category]
 
 
 def _font_families() -> dict[str, FontFamily]:
@@ -135,6 +150,18 @@ def _money(value: float) -> str:
 
 def _date(rng: random.Random) -> dt.date:
     return dt.date(2025, 1, 1) + dt.timedelta(days=rng.randrange(0, 700))
+
+
+def _priced_lines(rng: random.Random, business: str, fewest: int, most: int, max_quantity: int,
+                  line: Callable[[str, int, float], str]) -> tuple[list[str], float]:
+    """``fewest`` to ``most`` distinct items of ``business``, 1 to ``max_quantity`` of each, each written by
+    ``line(name, quantity, unit price)``; and their total."""
+    lines, total = [], 0.0
+    for name, price in rng.sample(_ITEMS[business], k=rng.randint(fewest, min(most, len(_ITEMS[business])))):
+        quantity = rng.randint(1, max_quantity)
+        total += quantity * price
+        lines.append(line(name, quantity, price))
+    return lines, total
 
 
 def _receipt(rng: random.Random, business: str) -> list[str]:
@@ -164,12 +191,9 @@ def _invoice(rng: random.Random, business: str) -> list[str]:
         "| Description | Qty | Unit price | Amount |",
         "|---|---|---|---|",
     ]
-    total = 0.0
-    for name, price in rng.sample(_ITEMS[business], k=rng.randint(1, min(5, len(_ITEMS[business])))):
-        quantity = rng.randint(1, 12)
-        total += quantity * price
-        lines.append(f"| {name} | {quantity} | {_money(price)} | {_money(quantity * price)} |")
-    lines.append(f"**Amount:** {_money(total)}")
+    items, total = _priced_lines(rng, business, 1, 5, 12, lambda name, quantity, price:
+                                 f"| {name} | {quantity} | {_money(price)} | {_money(quantity * price)} |")
+    lines += [*items, f"**Amount:** {_money(total)}"]
     return lines
 
 
@@ -204,8 +228,60 @@ def _tax_form(rng: random.Random, business: str) -> list[str]:
     ]
 
 
-# The markdown lines of one document of each category (lessons draw from them too).
-DOCUMENT_CONTENT = {"receipt": _receipt, "invoice": _invoice, "contract": _contract, "tax_form": _tax_form}
+def _register_tape(rng: random.Random, business: str) -> list[str]:
+    """A receipt as a till prints it: capitals, quantities before names, unit prices, the card's last digits."""
+    lines = [f"# {rng.choice(_COMPANIES[business]).upper()}",
+             f"{rng.randint(1, 999)} {rng.choice(_STREETS)}, {rng.choice(_TOWNS)}",
+             f"Order no. {rng.randint(100000, 999999)}",
+             f"{_date(rng).strftime('%d/%m/%Y')} {rng.randint(7, 21):02d}:{rng.randint(0, 59):02d}"]
+    items, total = _priced_lines(rng, business, 2, 5, 4, lambda name, quantity, price:
+                                 f"{quantity} x {name} @ {_money(price)} = {_money(quantity * price)}")
+    lines += [*items, f"**TOTAL {_money(total)}**", f"Card ending in {rng.randint(1000, 9999)}"]
+    return lines
+
+
+def _receipt_table(rng: random.Random, business: str) -> list[str]:
+    """A receipt laid out as a small table, with the date written out."""
+    lines = [f"## {rng.choice(_COMPANIES[business])}", f"**Receipt no.** {rng.randint(1000, 9999)}-{rng.randint(10, 99)}",
+             f"**Date** {_date(rng).strftime('%B %d, %Y')}", "| Item | Qty | Price |", "|---|---|---|"]
+    items, total = _priced_lines(rng, business, 2, 5, 3, lambda name, quantity, price:
+                                 f"| {name} | {quantity} | {_money(quantity * price)} |")
+    lines += [*items, f"**Total due:** {_money(total)}"]
+    return lines
+
+
+def _invoice_list(rng: random.Random, business: str) -> list[str]:
+    """An invoice whose lines are a list, with payment terms instead of a due date."""
+    issued = _date(rng)
+    lines = [f"# {rng.choice(_COMPANIES[business])}", f"## Invoice INV-{issued.year}-{rng.randint(1, 9999):04d}",
+             f"**Bill to:** {rng.choice(_CLIENTS)}", f"**Issued:** {issued.strftime('%B %d, %Y')}",
+             f"**Payment terms:** Net {rng.choice([15, 30, 60])}"]
+    items, total = _priced_lines(rng, business, 1, 4, 10, lambda name, quantity, price:
+                                 f"- {name}: {quantity} at {_money(price)} = {_money(quantity * price)}")
+    lines += [*items, f"**Total due:** {_money(total)}"]
+    return lines
+
+
+def _tax_invoice(rng: random.Random, business: str) -> list[str]:
+    """A tax invoice: seller and buyer, numbered per year, net, VAT and gross amounts."""
+    issued = _date(rng)
+    lines = ["# TAX INVOICE", f"**Seller:** {rng.choice(_COMPANIES[business])}", f"**Buyer:** {rng.choice(_CLIENTS)}",
+             f"**Number:** {rng.randint(100, 999)}/{issued.year}", f"**Invoice date:** {issued.strftime('%d.%m.%Y')}",
+             "| Item | Qty | Net amount |", "|---|---|---|"]
+    items, net = _priced_lines(rng, business, 1, 4, 8, lambda name, quantity, price:
+                               f"| {name} | {quantity} | {_money(quantity * price)} |")
+    lines += items
+    rate = rng.choice([7, 19, 20])
+    vat = round(net * rate / 100, 2)
+    lines += [f"**Net:** {_money(net)}", f"**VAT {rate}%:** {_money(vat)}", f"**Gross:** {_money(net + vat)}"]
+    return lines
+
+
+# The layouts each category is drawn in; the first is every category's default (lessons draw from it too).
+# Other templates exist so that a test set can hold layouts its training set never saw (SynthOptions.templates).
+DOCUMENT_TEMPLATES = {"receipt": (_receipt, _register_tape, _receipt_table), "invoice": (_invoice, _invoice_list, _tax_invoice),
+                      "contract": (_contract,), "tax_form": (_tax_form,)}
+DOCUMENT_CONTENT = {category: templates[0] for category, templates in DOCUMENT_TEMPLATES.items()}
 
 
 def _segments(markdown_line: str) -> tuple[str, list[tuple[str, bool]]]:
@@ -308,11 +384,14 @@ class PageRenderer:
         if all(set(cell) <= {"-", ":"} for cell in cells):
             draw.line([self.margin, top + size // 2, self.width - self.margin, top + size // 2], fill=(60, 60, 60), width=max(1, int(2 * self.scale)))
             return
-        widths = [0.46, 0.12, 0.2, 0.22][: len(cells)]
+        # Four columns: description, quantity, unit price, amount. Fewer: the description gets the room.
+        widths = [0.46, 0.12, 0.2, 0.22] if len(cells) >= 4 else [0.6, 0.15, 0.25][: len(cells)]
+        font = self.fonts.get(False, size)
         x = float(self.margin)
         for cell, share in zip(cells, widths):
-            draw.text((x, top), cell, fill=(20, 20, 20), font=self.fonts.get(False, size))
-            x += share * usable
+            draw.text((x, top), cell, fill=(20, 20, 20), font=font)
+            # A cell longer than its column pushes the next one right, as a till does, instead of running into it.
+            x += max(share * usable, font.getlength(cell + "  "))
 
 
 def add_scan_noise(image: Image.Image, rng: random.Random, nrng: np.random.Generator, noise: float) -> Image.Image:
@@ -392,7 +471,9 @@ def render_document(category: str, business: str, rng: random.Random, options: S
     """Render one document of ``category`` for ``business``; ``rewrite`` changes its markdown lines first."""
     # Noise draws from its own generator so the same seed gives the same texts at any noise level.
     noise_seed = rng.randrange(2**32)
-    markdown_lines = DOCUMENT_CONTENT[category](rng, business)
+    templates = options.category_templates(category)
+    template = templates[0] if len(templates) == 1 else rng.choice(templates)  # one template: no draw, as before
+    markdown_lines = DOCUMENT_TEMPLATES[category][template](rng, business)
     if rewrite is not None:
         markdown_lines = rewrite(markdown_lines)
     family = rng.choice(["mono", "sans"] if category == "receipt" else ["sans", "serif", "mono"])
@@ -414,7 +495,8 @@ def render_document(category: str, business: str, rng: random.Random, options: S
     else:
         pages = [add_scan_noise(page, noise_rng, pixel_rng, options.noise) for page in pages]
         is_jpeg = not is_pdf and rng.random() < options.jpeg_fraction
-    return SynthDocument(category, business, pages, texts, is_pdf, is_jpeg, dpi=100 * options.scale, jpeg_quality=quality)
+    return SynthDocument(category, business, pages, texts, is_pdf, is_jpeg, dpi=100 * options.scale, jpeg_quality=quality,
+                         template=template)
 
 
 def sample_texts(n: int, seed: int = 0) -> list[str]:
