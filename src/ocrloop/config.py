@@ -100,6 +100,11 @@ class TrainingConfig(_Section):
     dataloader_workers: int = Field(
         0, ge=0, le=256, description="Processes loading and preprocessing pages while the GPU trains (0: in the training process)."
     )
+    profile_steps: int = Field(
+        0, ge=0, le=1000, description="Steps from the middle of the run to profile: the share of their time the GPU was "
+                                      "busy, kernels per step and the costliest operations go into the run card "
+                                      "(speed.profile). The profiler slows those steps."
+    )
     feature_cache: bool = Field(
         True, description="Compute each page's image features once and reuse them every epoch (when the vision tower is frozen)."
     )

@@ -17,7 +17,8 @@ def test_bench_ocr_forces_page_lengths_and_splits_the_time(tmp_path):
         assert entry["status"] == "succeeded" and entry["mean_new_tokens_per_page"] == 6
         # The split is measured, not asserted on: wall-clock differences of a 6-token CPU run are noise.
         split = entry["time_split"]
-        assert set(split) == {"vision_seconds", "prefill_seconds", "decode_seconds_per_token", "batch_seconds"}
+        assert set(split) == {"vision_seconds", "prefill_seconds", "prepare_seconds", "decode_seconds_per_token",
+                              "batch_seconds"}
         assert all(isinstance(value, float) and math.isfinite(value) for value in split.values())
 
 

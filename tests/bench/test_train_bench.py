@@ -12,13 +12,19 @@ def test_bench_train_runs_each_variant_in_its_own_process_and_writes_ratios(tiny
     out = tmp_path / "results" / "bench.json"
     run_cli("init", str(tmp_path / "ws"), check=True)
     result = run_cli("bench", "train", "--out", str(out), "--family", "qwen2.5-vl", "--size", "tiny", "--resolution", "tiny",
-                     "--batch-size", "2", "--steps", "4", "--lora-targets", "attention,mlp", "--work", str(tmp_path / "work"),
-                     "-w", str(tmp_path / "ws"), check=True)
+                     "--batch-size", "2", "--steps", "6", "--lora-targets", "attention,mlp", "--work", str(tmp_path / "work"),
+                     "-w", str(tmp_path / "ws"), "--profile-steps", "2", check=True)
     payload = json.loads(out.read_text())
     variants = payload["variants"]
     assert set(variants) == {"baseline", "ocrloop"} and all(v["status"] == "succeeded" for v in variants.values())
     assert "--optimizer adamw_torch" in variants["baseline"]["command"] and "--cudnn-attention" in variants["baseline"]["command"]
     assert all(isinstance(v["compiled_kernels_before"], int) for v in variants.values())
+    # Two steps from the middle of each run were profiled (training.profile_steps): the host's costliest operations;
+    # the GPU's share only on a GPU.
+    for variant in variants.values():
+        profile = variant["profile"]
+        assert profile["steps"] == 2 and profile["seconds_per_step"] > 0 and "aten::" in profile["top_by_cpu_time"]
+        assert profile["gpu_busy_fraction"] is None and profile["top_by_gpu_time"] is None
     ocrloop = variants["ocrloop"]
     assert ocrloop["same_trainable_parameters_as_baseline"] is True
     assert ocrloop["speedup_vs_baseline"] > 0 and len(ocrloop["train_loss_by_epoch"]) >= 1

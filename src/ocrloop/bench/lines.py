@@ -22,58 +22,7 @@ from ocrloop.atomic import atomic_write_json
 from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
 from ocrloop.data.synth import LineOptions, synthesize_lines
 from ocrloop.models import FAMILIES
-
-
-def step_profiler(first_step: int, steps: int) -> Any:
-    """A Trainer callback that profiles optimizer steps ``first_step`` .. ``first_step + steps - 1`` (CUDA only);
-    ``summary()`` then gives the GPU-busy share of their wall time and the top operations. Summarizing takes
-    seconds to minutes for a busy trace, so it is left for after training, outside the timed run."""
-    from transformers import TrainerCallback
-
-    class StepProfiler(TrainerCallback):
-        def __init__(self):
-            self.profile = None
-            self.wall = None
-
-        def summary(self) -> dict[str, Any]:
-            return summarize_profile(self.profile, self.wall, steps) if self.wall is not None else {}
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == first_step and torch.cuda.is_available():
-                torch.cuda.synchronize()
-                activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-                self.profile = torch.profiler.profile(activities=activities)
-                self.profile.__enter__()
-                self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.profile is None or self.wall is not None or state.global_step != first_step + steps:
-                return
-            torch.cuda.synchronize()
-            self.wall = time.perf_counter() - self.started
-            self.profile.__exit__(None, None, None)
-
-    return StepProfiler()
-
-
-def summarize_profile(profile: Any, wall_seconds: float, steps: int) -> dict[str, Any]:
-    """GPU busy share (union of kernel intervals over wall time), data-loader wait, top operations."""
-    kernels = sorted((e.time_range.start, e.time_range.end) for e in profile.events()
-                     if e.device_type == torch.autograd.DeviceType.CUDA)
-    busy, end = 0.0, float("-inf")
-    for start, stop in kernels:
-        if stop > end:
-            busy += stop - max(start, end)
-            end = stop
-    loader = sum(e.cpu_time_total for e in profile.events() if "DataLoader" in e.name and e.cpu_parent is None)
-    averages = profile.key_averages()
-    return {
-        "steps": steps, "wall_seconds": wall_seconds, "seconds_per_step": wall_seconds / steps,
-        "gpu_busy_fraction": busy / 1e6 / wall_seconds, "kernels": len(kernels), "kernels_per_step": len(kernels) / steps,
-        "data_loader_wait_seconds": loader / 1e6,
-        "top_by_gpu_time": averages.table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60),
-        "top_by_cpu_time": averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60),
-    }
+from ocrloop.profiling import step_profiler
 
 
 def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_size: int = 256, steps: int = 300,

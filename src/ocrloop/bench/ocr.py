@@ -5,8 +5,9 @@ mode. Random weights would stop at any length, so each page is made to generate 
 its ground truth would take (characters / ``chars_per_token``), or exactly ``tokens_per_page``; a batch
 runs as long as its longest page, as real batched generation does. Reported per batch size: pages/s,
 seconds per page (for batch 1, the latency of one page), generated tokens/s and peak VRAM, and where one
-batch's time goes: the vision tower alone, prefill (a 1-token generation less the tower) and decode per
-token (the rest, over the remaining tokens). Random weights measure speed, never accuracy.
+batch's time goes: the vision tower alone, prefill (a 1-token generation less the tower; it includes preparing
+the pages on the CPU, also timed alone) and decode per token (the rest, over the remaining tokens). Random weights
+measure speed, never accuracy.
 
 Under torchrun every process reads its own ``pages`` pages on its own GPU (the same work per GPU), and a batch
 size's rate is all their pages over the slowest process's time. ``bench_ocr_processes`` runs the whole bench at
@@ -31,6 +32,7 @@ from ocrloop.bench.train import prepare
 from ocrloop.data.dataset import Dataset
 from ocrloop.models import load_model
 from ocrloop.models.experts import use_experts
+from ocrloop.models.reading import ReadingSettings
 
 
 def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "base",
@@ -87,11 +89,17 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
         return seconds, tokens
 
     def split(chunk, tokens: int) -> dict[str, float]:
-        """Where one batch's time goes: the tower alone, prefill (1 token less the tower), decode per token."""
+        """Where one batch's time goes: the tower alone, prefill (1 token less the tower), decode per token; and,
+        inside prefill, the CPU work of preparing the pages (resizing, normalizing, the prompt's ids)."""
         tower = _vision_seconds(bundle, [image for _, image in chunk], resolution, timed)
+        reading = ReadingSettings(resolution=resolution, prompt="markdown", max_new_tokens=tokens)
+        started = time.perf_counter()
+        for _, image in chunk:
+            bundle.prepare(image, reading)
+        prepare = time.perf_counter() - started
         first, _ = read(chunk, 1)
         whole, _ = read(chunk, tokens)
-        return {"vision_seconds": tower, "prefill_seconds": max(first - tower, 0.0),
+        return {"vision_seconds": tower, "prefill_seconds": max(first - tower, 0.0), "prepare_seconds": prepare,
                 "decode_seconds_per_token": (whole - first) / max(tokens - 1, 1), "batch_seconds": whole}
 
     for batch_size in batch_sizes:
@@ -144,7 +152,7 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
             on = f" on {processes} processes" if processes > 1 else ""
             progress(f"batch {batch_size}{on}: {entry['pages_per_second']:.2f} pages/s, {entry['seconds_per_batch']:.2f} s per "
                      f"batch, {entry['generated_tokens_per_second']:.0f} tokens/s; vision {profile['vision_seconds']:.3f} s, "
-                     f"prefill {profile['prefill_seconds']:.3f} s, decode {profile['decode_seconds_per_token'] * 1000:.1f} ms/token")
+                     f"prefill {profile['prefill_seconds']:.3f} s (preparing the pages {profile['prepare_seconds']:.3f} s), decode {profile['decode_seconds_per_token'] * 1000:.1f} ms/token")
             atomic_write_json(out, results)
     if distributed.is_main_process():
         atomic_write_json(out, results)
@@ -197,7 +205,7 @@ def _vision_seconds(bundle, images, resolution: str, timed) -> float:
 
 def _profiled(generate, tokens: int) -> dict[str, Any]:
     """``generate()`` under the profiler: its GPU-busy share, kernels per generated token, top operations."""
-    from ocrloop.bench.lines import summarize_profile
+    from ocrloop.profiling import summarize_profile
 
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profile:

@@ -43,6 +43,8 @@ class BenchTrainSettings(_ArchitectureBench):
     processes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
         [1], min_length=1, description="Processes (GPUs) to run each variant on, one run per count, in order; a count "
                                        "may repeat, e.g. 2,1,2,1 (torchrun above one; --batch-size per process).")
+    profile_steps: int = Field(0, ge=0, le=1000, description="Profile this many steps from the middle of each run: GPU-busy "
+                                                            "share and costliest operations (slows them).")
 
 
 class BenchOcrSettings(_ArchitectureBench):

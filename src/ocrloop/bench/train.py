@@ -103,7 +103,7 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
         "train_loss_by_epoch": card["metrics"]["train_loss_by_epoch"], "device": card["device"], "versions": card["versions"],
         "prepare_seconds": speed.get("prepare_seconds"), "train_seconds": speed["train_seconds"],
         "epoch_seconds": speed.get("epoch_seconds", []), "feature_cache": card.get("feature_cache"),
-        "train_pages": card["data"]["train_pages"],
+        "train_pages": card["data"]["train_pages"], "profile": speed.get("profile"),
         # Triton kernels already compiled on this machine: 0 means the first step paid for compiling them all.
         "compiled_kernels_before": kernels_before,
     }
@@ -129,7 +129,7 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
                 variants: list[str] | None = None, work: Path = Path("/tmp/ocrloop-bench"), pages: int = 48,
                 epochs: float | None = None, mode: str = "lora16", registry_location: str | Path | None = None,
                 categories: tuple[str, ...] = ("receipt", "invoice", "tax_form"),
-                processes: tuple[int, ...] = (1,)) -> dict[str, Any]:
+                processes: tuple[int, ...] = (1,), profile_steps: int = 0) -> dict[str, Any]:
     """Run each variant on the same workload; write ``out`` (JSON) with results and the ratios to the baseline.
 
     Each variant runs once per count in ``processes`` (GPUs; torchrun above one, ``batch_size`` per process), in that
@@ -144,7 +144,11 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     (their own page checks are not counted, which favours them).
 
     With ``registry_location``, ocrloop's ratios to the baseline are also recorded there as a ``bench`` run,
-    which the service exports as ``ocr_training_speed_multiplier`` and ``ocr_vram_reduction_percent``."""
+    which the service exports as ``ocr_training_speed_multiplier`` and ``ocr_vram_reduction_percent``.
+
+    With ``profile_steps``, every run profiles that many steps from its middle (``training.profile_steps``: GPU-busy
+    share, kernels per step, costliest operations on the GPU and on the host); they run slower, so whole-run figures
+    are for runs without it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     variants = variants or list(VARIANTS)
     # "ocrloop:qlora4" runs a variant in another training mode (e.g. QLoRA against the 16-bit baseline).
@@ -152,12 +156,14 @@ def bench_train(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     workspace, checkpoint = prepare(work, family, size, pages, categories, exact_train_pages=epochs is not None)
-    shared = workload_flags(resolution, batch_size, steps, epochs, lora_rank, lora_targets)
+    shared = workload_flags(resolution, batch_size, steps, epochs, lora_rank, lora_targets) + \
+        (["--profile-steps", str(profile_steps)] if profile_steps else [])
     results: dict[str, Any] = {
         "command": "ocrloop bench train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "ocrloop bench train",
         "workload": {"family": family, "size": size, "resolution": resolution, "batch_size": batch_size, "mode": mode,
                      "steps": None if epochs is not None else steps, "epochs": epochs, "lora_rank": lora_rank,
-                     "lora_targets": lora_targets, "pages": pages, "categories": list(categories)},
+                     "lora_targets": lora_targets, "pages": pages, "categories": list(categories),
+                     "profile_steps": profile_steps},
         "host": platform.node(), "device_bf16_matmul_tflops": measured_matmul_tflops(),
         "model_flops": language_model_flops(checkpoint), "variants": {},
     }

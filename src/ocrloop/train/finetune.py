@@ -50,6 +50,7 @@ from ocrloop.models.loading import (
 )
 from ocrloop.models.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
 from ocrloop.models.feature_cache import FeatureCache, image_feature_owner
+from ocrloop.profiling import step_profiler
 from ocrloop.train.trainer import OCRTrainer, ParkVisionTower, StepTimer, TrainingProgress, ValidationCER
 from ocrloop.registry import Registry
 
@@ -464,6 +465,10 @@ class FineTuner:
         steps_per_epoch = math.ceil(len(self.train_examples) / self.samples_per_step)
         cache = self.feature_cache
         park = ParkVisionTower(cache)
+        total_steps = t.max_steps or math.ceil(steps_per_epoch * t.epochs)
+        first_profiled = max(3, total_steps // 2)
+        profiled = min(t.profile_steps, total_steps - first_profiled)
+        profiler = step_profiler(first_profiled, profiled) if profiled > 0 else None
         trainer = OCRTrainer(
             model=self.bundle.model,
             args=self._training_arguments(),
@@ -472,7 +477,7 @@ class FineTuner:
             callbacks=[TrainingProgress(), StepTimer(self.device_is_cuda, self.history.setdefault("step_seconds", []),
                                  self.history.setdefault("epoch_seconds", [])),
                        ValidationCER(self._validate, t.eval_steps or steps_per_epoch, self.history["validation"]),
-                       park, *self.extra_callbacks],
+                       park, *([profiler] if profiler else []), *self.extra_callbacks],
             bundle=self.bundle,
             cache=cache,
         )
@@ -496,6 +501,8 @@ class FineTuner:
             cache.close()
             self.feature_cache = None
         card = self._run_card(train_output, train_seconds, trainer.state.global_step, final)
+        if profiler is not None:
+            card["speed"]["profile"] = profiler.summary()
         if is_main_process():  # the model and its card are written once, by rank 0
             save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, mark_complete=False)
             card["metrics"]["merged_validation"] = self._save_merged(final) if t.merge else None
