@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, Full, Queue
 from typing import Any, Iterator
 
 from PIL import Image
@@ -150,48 +152,56 @@ class OCRAgent:
                    pii_policy: PiiPolicy | None = None, batch_pages: int = 1) -> Iterator[tuple[Path, DocumentText | Exception]]:
         """``read_file`` for each of ``paths``, in order, reading up to ``batch_pages`` pages (of one or several
         documents) per generation. Yields ``(path, DocumentText)``, or ``(path, error)`` for a document that could
-        not be read (``OcrloopError``) or was refused (``PiiRejected``); the other documents go on."""
+        not be read (``OcrloopError``) or was refused (``PiiRejected``); the other documents go on.
+
+        A thread loads and prepares the next batch's pages while the model reads this one."""
+        read: dict[tuple[int, int], tuple[str, float, tuple[int, int]]] = {}  # text, seconds, size
+        for chunk, failed, batch, last in _ahead(self._prepared_batches(paths, prompt, resolution, batch_pages)):
+            if batch:
+                started = time.perf_counter()
+                texts = self.read_prepared([prepared for _, _, _, prepared in batch], prompt=prompt, resolution=resolution)
+                share = (time.perf_counter() - started) / len(batch)  # a page's share of its batch's time
+                read.update({(index, page): (text, share, size) for (index, page, size, _), text in zip(batch, texts)})
+            if last:
+                yield from self._documents(chunk, failed, read, pii_policy)
+                read.clear()
+
+    def _prepared_batches(self, paths: list[str | Path], prompt: str | None, resolution: str | None,
+                          batch_pages: int) -> Iterator[tuple[list, dict, list, bool]]:
+        """Documents grouped into chunks of up to ``batch_pages`` pages, and each chunk's pages loaded and prepared a
+        batch at a time (a long PDF is never all in memory): ``(chunk, failed documents, batch, last of its chunk)``,
+        a batch being ``(document index, page, size, prepared page)`` entries."""
         chunk: list[tuple[Path, int | OcrloopError]] = []
         pages = 0
-        for path in map(Path, paths):
-            counted = self._page_count(path)
+        for path in [*map(Path, paths), None]:
+            counted = self._page_count(path) if path is not None else 0
             count = counted if isinstance(counted, int) else 0
-            if chunk and pages + count > batch_pages:
-                yield from self._read_chunk(chunk, prompt, resolution, pii_policy, batch_pages)
+            if chunk and (path is None or pages + count > batch_pages):
+                failed = {index: counted for index, (_, counted) in enumerate(chunk) if isinstance(counted, OcrloopError)}
+                wanted = [(index, page) for index, (_, counted) in enumerate(chunk) if index not in failed
+                          for page in range(counted)]
+                starts = range(0, len(wanted), batch_pages)
+                for number, start in enumerate(starts):
+                    batch = []
+                    for index, page in wanted[start:start + batch_pages]:
+                        if index in failed:
+                            continue
+                        try:
+                            image = load_page(chunk[index][0], page, self.config.data)
+                        except OcrloopError as error:
+                            failed[index] = error
+                            continue
+                        batch.append((index, page, image.size, self.prepare(image, prompt=prompt, resolution=resolution)))
+                    yield chunk, failed, [entry for entry in batch if entry[0] not in failed], number == len(starts) - 1
+                if not starts:
+                    yield chunk, failed, [], True
                 chunk, pages = [], 0
-            chunk.append((path, counted))
-            pages += count
-        if chunk:
-            yield from self._read_chunk(chunk, prompt, resolution, pii_policy, batch_pages)
+            if path is not None:
+                chunk.append((path, counted))
+                pages += count
 
-    def _page_count(self, path: Path) -> int | OcrloopError:
-        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-            return OcrloopError(f"{path}: unsupported format {path.suffix or '(none)'}")
-        info, reason = inspect_file(path, self.config.data)
-        return OcrloopError(f"{path}: {reason}") if reason else info.pages
-
-    def _read_chunk(self, chunk: list[tuple[Path, int | OcrloopError]], prompt: str | None, resolution: str | None,
-                    pii_policy: PiiPolicy | None, batch_pages: int) -> Iterator[tuple[Path, DocumentText | Exception]]:
-        failed = {index: counted for index, (_, counted) in enumerate(chunk) if isinstance(counted, OcrloopError)}
-        wanted = [(index, page) for index, (_, counted) in enumerate(chunk) if index not in failed for page in range(counted)]
-        read: dict[tuple[int, int], tuple[str, float, tuple[int, int]]] = {}  # text, seconds, size
-        for start in range(0, len(wanted), batch_pages):
-            # Pages are loaded a batch at a time: a long PDF is never all in memory.
-            batch: list[tuple[int, int, Image.Image]] = []
-            for index, page in wanted[start:start + batch_pages]:
-                if index in failed:
-                    continue
-                try:
-                    batch.append((index, page, load_page(chunk[index][0], page, self.config.data)))
-                except OcrloopError as error:
-                    failed[index] = error
-            batch = [entry for entry in batch if entry[0] not in failed]
-            if not batch:
-                continue
-            started = time.perf_counter()
-            texts = self.read([image for _, _, image in batch], prompt=prompt, resolution=resolution)
-            share = (time.perf_counter() - started) / len(batch)  # a page's share of its batch's time
-            read.update({(index, page): (text, share, image.size) for (index, page, image), text in zip(batch, texts)})
+    def _documents(self, chunk: list[tuple[Path, int | OcrloopError]], failed: dict, read: dict,
+                   pii_policy: PiiPolicy | None) -> Iterator[tuple[Path, DocumentText | Exception]]:
         for index, (path, counted) in enumerate(chunk):
             if index in failed:
                 yield path, failed[index]
@@ -207,10 +217,58 @@ class OCRAgent:
                 continue
             yield path, document
 
+    def _page_count(self, path: Path) -> int | OcrloopError:
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            return OcrloopError(f"{path}: unsupported format {path.suffix or '(none)'}")
+        info, reason = inspect_file(path, self.config.data)
+        return OcrloopError(f"{path}: {reason}") if reason else info.pages
+
     async def process_document(self, path: str | Path) -> dict:
         """The plan's async entry point: OCR a file off the event loop; returns ``DocumentText.to_json()``."""
         document = await asyncio.to_thread(self.read_file, path)
         return document.to_json()
+
+
+def _ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """``items``, produced by a thread that stays up to ``depth`` items ahead of the consumer; an exception raised
+    producing them is raised here, in order. Closing this generator early stops the thread."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((done, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            queue.put((done, error))
+
+    thread = threading.Thread(target=produce, name="ocrloop-prepare", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting to put
+            try:
+                queue.get_nowait()
+            except Empty:
+                pass
+            thread.join(timeout=0.1)
 
 
 def output_paths(files: list[Path], out: Path | None, suffix: str) -> dict[Path, Path | None]:
