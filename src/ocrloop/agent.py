@@ -166,39 +166,46 @@ class OCRAgent:
                 yield from self._documents(chunk, failed, read, pii_policy)
                 read.clear()
 
-    def _prepared_batches(self, paths: list[str | Path], prompt: str | None, resolution: str | None,
-                          batch_pages: int) -> Iterator[tuple[list, dict, list, bool]]:
-        """Documents grouped into chunks of up to ``batch_pages`` pages, and each chunk's pages loaded and prepared a
-        batch at a time (a long PDF is never all in memory): ``(chunk, failed documents, batch, last of its chunk)``,
-        a batch being ``(document index, page, size, prepared page)`` entries."""
+    def _chunks(self, paths: list[str | Path], batch_pages: int) -> Iterator[list[tuple[Path, int | OcrloopError]]]:
+        """Consecutive documents of up to ``batch_pages`` pages together (or one longer document), each with its page
+        count or the error that makes it unreadable."""
         chunk: list[tuple[Path, int | OcrloopError]] = []
         pages = 0
-        for path in [*map(Path, paths), None]:
-            counted = self._page_count(path) if path is not None else 0
+        for path in map(Path, paths):
+            counted = self._page_count(path)
             count = counted if isinstance(counted, int) else 0
-            if chunk and (path is None or pages + count > batch_pages):
-                failed = {index: counted for index, (_, counted) in enumerate(chunk) if isinstance(counted, OcrloopError)}
-                wanted = [(index, page) for index, (_, counted) in enumerate(chunk) if index not in failed
-                          for page in range(counted)]
-                starts = range(0, len(wanted), batch_pages)
-                for number, start in enumerate(starts):
-                    batch = []
-                    for index, page in wanted[start:start + batch_pages]:
-                        if index in failed:
-                            continue
-                        try:
-                            image = load_page(chunk[index][0], page, self.config.data)
-                        except OcrloopError as error:
-                            failed[index] = error
-                            continue
-                        batch.append((index, page, image.size, self.prepare(image, prompt=prompt, resolution=resolution)))
-                    yield chunk, failed, [entry for entry in batch if entry[0] not in failed], number == len(starts) - 1
-                if not starts:
-                    yield chunk, failed, [], True
+            if chunk and pages + count > batch_pages:
+                yield chunk
                 chunk, pages = [], 0
-            if path is not None:
-                chunk.append((path, counted))
-                pages += count
+            chunk.append((path, counted))
+            pages += count
+        if chunk:
+            yield chunk
+
+    def _prepared_batches(self, paths: list[str | Path], prompt: str | None, resolution: str | None,
+                          batch_pages: int) -> Iterator[tuple[list, dict, list, bool]]:
+        """Each chunk's pages loaded and prepared a batch at a time (a long PDF is never all in memory):
+        ``(chunk, failed documents, batch, last of its chunk)``, a batch being ``(document index, page, size,
+        prepared page)`` entries."""
+        for chunk in self._chunks(paths, batch_pages):
+            failed = {index: counted for index, (_, counted) in enumerate(chunk) if isinstance(counted, OcrloopError)}
+            wanted = [(index, page) for index, (_, counted) in enumerate(chunk) if index not in failed
+                      for page in range(counted)]
+            starts = range(0, len(wanted), batch_pages)
+            for number, start in enumerate(starts):
+                batch = []
+                for index, page in wanted[start:start + batch_pages]:
+                    if index in failed:
+                        continue
+                    try:
+                        image = load_page(chunk[index][0], page, self.config.data)
+                    except OcrloopError as error:
+                        failed[index] = error
+                        continue
+                    batch.append((index, page, image.size, self.prepare(image, prompt=prompt, resolution=resolution)))
+                yield chunk, failed, [entry for entry in batch if entry[0] not in failed], number == len(starts) - 1
+            if not starts:  # every document of the chunk failed: report them all the same
+                yield chunk, failed, [], True
 
     def _documents(self, chunk: list[tuple[Path, int | OcrloopError]], failed: dict, read: dict,
                    pii_policy: PiiPolicy | None) -> Iterator[tuple[Path, DocumentText | Exception]]:

@@ -131,9 +131,9 @@ def bench_serve(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
                 compare_with: Path | None = None, work: Path = Path("/tmp/ocrloop-bench"),
                 progress=lambda done, total: None, log=print) -> dict[str, Any]:
     """Load a real service as described in the module docstring; write ``out`` (JSON) and return it."""
-    workspace, checkpoint = prepare(work, family, size, 32, ("receipt", "invoice", "tax_form"))
     import torch
 
+    workspace, checkpoint = prepare(work, family, size, 32, ("receipt", "invoice", "tax_form"))
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()  # the checkpoint was built here: keep the memory baseline to this process's context
     model = never_stopping_copy(checkpoint, work / "checkpoints" / f"{family}-{size}-never-stopping", family)
