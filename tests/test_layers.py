@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ocrloop"
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    {"errors", "atomic", "locking", "extras", "distributed"},
+    {"errors", "atomic", "locking", "extras", "distributed", "profiling"},
     {"config", "pii", "registry"},
     {"data"},
     {"models"},
