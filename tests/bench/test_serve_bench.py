@@ -37,6 +37,7 @@ def test_bench_serve_loads_a_real_service_and_reports_its_rate(tmp_path):
             "--work", str(tmp_path / "work"), check=True)
     result = json.loads(out.read_text())
     assert result["model"].endswith("never-stopping")
+    assert result["device"] == "cpu" and result["host"]
     assert result["server_errors"] == 0 and result["lost_answers"] == 0 and set(result["answers"]) == {"200"}
     assert result["pages_in_window"] >= 1 and result["pages_per_second"] > 0
     assert result["generated_tokens_per_second"] == result["pages_per_second"] * 4

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -180,6 +181,8 @@ def bench_serve(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
     pages_per_second = len(in_window) / seconds
     result: dict[str, Any] = {
         "command": " ".join(["ocrloop bench serve", *sys.argv[3:]]),
+        "host": platform.node(), "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "versions": {"torch": torch.__version__},
         "workload": {"family": family, "size": size, "resolution": resolution, "tokens_per_page": tokens_per_page,
                      "clients": clients, "requests": requests, "warmup_requests": warmup_requests,
                      "max_batch_pages": max_batch_pages, "batch_wait_ms": batch_wait_ms, "fast_decode": fast_decode,
