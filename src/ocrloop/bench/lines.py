@@ -22,7 +22,6 @@ from ocrloop.atomic import atomic_write_json
 from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
 from ocrloop.data.synth import LineOptions, synthesize_lines
 from ocrloop.models import FAMILIES
-from ocrloop.profiling import step_profiler
 
 
 def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_size: int = 256, steps: int = 300,
@@ -49,13 +48,10 @@ def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_si
                               learning_rate=learning_rate, warmup_steps=min(100, steps // 10), weight_decay=0.01,
                               resolution="tiny", prompt="ocr", max_new_tokens=16, save_steps=10**9, logging_steps=50,
                               backend="hf", optimizer=optimizer, gradient_checkpointing=False, feature_cache=False,
-                              dataloader_workers=workers)
+                              dataloader_workers=workers, profile_steps=profile_steps)
     config = OcrloopConfig(base_model=str(checkpoint), dataset_dir=root, registry_path=work / "ocrloop.db",
                            models_dir=work / "models", training=training, data=data)
-    first = max(3, steps // 2)
-    profiler = step_profiler(first, min(profile_steps, steps - first)) if profile_steps and steps > first else None
-    tuner = FineTuner(config, work / "runs" / time.strftime("%Y%m%d-%H%M%S"), console=console,
-                      callbacks=[profiler] if profiler else [])
+    tuner = FineTuner(config, work / "runs" / time.strftime("%Y%m%d-%H%M%S"), console=console)
     try:
         tuner.setup()
         card = tuner.run().card
@@ -79,7 +75,7 @@ def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_si
         "epoch_seconds": speed["epoch_seconds"],
         "loss_by_epoch": card["metrics"]["train_loss_by_epoch"],
         "peak_vram_allocated_bytes": card["memory"]["peak_vram_allocated_bytes"],
-        "profile": profiler.summary() if profiler else {},
+        "profile": speed.get("profile", {}),
     }
     atomic_write_json(out, results)
     return results
