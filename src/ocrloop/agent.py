@@ -76,6 +76,7 @@ class OCRAgent:
         self.model_name = model_name
         self.config = config
         self.reading, _ = self.settings()
+        self._decoders: dict[tuple[str, str], Any] = {}
 
     @classmethod
     def load(cls, workspace: str | Path = ".", *, business: str | None = None, model: str | None = None,
@@ -138,6 +139,22 @@ class OCRAgent:
         """``read`` of pages ``prepare``d with the same prompt and resolution."""
         reading, _ = self.settings(prompt=prompt, resolution=resolution)
         return self.bundle.read_prepared(pages, reading)
+
+    def decoder(self, slots: int, *, prompt: str | None = None, resolution: str | None = None) -> Any:
+        """The ``ContinuousDecoder`` of ``slots`` pages this agent reads with at this prompt and resolution (one per
+        pair, kept with the agent), or None where pages cannot join a running decode: Tesseract, a family whose
+        positions follow the image, a model without ``fast_decode``, or ``serve.continuous_batching`` off."""
+        bundle = self.bundle
+        if not (self.config.serve.continuous_batching and getattr(bundle, "fast_decode", False)
+                and bundle.family.continuous_decoding):
+            return None
+        from ocrloop.models.continuous import ContinuousDecoder
+
+        reading, _ = self.settings(prompt=prompt, resolution=resolution)
+        key = (reading.prompt, reading.resolution)
+        if key not in self._decoders:
+            self._decoders[key] = ContinuousDecoder(bundle, reading, slots)
+        return self._decoders[key]
 
     def read_file(self, path: str | Path, *, prompt: str | None = None, resolution: str | None = None,
                   pii_policy: PiiPolicy | None = None) -> DocumentText:

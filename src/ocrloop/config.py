@@ -168,6 +168,10 @@ class ServeConfig(_Section):
         False, description="Decode with a static KV cache (CUDA graphs on a GPU), batches padded to a power of two "
                            "pages, prompts to multiples of 64 tokens, MoE experts read once a step (hf backend; the "
                            "first batch of each shape compiles).")
+    continuous_batching: bool = Field(
+        True, description="With fast_decode, a page joins the running decode at its next step and leaves it when it "
+                          "finishes, instead of waiting for a whole batch (DeepSeek-OCR families; Qwen2.5-VL reads in "
+                          "batches).")
     champion_check_seconds: float = Field(2.0, gt=0, le=86_400, description="How often a promotion is looked for; the new champion is loaded, then swapped in.")
 
 

@@ -4,13 +4,17 @@ repeating shapes, MoE experts read once a step), for every family, with and with
 weights write nonsense, but deterministic nonsense: any padding or cache bug changes it."""
 
 import dataclasses
+import re
 
 import pytest
+import torch
 
 from ocrloop.config import OcrloopConfig, apply_overrides
 from ocrloop.data.synth import SynthOptions, generate_documents, synthesize_dataset
 from ocrloop.models import load_model
 from ocrloop.models.base import ModelError
+from ocrloop.models.continuous import ContinuousDecoder
+from ocrloop.models.reading import ReadingSettings
 from ocrloop.train.finetune import train
 from tests.conftest import FAST_RESOLUTION, SMALL_PAGES
 
@@ -61,6 +65,57 @@ def test_static_cache_and_batching_read_exactly_what_plain_generation_reads(pres
     assert model.generate(pages[:1], **settings) == plain[:1]
     if with_adapter:  # the adapter is really there: it reads differently from its base
         assert [load_model(preset, backend="hf").generate([page], **settings)[0] for page in pages] != plain
+
+
+def sharpened(model):
+    """``model`` with its text attention made peaked (queries and keys x8): random tiny weights attend almost
+    uniformly, so a wrong mask or position would hardly change what they write; these do (checked by hand: an
+    unmasked cache or positions off by one change the text)."""
+    with torch.no_grad():
+        for name, parameter in model.model.named_parameters():
+            if "language_model" in name and re.search(r"\.(q|k)_proj\.", name):
+                parameter.mul_(8)
+    return model
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if "deepseek" in p])
+@pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "adapter"])
+def test_pages_joining_a_running_decode_read_exactly_what_plain_generation_reads(preset, with_adapter, adapters, pages):
+    model = sharpened(load_model(adapters[preset] if with_adapter else preset, backend="hf"))
+    reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION[preset], max_new_tokens=16)
+    plain = [model.generate([page], prompt="ocr", resolution=reading.resolution, max_new_tokens=16)[0] for page in pages]
+    prepared = [model.prepare(page, reading) for page in pages]
+    # two slots for four pages: the third and fourth join while another page is mid-way
+    assert ContinuousDecoder(model, reading, slots=2).read(prepared) == plain
+    assert ContinuousDecoder(model, reading, slots=8).read(prepared) == plain
+    # one slot, page after page, until the write position reaches the end of the cache and rows shift left
+    decoder = ContinuousDecoder(model, reading, slots=1)
+    many = prepared * 6
+    assert decoder.read(many) == plain * 6
+    assert decoder.compactions >= 1
+
+
+def test_pages_join_mid_decode_and_leave_when_they_finish(tiny_presets, pages):
+    model = load_model("tiny-deepseek-ocr-2", backend="hf")
+    reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION["tiny-deepseek-ocr-2"], max_new_tokens=6)
+    prepared = [model.prepare(page, reading) for page in pages]
+    decoder = ContinuousDecoder(model, reading, slots=4)
+    assert decoder.admit(prepared[:1], ["first"]) == []
+    decoder.step()
+    decoder.step()
+    assert decoder.admit(prepared[1:2], ["second"]) == [] and decoder.active == 2
+    finished = []
+    while decoder.active:
+        finished += decoder.step()
+    assert [tag for tag, _ in finished] == ["first", "second"]  # six tokens each, the first had two steps' start
+    with pytest.raises(ValueError, match="5 pages for 4 free slots"):
+        decoder.admit(prepared + prepared[:1], list(range(5)))
+
+
+def test_qwen_does_not_decode_continuously(tiny_presets):
+    model = load_model("tiny-qwen2.5-vl", backend="hf")
+    with pytest.raises(ModelError, match="qwen2.5-vl does not decode continuously"):
+        ContinuousDecoder(model, ReadingSettings(), slots=2)
 
 
 def test_fast_decoding_off_the_hf_backend_is_refused_with_the_fix(tiny_presets):

@@ -129,7 +129,7 @@ def _batch_sizes(metrics: str) -> dict[str, float]:
 def bench_serve(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", resolution: str = "base",
                 tokens_per_page: int = 512, clients: int = 64, requests: int = 640, warmup_requests: int = 192,
                 max_batch_pages: int = 64, batch_wait_ms: float = 50, fast_decode: bool = True,
-                compare_with: Path | None = None, work: Path = Path("/tmp/ocrloop-bench"),
+                continuous_batching: bool = True, compare_with: Path | None = None, work: Path = Path("/tmp/ocrloop-bench"),
                 progress=lambda done, total: None, log=print) -> dict[str, Any]:
     """Load a real service as described in the module docstring; write ``out`` (JSON) and return it."""
     import torch
@@ -151,6 +151,7 @@ def bench_serve(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
                                                                  "max_new_tokens": tokens_per_page}),
         "serve": workspace.config.serve.model_copy(update={
             "max_batch_pages": max_batch_pages, "batch_wait_ms": batch_wait_ms, "fast_decode": fast_decode,
+            "continuous_batching": continuous_batching,
             "max_concurrent_requests": max(clients, workspace.config.serve.max_concurrent_requests)})})
     root = work / f"serve-{family}-{size}"
     root.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,7 @@ def bench_serve(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full"
         "workload": {"family": family, "size": size, "resolution": resolution, "tokens_per_page": tokens_per_page,
                      "clients": clients, "requests": requests, "warmup_requests": warmup_requests,
                      "max_batch_pages": max_batch_pages, "batch_wait_ms": batch_wait_ms, "fast_decode": fast_decode,
-                     "pii_policy": config.serve.pii_policy},
+                     "continuous_batching": continuous_batching, "pii_policy": config.serve.pii_policy},
         "model": ready.get("model"), "timed_requests": len(timed), "seconds": seconds, "pages_in_window": len(in_window),
         "pages_per_second": pages_per_second, "generated_tokens_per_second": pages_per_second * tokens_per_page,
         "latency_seconds": {"p50": _percentile(ok, 50), "p99": _percentile(ok, 99), "max": max(ok, default=0.0)},

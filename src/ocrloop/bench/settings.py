@@ -78,6 +78,8 @@ class BenchServeSettings(_ArchitectureBench):
     max_batch_pages: int = Field(64, ge=1, le=1024, description="serve.max_batch_pages of the service.")
     batch_wait_ms: float = Field(50, ge=0, le=60_000, description="serve.batch_wait_ms of the service.")
     fast_decode: bool = Field(True, description="serve.fast_decode of the service.")
+    continuous_batching: bool = Field(True, description="serve.continuous_batching of the service (pages join the "
+                                                        "running decode; off: whole batches).")
     compare_with: Path | None = Field(None, description="A bench ocr result: the service's rate over the bench's at "
                                                         "--max-batch-pages and at its best batch size.")
     work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint, pages and workspace.")

@@ -292,6 +292,8 @@ class OCRFamily:
     feature_input_keys: ClassVar[tuple[str, ...]] = ()
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
     unsloth_supported: ClassVar[bool] = True  # False: Unsloth cannot patch it; ``auto`` picks the hf backend
+    # True: its text positions are plain 1-D counts, so pages can join a running decode (models.continuous).
+    continuous_decoding: ClassVar[bool] = False
     # Module-name patterns (regex alternatives over the full module path) per LoRA target group.
     lora_patterns: ClassVar[dict[str, str | None]] = {}  # None: the group has no modules in this family
     # Substrings of parameter names that belong to the vision tower and projector.

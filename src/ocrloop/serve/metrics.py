@@ -140,7 +140,7 @@ class ServiceMetrics:
         self.pages = Counter("ocr_pages_processed", "Pages read, by business.", ["business"], registry=self.registry)
         self.page_latency = Histogram("ocr_page_duration_seconds", "Time from a page's arrival to its text.",
                                       buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.batch_pages = Histogram("ocr_batch_pages", "Pages per GPU batch.", buckets=(1, 2, 4, 8, 16, 32, 64),
+        self.batch_pages = Histogram("ocr_batch_pages", "Pages per GPU batch (continuous batching: pages decoding together after pages joined).", buckets=(1, 2, 4, 8, 16, 32, 64),
                                      registry=self.registry)
         self.pii = Counter("ocr_pii_detections", "Personal data found in OCR output, by kind.", ["kind"], registry=self.registry)
         self.model_swaps = Counter("ocr_model_swaps", "Champions swapped in while serving.", registry=self.registry)
