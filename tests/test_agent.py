@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from ocrloop.agent import OCRAgent, _ahead
-from ocrloop.config import OcrloopConfig
+from ocrloop.config import OcrloopConfig, apply_overrides
 from ocrloop.data.synth import SynthOptions, generate_documents, write_document
 from ocrloop.models import load_model
 
@@ -59,3 +59,39 @@ def test_read_files_prepares_pages_in_another_thread_with_the_same_results(tiny_
     for path, result in results[:2] + results[3:]:
         alone = agent.read_file(path, **options)
         assert [page.text for page in result.pages] == [page.text for page in alone.pages]
+
+
+def test_read_files_through_a_continuous_decoder_reads_what_batches_read(tiny_presets, tmp_path):
+    """``ocrloop ocr --fast-decode`` on a DeepSeek-OCR model: pages of several documents (a two-page PDF among
+    them) join the decode as slots free up; the same texts, documents in order, a broken file failed in its place."""
+    documents = generate_documents(SynthOptions(n=5, seed=4, scale=0.3, categories=("receipt", "invoice")))
+    paths = [write_document(document, tmp_path) for document in documents]
+    first, second = documents[0].pages[0], documents[1].pages[0]
+    two_pages = tmp_path / "two_pages.pdf"
+    first.save(two_pages, save_all=True, append_images=[second])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 64)
+    paths[2:2] = [broken, two_pages]
+    options = dict(prompt="ocr", resolution="small", batch_pages=3)
+
+    def agent(continuous: bool) -> OCRAgent:
+        bundle = load_model("tiny-deepseek-ocr-2", backend="hf")
+        bundle.enable_fast_decode()
+        config = apply_overrides(OcrloopConfig(), {"training.max_new_tokens": 12, "serve.continuous_batching": continuous})
+        return OCRAgent(bundle, "tiny", config)
+
+    continuous, batched = agent(True), agent(False)
+    admitted = []
+    decoder = continuous.decoder(3, prompt="ocr", resolution="small")
+    admit = decoder.admit
+    decoder.admit = lambda pages, tags: (admitted.append(len(pages)), admit(pages, tags))[1]
+    results = list(continuous.read_files(paths, **options))
+    expected = list(batched.read_files(paths, **options))
+    assert [path for path, _ in results] == paths
+    assert isinstance(results[2][1], Exception) and "broken.png" in str(results[2][1])
+    for (_, result), (_, reference) in zip(results, expected):
+        if not isinstance(reference, Exception):
+            assert [page.text for page in result.pages] == [page.text for page in reference.pages]
+            assert all(page.seconds > 0 for page in result.pages)
+    assert len(results[3][1].pages) == 2
+    assert sum(admitted) == 7 and max(admitted) <= 3  # seven pages through three slots

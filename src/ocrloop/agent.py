@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Full, Queue
@@ -171,7 +171,12 @@ class OCRAgent:
         documents) per generation. Yields ``(path, DocumentText)``, or ``(path, error)`` for a document that could
         not be read (``OcrloopError``) or was refused (``PiiRejected``); the other documents go on.
 
-        A thread loads and prepares the next batch's pages while the model reads this one."""
+        A thread loads and prepares the next batch's pages while the model reads this one. Where the agent decodes
+        continuously (``decoder``), a page joins the decode as soon as a slot is free, whatever its document."""
+        decoder = self.decoder(batch_pages, prompt=prompt, resolution=resolution) if batch_pages > 1 else None
+        if decoder is not None:
+            yield from self._read_continuously(decoder, paths, prompt, resolution, pii_policy, batch_pages)
+            return
         read: dict[tuple[int, int], tuple[str, float, tuple[int, int]]] = {}  # text, seconds, size
         for chunk, failed, batch, last in _ahead(self._prepared_batches(paths, prompt, resolution, batch_pages)):
             if batch:
@@ -182,6 +187,56 @@ class OCRAgent:
             if last:
                 yield from self._documents(chunk, failed, read, pii_policy)
                 read.clear()
+
+    def _read_continuously(self, decoder: Any, paths: list[str | Path], prompt: str | None, resolution: str | None,
+                           pii_policy: PiiPolicy | None, batch_pages: int) -> Iterator[tuple[Path, DocumentText | Exception]]:
+        """``read_files`` through ``decoder``. Pages join when a quarter of the slots is free (or none is decoding),
+        so joining pages share their prefill; each page is charged its share of the time of every prefill and step
+        it was in. Documents are yielded in order, each once all its pages are read."""
+        chunks: deque[list] = deque()  # [number, chunk, failed documents, all its batches seen], in input order
+        waiting: deque[tuple[tuple[int, int, int], tuple[int, int], Any]] = deque()  # (chunk number, document, page)
+        read: dict[tuple[int, int, int], tuple[str, float, tuple[int, int]]] = {}
+        spent: dict[tuple[int, int, int], float] = {}
+        sizes: dict[tuple[int, int, int], tuple[int, int]] = {}
+        source = _ahead(self._prepared_batches(paths, prompt, resolution, batch_pages))
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(waiting) < decoder.free:
+                    item = next(source, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    chunk, failed, batch, last = item
+                    if not chunks or chunks[-1][1] is not chunk:
+                        chunks.append([(chunks[-1][0] + 1) if chunks else 0, chunk, failed, False])
+                    number = chunks[-1][0]
+                    chunks[-1][3] = last
+                    waiting.extend(((number, index, page), size, prepared) for index, page, size, prepared in batch)
+                started = time.perf_counter()
+                if waiting and decoder.free and (decoder.free * 4 >= decoder.slots or not decoder.active or exhausted):
+                    joining = [waiting.popleft() for _ in range(min(decoder.free, len(waiting)))]
+                    charged = [key for key, _, _ in joining]
+                    sizes.update((key, size) for key, size, _ in joining)
+                    finished = decoder.admit([prepared for _, _, prepared in joining], charged)
+                elif decoder.active:
+                    charged = decoder.tags
+                    finished = decoder.step()
+                else:
+                    charged, finished = [], []
+                for key in charged:
+                    spent[key] = spent.get(key, 0.0) + (time.perf_counter() - started) / len(charged)
+                read.update((key, (text, spent.pop(key), sizes.pop(key))) for key, text in finished)
+                while chunks and chunks[0][3] and all(
+                        (chunks[0][0], index, page) in read for index, (_, counted) in enumerate(chunks[0][1])
+                        if index not in chunks[0][2] for page in range(counted)):
+                    number, chunk, failed, _ = chunks.popleft()
+                    mine = {(index, page): read.pop((n, index, page)) for n, index, page in list(read) if n == number}
+                    yield from self._documents(chunk, failed, mine, pii_policy)
+                if exhausted and not waiting and not decoder.active and not chunks:
+                    return
+        finally:
+            source.close()
 
     def _chunks(self, paths: list[str | Path], batch_pages: int) -> Iterator[list[tuple[Path, int | OcrloopError]]]:
         """Consecutive documents of up to ``batch_pages`` pages together (or one longer document), each with its page

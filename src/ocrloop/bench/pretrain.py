@@ -15,6 +15,7 @@ import platform
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,19 +77,29 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     if not (checkpoint / "config.json").is_file():
         FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
     stage_data, stage_heldout = {}, {}
-    for index, (stage, count) in enumerate(zip(stages, lessons), start=1):
+    for index, stage in enumerate(stages, start=1):
         scrambled = settings.scrambled if stage in ("blocks", "pages") else 0.0
-        stage_data[stage] = work / (f"{stage}-{count}" + (f"-scrambled-{scrambled:g}" if scrambled else ""))
-        if not (stage_data[stage] / "annotations.json").is_file():
-            log(f"rendering {count} {stage} lessons")
-            synthesize_lessons(stage_data[stage], LessonOptions(stage, count, seed=index, categories=categories,
-                                                                scrambled=scrambled), data, settings.render_processes)
+        stage_data[stage] = work / (f"{stage}-{lessons[index - 1]}" + (f"-scrambled-{scrambled:g}" if scrambled else ""))
         stage_heldout[stage] = work / f"heldout-{stage}-{heldout}"
         if stage != "pages" and not (stage_heldout[stage] / "annotations.json").is_file():
             synthesize_lessons(stage_heldout[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories), data)
     pages_root, blank_root = heldout_pages(work, heldout, categories, data)
     stage_heldout["pages"] = pages_root
     pages = Dataset.open(pages_root, data)
+
+    def render(index: int, stage: str) -> None:
+        if not (stage_data[stage] / "annotations.json").is_file():
+            log(f"rendering {lessons[index - 1]} {stage} lessons")
+            options = LessonOptions(stage, lessons[index - 1], seed=index, categories=categories,
+                                    scrambled=settings.scrambled if stage in ("blocks", "pages") else 0.0)
+            synthesize_lessons(stage_data[stage], options, data, settings.render_processes)
+
+    # The first stage's lessons are rendered now; the later stages' in the background while the GPU trains the
+    # earlier ones (each stage waits for its own lessons only).
+    render(1, stages[0])
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocrloop-lessons")
+    rendered = {stage: background.submit(render, index, stage) for index, stage in enumerate(stages, start=1) if index > 1}
+    background.shutdown(wait=False)
     synth_seconds = time.perf_counter() - synth_started
 
     base, samples_before = str(checkpoint), 0
@@ -96,6 +107,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
     for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
         stage_started = time.perf_counter()
+        if stage in rendered:
+            rendered[stage].result()  # raises what rendering raised
+        waited = time.perf_counter() - stage_started
         validation = Dataset.open(stage_heldout[stage], data)
         training = TrainingConfig(mode="full", max_steps=stage_steps, batch_size=batch, gradient_accumulation_steps=1,
                                   learning_rate=rate, warmup_steps=min(100, stage_steps // 10), weight_decay=0.01,
@@ -125,7 +139,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             "loss_by_step": card["metrics"]["loss_by_step"],
             "page_check_seconds": speed["prepare_seconds"], "train_seconds": speed["train_seconds"],
             "steady_samples_per_second": speed.get("steady_samples_per_second"),
-            "stage_seconds": time.perf_counter() - stage_started,
+            "stage_seconds": time.perf_counter() - stage_started, "waited_for_lessons_seconds": waited,
             "heldout_pages_after": {"cer": after["strip_markdown"]["cer"], "plain_cer": after["plain"]["cer"]},
         })
         log(f"stage {stage}: held-out {stage} CER {card['metrics']['validation'][-1]['cer']:.2%}, "

@@ -570,12 +570,15 @@ def render_in_processes(render, options, staging: str, workers: int, progress=No
     """``render(options, staging)`` shared among ``workers`` processes: each renders its share of ``options.n``
     from seed ``options.seed * 1000 + worker``; the documents come back in worker order. ``progress`` is called
     with the number rendered so far."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     shares = [options.n // workers + (1 if w < options.n % workers else 0) for w in range(workers)]
     jobs = [replace(options, n=share, seed=options.seed * 1000 + w) for w, share in enumerate(shares) if share]
     incoming: list[IncomingDocument] = []
-    with ProcessPoolExecutor(len(jobs)) as pool:
+    # Not fork: the caller may have threads (bench pretrain renders while it trains), and a forked child would
+    # inherit whatever locks they hold.
+    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("forkserver")) as pool:
         for part in pool.map(render, jobs, [staging] * len(jobs)):
             incoming += part
             if progress:

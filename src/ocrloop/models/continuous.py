@@ -56,6 +56,11 @@ class ContinuousDecoder:
         return sum(row is not None for row in self._rows)
 
     @property
+    def tags(self) -> list[Hashable]:
+        """The tags of the pages in the cache."""
+        return [row.tag for row in self._rows if row is not None]
+
+    @property
     def free(self) -> int:
         return self.slots - self.active
 
@@ -140,7 +145,7 @@ class ContinuousDecoder:
 
     def abandon(self) -> list[Hashable]:
         """Drop every page in the cache and the cache itself (after a step failed); return the pages' tags."""
-        tags = [row.tag for row in self._rows if row is not None]
+        tags = self.tags
         self._rows = [None] * self.slots
         self._cache, self._valid, self._column, self._step_call = None, None, 0, None
         return tags
