@@ -23,6 +23,7 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     assert samples == [0, 24, 48, 60]  # steps x batch of the stages before
     for stage in results["stages"]:
         assert stage["curve"] and 0 <= stage["heldout_pages_after"]["cer"]
+        assert stage["waited_for_lessons_seconds"] >= 0  # later stages' lessons render while earlier ones train
     for key in ("heldout_pages", "blind_control"):
         scored = results[key]
         assert scored["pages"] == 4
