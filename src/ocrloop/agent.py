@@ -142,11 +142,10 @@ class OCRAgent:
 
     def decoder(self, slots: int, *, prompt: str | None = None, resolution: str | None = None) -> Any:
         """The ``ContinuousDecoder`` of ``slots`` pages this agent reads with at this prompt and resolution (one per
-        pair, kept with the agent), or None where pages cannot join a running decode: Tesseract, a family whose
-        positions follow the image, a model without ``fast_decode``, or ``serve.continuous_batching`` off."""
+        pair, kept with the agent), or None where pages cannot join a running decode: Tesseract, a model without
+        ``fast_decode``, or ``serve.continuous_batching`` off."""
         bundle = self.bundle
-        if not (self.config.serve.continuous_batching and getattr(bundle, "fast_decode", False)
-                and bundle.family.continuous_decoding):
+        if not (self.config.serve.continuous_batching and getattr(bundle, "fast_decode", False)):
             return None
         from ocrloop.models.continuous import ContinuousDecoder
 

@@ -170,8 +170,7 @@ class ServeConfig(_Section):
                            "first batch of each shape compiles).")
     continuous_batching: bool = Field(
         True, description="With fast_decode, a page joins the running decode at its next step and leaves it when it "
-                          "finishes, instead of waiting for a whole batch (DeepSeek-OCR families; Qwen2.5-VL reads in "
-                          "batches).")
+                          "finishes, instead of waiting for a whole batch (also ocrloop ocr --fast-decode).")
     champion_check_seconds: float = Field(2.0, gt=0, le=86_400, description="How often a promotion is looked for; the new champion is loaded, then swapped in.")
 
 

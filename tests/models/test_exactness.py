@@ -78,7 +78,7 @@ def sharpened(model):
     return model
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if "deepseek" in p])
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("with_adapter", [False, True], ids=["base", "adapter"])
 def test_pages_joining_a_running_decode_read_exactly_what_plain_generation_reads(preset, with_adapter, adapters, pages):
     model = sharpened(load_model(adapters[preset] if with_adapter else preset, backend="hf"))
@@ -110,12 +110,6 @@ def test_pages_join_mid_decode_and_leave_when_they_finish(tiny_presets, pages):
     assert [tag for tag, _ in finished] == ["first", "second"]  # six tokens each, the first had two steps' start
     with pytest.raises(ValueError, match="5 pages for 4 free slots"):
         decoder.admit(prepared + prepared[:1], list(range(5)))
-
-
-def test_qwen_does_not_decode_continuously(tiny_presets):
-    model = load_model("tiny-qwen2.5-vl", backend="hf")
-    with pytest.raises(ModelError, match="qwen2.5-vl does not decode continuously"):
-        ContinuousDecoder(model, ReadingSettings(), slots=2)
 
 
 def test_fast_decoding_off_the_hf_backend_is_refused_with_the_fix(tiny_presets):

@@ -292,8 +292,6 @@ class OCRFamily:
     feature_input_keys: ClassVar[tuple[str, ...]] = ()
     resolutions: ClassVar[tuple[str, ...]] = tuple(RESOLUTIONS)
     unsloth_supported: ClassVar[bool] = True  # False: Unsloth cannot patch it; ``auto`` picks the hf backend
-    # True: its text positions are plain 1-D counts, so pages can join a running decode (models.continuous).
-    continuous_decoding: ClassVar[bool] = False
     # Module-name patterns (regex alternatives over the full module path) per LoRA target group.
     lora_patterns: ClassVar[dict[str, str | None]] = {}  # None: the group has no modules in this family
     # Substrings of parameter names that belong to the vision tower and projector.
@@ -360,6 +358,16 @@ class OCRFamily:
             return EncodedExample(prompt_ids, [IGNORE_INDEX] * len(prompt_ids), vision, image_tokens)
         answer = bundle.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.stop_token_ids(bundle.tokenizer)[0]]
         return EncodedExample(prompt_ids + answer, [IGNORE_INDEX] * len(prompt_ids) + answer, vision, image_tokens)
+
+    def prefill_positions(self, bundle: "OCRModel", batch: dict[str, Any]) -> tuple[torch.Tensor, list[int]]:
+        """The position ids of a left-padded batch of prompts (CPU tensors) as ``generate`` numbers them, and for
+        each page what its decode positions add to its token count (non-zero where image tokens shift later text)."""
+        mask = batch["attention_mask"]
+        return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0), [0] * mask.shape[0]
+
+    def decode_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """The position ids of one decode step from each page's position (``[pages, 1]``)."""
+        return positions
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         return [tokenizer.eos_token_id]

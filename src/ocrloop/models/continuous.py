@@ -11,9 +11,8 @@ joined at different times sit in different columns of their rows:
 * when the write position reaches the end of the cache, every row is shifted left by the columns no page still
   needs (``_compact``).
 
-The text is what plain greedy ``generate`` reads (tested on the tiny presets): the same positions, the same
-masked attention, the same stop tokens. Families whose positions depend on the image's layout (Qwen2.5-VL's 3-D
-positions) do not decode here (``OCRFamily.continuous_decoding``).
+The text is what plain greedy ``generate`` reads (tested on the tiny presets of every family): the same positions
+(``OCRFamily.prefill_positions``: Qwen2.5-VL's 3-D ones too), the same masked attention, the same stop tokens.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from ocrloop.models.reading import ReadingSettings
 @dataclass
 class _Slot:
     tag: Hashable
-    position: int  # the position of the next token: the page's tokens so far
+    position: int  # the position of the next token: the page's tokens so far (plus its family's offset)
     tokens: list[int] = field(default_factory=list)
 
 
@@ -38,8 +37,6 @@ class ContinuousDecoder:
     """Greedy decoding of up to ``slots`` pages at once, pages admitted and finished at any step."""
 
     def __init__(self, bundle: OCRModel, reading: ReadingSettings, slots: int):
-        if not bundle.family.continuous_decoding:
-            raise ModelError(f"{bundle.family.name} does not decode continuously (its positions follow the image)")
         if bundle.backend != "hf":
             raise ModelError(f"continuous decoding needs the hf backend, and this model was loaded with {bundle.backend}")
         self.bundle, self.reading, self.slots = bundle, reading, slots
@@ -76,7 +73,7 @@ class ContinuousDecoder:
                         tokenizer=bundle.tokenizer, dtype=bundle.dtype, pad_to_multiple=FAST_DECODE_LENGTH_STEP)
         batch.pop("labels")
         mask = batch["attention_mask"]
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate numbers left-padded prompts
+        positions, offsets = bundle.family.prefill_positions(bundle, batch)
         batch = to_device(batch, bundle.device)
         prompt_length = mask.shape[1]
         with bundle.active(), bundle.family.bounded_vision_memory(bundle.model):
@@ -95,8 +92,8 @@ class ContinuousDecoder:
         self._valid[index] = False
         self._valid[index, start:self._column] = mask.to(self._valid.device, torch.bool)
         finished = []
-        for row, tag, token, length in zip(rows, tags, first, mask.sum(-1).tolist()):
-            self._rows[row] = _Slot(tag, position=length, tokens=[token])
+        for row, tag, token, length, offset in zip(rows, tags, first, mask.sum(-1).tolist(), offsets):
+            self._rows[row] = _Slot(tag, position=length + offset, tokens=[token])
             if self._done(self._rows[row]):
                 finished.append(self._finish(row))
         return finished
@@ -111,7 +108,8 @@ class ContinuousDecoder:
         bundle, device = self.bundle, self._valid.device
         pad = bundle.tokenizer.pad_token_id
         tokens = torch.tensor([[row.tokens[-1] if row else pad] for row in self._rows], device=device)
-        positions = torch.tensor([[row.position if row else 0] for row in self._rows], device=device)
+        positions = bundle.family.decode_position_ids(
+            torch.tensor([[row.position if row else 0] for row in self._rows], device=device))
         self._valid[:, self._column] = True  # each row sees its own token; idle rows see only theirs
         for layer in self._cache.layers:  # where this step writes (the cache counts on by itself after)
             if int(layer.cumulative_length) != self._column:

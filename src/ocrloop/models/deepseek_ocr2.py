@@ -32,7 +32,6 @@ class DeepseekOcr2Family(OCRFamily):
     pixel_keys = ("pixel_values", "pixel_values_local")
     feature_input_keys = ("pixel_values", "pixel_values_local", "num_local_patches")
     resolutions = tuple(_MODES)
-    continuous_decoding = True
     vision_parameter_markers = ("vision_tower.", "multi_modal_projector.", "view_separator")
     lora_patterns = {
         "attention": r".*language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",

@@ -168,6 +168,17 @@ class Qwen25VLFamily(OCRFamily):
         image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         batch["mm_token_type_ids"] = (batch["input_ids"] == image_token_id).to(torch.int32)
 
+    def prefill_positions(self, bundle: OCRModel, batch: dict[str, Any]) -> tuple[torch.Tensor, list[int]]:
+        # generate's four rows: the text positions (for the mask), then the model's 3-D ones; decode positions run
+        # on from the last 3-D position, ``rope_deltas`` past the token count.
+        text, _ = super().prefill_positions(bundle, batch)
+        spatial, deltas = _inner_model(bundle.model).get_rope_index(
+            batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+        return torch.cat([text[None], spatial]), deltas.flatten().tolist()
+
+    def decode_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions[None].expand(3, -1, -1)  # text tokens: the same position on all three axes
+
     def add_training_layout(self, bundle: OCRModel, batch: dict[str, Any]) -> None:
         """The text's 3-D positions (the model's ``get_rope_index``), and the vision tower's patch positions, attention
         spans and windows (transformers' own ``vision_utils``, which the tower takes precomputed as ``image_*``
