@@ -45,6 +45,7 @@ class ContinuousDecoder:
         self._cache: Any = None
         self._valid: torch.Tensor | None = None  # [slots, columns]: what each row may attend to
         self._column = 0  # the next column a decode step writes
+        self._cache_counter = 0  # where the cache's own write counter stands (kept here: reading it would sync)
         self._step_call = None
         self.compactions = 0  # times the rows were shifted left
 
@@ -111,13 +112,14 @@ class ContinuousDecoder:
         positions = bundle.family.decode_position_ids(
             torch.tensor([[row.position if row else 0] for row in self._rows], device=device))
         self._valid[:, self._column] = True  # each row sees its own token; idle rows see only theirs
-        for layer in self._cache.layers:  # where this step writes (the cache counts on by itself after)
-            if int(layer.cumulative_length) != self._column:
+        if self._cache_counter != self._column:  # the cache counts on by itself from one step to the next
+            for layer in self._cache.layers:
                 layer.cumulative_length.fill_(self._column)
         with bundle.active():
             logits = self._forward()(input_ids=tokens, attention_mask=self._valid, position_ids=positions,
                                      past_key_values=self._cache, use_cache=True, logits_to_keep=1).logits
         self._column += 1
+        self._cache_counter = self._column
         chosen = logits[:, -1].argmax(-1).tolist()
         finished = []
         for index, row in enumerate(self._rows):
@@ -173,7 +175,7 @@ class ContinuousDecoder:
             for new, old in zip(cache.layers, self._cache.layers):
                 new.keys[:, :, :kept], new.values[:, :, :kept] = old.keys, old.values
             valid[:, :kept] = self._valid
-        self._cache, self._valid, self._step_call = cache, valid, None
+        self._cache, self._valid, self._step_call, self._cache_counter = cache, valid, None, 0
 
     def _compact(self) -> None:
         """Shift every row left by the columns no page in the cache still attends to."""
