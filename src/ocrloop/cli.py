@@ -144,7 +144,7 @@ def bench_ocr_command(settings: BenchOcrSettings | None = None) -> None:
         return
     bench_ocr(settings.out, family=settings.family, size=settings.size, resolution=settings.resolution,
               batch_sizes=tuple(settings.batch_sizes), pages=settings.pages,
-              cache_implementation="static" if settings.cache == "static" else None,
+              cache_implementation={"static": "static", "dynamic": None, "continuous": "continuous"}[settings.cache],
               tokens_per_page=settings.tokens_per_page, profile_tokens=settings.profile_tokens, experts=settings.experts,
               work=settings.work,
               progress=lambda line: notices.print(line, markup=False))

@@ -22,6 +22,18 @@ def test_bench_ocr_forces_page_lengths_and_splits_the_time(tmp_path):
         assert all(isinstance(value, float) and math.isfinite(value) for value in split.values())
 
 
+def test_bench_ocr_reads_through_the_continuous_decoder_at_forced_lengths(tmp_path):
+    out = tmp_path / "ocr.json"
+    run_cli("bench", "ocr", "--out", str(out), "--size", "tiny", "--resolution", "small", "--batch-sizes", "3",
+            "--pages", "3", "--tokens-per-page", "5", "--cache", "continuous", "--work", str(tmp_path / "work"), check=True)
+    results = json.loads(out.read_text())
+    assert results["workload"]["cache_implementation"] == "continuous"
+    entry = results["batch_sizes"]["3"]
+    # every page ran to its five tokens (the bench refuses a result where one stopped early)
+    assert entry["status"] == "succeeded" and entry["mean_new_tokens_per_page"] == 5 and entry["pages"] == 3
+    assert list((tmp_path / "work" / "checkpoints").glob("*-never-stopping"))
+
+
 def test_experts_kept_on_grouped_gemms_read_the_same_text(tiny_presets):
     """``--experts grouped_mm`` changes how MoE experts are computed while decoding, never what is read."""
     from PIL import Image

@@ -10,7 +10,7 @@ from tests.conftest import run_cli
 
 @pytest.mark.parametrize("family", ["deepseek-ocr-2", "qwen2.5-vl"])
 def test_the_never_stopping_copy_always_prefers_another_token_to_a_stop(family, tmp_path):
-    from ocrloop.bench.serve_load import never_stopping_copy
+    from ocrloop.bench.ocr import never_stopping_copy
     from ocrloop.models import FAMILIES, load_model
 
     original = FAMILIES[family]().build_random(tmp_path / "original", size="tiny")

@@ -7,7 +7,9 @@ runs as long as its longest page, as real batched generation does. Reported per 
 seconds per page (for batch 1, the latency of one page), generated tokens/s and peak VRAM, and where one
 batch's time goes: the vision tower alone, prefill (a 1-token generation less the tower; it includes preparing
 the pages on the CPU, also timed alone) and decode per token (the rest, over the remaining tokens). Random weights
-measure speed, never accuracy.
+measure speed, never accuracy. With ``cache_implementation="continuous"`` each batch is read through ocrloop's
+continuous decoder (``models.continuous``, a slot per page), from a copy of the model whose stop tokens are never
+chosen, so that every page runs to its length there too.
 
 Under torchrun every process reads its own ``pages`` pages on its own GPU (the same work per GPU), and a batch
 size's rate is all their pages over the slowest process's time. ``bench_ocr_processes`` runs the whole bench at
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,7 +33,8 @@ from ocrloop import distributed
 from ocrloop.atomic import atomic_write_json
 from ocrloop.bench.train import prepare
 from ocrloop.data.dataset import Dataset
-from ocrloop.models import load_model
+from ocrloop.models import FAMILIES, load_model
+from ocrloop.models.continuous import ContinuousDecoder
 from ocrloop.models.experts import use_experts
 from ocrloop.models.reading import ReadingSettings
 
@@ -57,6 +61,9 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
     processes = distributed.world_size()
     dataset = Dataset.open(workspace.config.dataset_dir, workspace.config.data)
     examples = dataset.examples("train")
+    continuous = cache_implementation == "continuous"
+    if continuous:  # the decoder stops at stop tokens only: a copy that never writes one reads every page to its limit
+        checkpoint = never_stopping_copy(checkpoint, work / "checkpoints" / f"{checkpoint.name}-never-stopping", family)
     bundle = load_model(str(checkpoint), backend="hf")
     bundle.model.eval()
     if experts != "default":
@@ -82,8 +89,20 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
             torch.cuda.synchronize()
         return time.perf_counter() - started
 
+    decoders: dict[tuple[int, int], ContinuousDecoder] = {}
+
     def read(chunk, tokens: int | None = None) -> tuple[float, int]:
         tokens = tokens or tokens_per_page or max(math.ceil(len(example.text) / chars_per_token) for example, _ in chunk)
+        if continuous:
+            key = (len(chunk), tokens)
+            if key not in decoders:
+                decoders[key] = ContinuousDecoder(bundle, ReadingSettings(resolution, "markdown", tokens), len(chunk))
+            decoder, before = decoders[key], decoders[key].generated_tokens
+            seconds = timed(lambda: decoder.read([bundle.prepare(image, decoder.reading) for _, image in chunk]))
+            if decoder.generated_tokens - before != tokens * len(chunk):
+                raise RuntimeError(f"the never-stopping copy stopped early: {decoder.generated_tokens - before} tokens "
+                                   f"for {len(chunk)} pages of {tokens}")
+            return seconds, tokens
         seconds = timed(lambda: bundle.generate([image for _, image in chunk], resolution=resolution, max_new_tokens=tokens,
                                                 min_new_tokens=tokens, cache_implementation=cache_implementation))
         return seconds, tokens
@@ -186,6 +205,34 @@ def bench_ocr_processes(out: Path, argv: list[str], processes: tuple[int, ...], 
 
 
 @torch.no_grad()
+def never_stopping_copy(checkpoint: Path, destination: Path, family: str) -> Path:
+    """``checkpoint`` copied to ``destination`` with the output rows of its stop tokens set to zero (random weights
+    only: the copy then always generates up to its token limit). Files other than the weights are linked."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    if (destination / "config.json").is_file():
+        return destination
+    stops = FAMILIES[family]().stop_token_ids(AutoTokenizer.from_pretrained(str(checkpoint)))
+    index = checkpoint / "model.safetensors.index.json"
+    shards = (json.loads(index.read_text())["weight_map"] if index.is_file()
+              else dict.fromkeys(load_file(str(checkpoint / "model.safetensors")), "model.safetensors"))
+    # The output projection, or the token embeddings where the two are tied.
+    head = next((name for name in shards if name.endswith("lm_head.weight")), None) or \
+        next(name for name in shards if name.endswith("embed_tokens.weight"))
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for item in checkpoint.iterdir():
+        if item.name != shards[head] and item.is_file():
+            (partial / item.name).symlink_to(item.resolve())
+    tensors = load_file(str(checkpoint / shards[head]))
+    tensors[head][stops] = torch.zeros_like(tensors[head][stops])
+    save_file(tensors, str(partial / shards[head]), metadata={"format": "pt"})
+    partial.rename(destination)
+    return destination
+
+
 def _vision_seconds(bundle, images, resolution: str, timed) -> float:
     """Seconds the vision tower (and projector) takes for ``images`` alone, as generation would run it."""
     from ocrloop.models.base import collate, to_device

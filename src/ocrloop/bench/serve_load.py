@@ -31,41 +31,12 @@ import httpx
 import psutil
 
 from ocrloop.atomic import atomic_write_json
+from ocrloop.bench.ocr import never_stopping_copy
 from ocrloop.bench.soak import _percentile, running_service
 from ocrloop.bench.train import prepare
 from ocrloop.config import save_config
 from ocrloop.data.dataset import Dataset
 from ocrloop.errors import OcrloopError
-from ocrloop.models import FAMILIES
-
-
-def never_stopping_copy(checkpoint: Path, destination: Path, family: str) -> Path:
-    """``checkpoint`` copied to ``destination`` with the output rows of its stop tokens set to zero (random weights
-    only: the copy then always generates up to its token limit). Files other than the weights are linked."""
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
-
-    if (destination / "config.json").is_file():
-        return destination
-    stops = FAMILIES[family]().stop_token_ids(AutoTokenizer.from_pretrained(str(checkpoint)))
-    index = checkpoint / "model.safetensors.index.json"
-    shards = (json.loads(index.read_text())["weight_map"] if index.is_file()
-              else dict.fromkeys(load_file(str(checkpoint / "model.safetensors")), "model.safetensors"))
-    # The output projection, or the token embeddings where the two are tied.
-    head = next((name for name in shards if name.endswith("lm_head.weight")), None) or \
-        next(name for name in shards if name.endswith("embed_tokens.weight"))
-    partial = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for item in checkpoint.iterdir():
-        if item.name != shards[head] and item.is_file():
-            (partial / item.name).symlink_to(item.resolve())
-    tensors = load_file(str(checkpoint / shards[head]))
-    tensors[head][stops] = torch.zeros_like(tensors[head][stops])
-    save_file(tensors, str(partial / shards[head]), metadata={"format": "pt"})
-    partial.rename(destination)
-    return destination
 
 
 class _GpuMemory:

@@ -52,7 +52,9 @@ class BenchOcrSettings(_ArchitectureBench):
     resolution: Resolution = Field("base", description="Resolution mode of the pages.")
     batch_sizes: list[int] = Field([1, 8, 32], min_length=1, description="Batch sizes to measure.")
     pages: int = Field(32, ge=1, le=100_000, description="Pages read per batch size above 1.")
-    cache: Literal["static", "dynamic"] = Field("static", description="KV cache: static (compiled decode) or dynamic.")
+    cache: Literal["static", "dynamic", "continuous"] = Field(
+        "static", description="KV cache: static (compiled decode), dynamic, or continuous (ocrloop's continuous decoder, "
+                              "a slot per page of the batch, read from a copy of the model that never stops early).")
     tokens_per_page: int | None = Field(None, ge=2, le=16_384, description="Make every page generate exactly this many "
                                                                            "tokens (default: as many as its text takes).")
     experts: Literal["default", "grouped_mm", "padded"] = Field(

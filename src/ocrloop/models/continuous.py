@@ -48,6 +48,7 @@ class ContinuousDecoder:
         self._cache_counter = 0  # where the cache's own write counter stands (kept here: reading it would sync)
         self._step_call = None
         self.compactions = 0  # times the rows were shifted left
+        self.generated_tokens = 0  # of the pages finished so far, stop tokens included
 
     @property
     def active(self) -> int:
@@ -155,6 +156,7 @@ class ContinuousDecoder:
 
     def _finish(self, index: int) -> tuple[Hashable, str]:
         row, self._rows[index] = self._rows[index], None
+        self.generated_tokens += len(row.tokens)
         text = self.bundle.tokenizer.decode(row.tokens, skip_special_tokens=True)
         return row.tag, self.bundle.family.clean_output(text)
 
