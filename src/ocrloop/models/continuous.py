@@ -161,11 +161,13 @@ class ContinuousDecoder:
         return row.tag, self.bundle.family.clean_output(text)
 
     def _ensure_cache(self, prompt_length: int, prefill: Any) -> None:
-        """A cache of twice the columns a page of ``prompt_length`` needs (a page can join at any step; rows are
-        shifted left at most once per page's length); a bigger one, keeping what is in it, for a longer prompt."""
+        """A cache with room for a prompt of ``prompt_length`` and two pages' output: after a shift left, the oldest
+        page still decoding started at most a prompt and an output ago, so a new page always fits behind it (and
+        every column more is read by every step's attention). A bigger one, keeping what is in it, for a longer
+        prompt."""
         from transformers import StaticCache
 
-        columns = 2 * (prompt_length + self.reading.max_new_tokens)
+        columns = prompt_length + 2 * self.reading.max_new_tokens
         if self._cache is not None and self._valid.shape[1] >= columns:
             return
         cache = StaticCache(config=self.bundle.model.config, max_cache_len=columns)
