@@ -92,7 +92,9 @@ def test_pages_joining_a_running_decode_read_exactly_what_plain_generation_reads
     decoder = ContinuousDecoder(model, reading, slots=1)
     many = prepared * 6
     assert decoder.read(many) == plain * 6
-    assert decoder.compactions >= 1
+    assert decoder.compactions >= 1 and decoder.cache_bytes > 0
+    decoder.release()
+    assert decoder.cache_bytes == 0 and decoder.read(prepared[:1]) == plain[:1]  # a new cache after the release
 
 
 def test_pages_join_mid_decode_and_leave_when_they_finish(tiny_presets, pages):

@@ -55,6 +55,7 @@ def test_pages_from_many_threads_join_the_running_decode_and_read_what_batches_r
         batcher.close()
     decoder = agent.decoder(2, **READ)
     assert decoder is not None and decoder.active == 0
+    assert decoder.cache_bytes == 0  # idle: its cache's memory given back
     # five pages through two slots: at least three admissions, never more than two pages decoding together
     assert len(in_decode) >= 3 and max(in_decode) <= 2
 

@@ -77,3 +77,50 @@ def test_the_service_with_fast_decoding_reads_what_it_reads_without(looped_works
         agent = fast.named(name)
         assert agent.bundle.fast_decode
         assert agent.read(pages, prompt="ocr", resolution="tiny") == plain.named(name).read(pages, prompt="ocr", resolution="tiny")
+
+
+def test_two_adapters_of_one_base_decode_side_by_side_each_as_if_alone(looped_workspace, tmp_path):
+    """Continuous batching with two model versions that share a base: the batcher steps one decoder, then the
+    other, switching the shared model's adapter each step; each version's pages read what that version reads alone."""
+    import threading
+
+    from ocrloop.serve.batcher import PageBatcher
+
+    root = tmp_path / "ws"
+    shutil.copytree(looped_workspace, root)
+    config = apply_overrides(Workspace.load(root).config, {"serve.fast_decode": True, "serve.continuous_batching": True})
+    with Registry(config.registry_location) as registry:
+        adapters = [m for m in registry.models()
+                    if Path(m["path"]).is_dir() and (read_model_card(Path(m["path"])) or {}).get("kind") == "adapter"]
+    dataset = Dataset.open(config.dataset_dir, config.data)
+    pages = [image for _, image in dataset.iter_images(dataset.examples("test")[:3])]
+    models = ChampionModels(config)
+    agents = [models.named(m["name"]) for m in adapters]
+    assert agents[0].bundle.model is agents[1].bundle.model
+    with torch.no_grad():  # a few tiny training steps hardly move greedy text: make the second adapter count
+        for name, parameter in agents[1].bundle.model.named_parameters():
+            if f"lora_B.{agents[1].bundle.adapter}." in name:
+                parameter.mul_(30)
+    # what each version reads by plain generation, one page at a time
+    expected = {agent.model_name: [agent.bundle.generate([page], prompt="ocr", resolution="tiny",
+                                                         max_new_tokens=agent.reading.max_new_tokens)[0] for page in pages]
+                for agent in agents}
+    batcher = PageBatcher(max_batch_pages=2, max_wait_seconds=0.01)
+    futures: dict[str, list] = {agent.model_name: [None] * len(pages) for agent in agents}
+
+    def send(agent, index):
+        futures[agent.model_name][index] = batcher.submit(agent, agent.prepare(pages[index], prompt="ocr", resolution="tiny"),
+                                                          "ocr", "tiny")
+
+    threads = [threading.Thread(target=send, args=(agent, index)) for agent in agents for index in range(len(pages))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        read = {name: [future.result(timeout=300) for future in sent] for name, sent in futures.items()}
+    finally:
+        batcher.close()
+    assert all(agent.decoder(2, prompt="ocr", resolution="tiny") is not None for agent in agents)
+    assert read == expected
+    assert read[agents[0].model_name] != read[agents[1].model_name]  # the two versions really read differently

@@ -60,6 +60,13 @@ class ContinuousDecoder:
         return [row.tag for row in self._rows if row is not None]
 
     @property
+    def cache_bytes(self) -> int:
+        """Memory the KV cache holds (0 once released)."""
+        if self._cache is None:
+            return 0
+        return sum(t.numel() * t.element_size() for layer in self._cache.layers for t in (layer.keys, layer.values))
+
+    @property
     def free(self) -> int:
         return self.slots - self.active
 
@@ -148,8 +155,13 @@ class ContinuousDecoder:
         """Drop every page in the cache and the cache itself (after a step failed); return the pages' tags."""
         tags = self.tags
         self._rows = [None] * self.slots
-        self._cache, self._valid, self._column, self._step_call = None, None, 0, None
+        self.release()
         return tags
+
+    def release(self) -> None:
+        """Give the cache's memory back while no page decodes (the next ``admit`` makes a new one)."""
+        if not self.active:
+            self._cache, self._valid, self._column, self._step_call = None, None, 0, None
 
     def _done(self, row: _Slot) -> bool:
         return row.tokens[-1] in self.stop_ids or len(row.tokens) >= self.reading.max_new_tokens

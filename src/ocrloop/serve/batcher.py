@@ -142,13 +142,15 @@ class PageBatcher:
             self.on_batch(decoder.active)
 
     def _deliver(self, decoder: Any, finished: list[tuple[int, str]], admitted: list[_Page] = ()) -> None:
-        """Record pages just admitted to ``decoder`` and resolve those that ``finished``; forget an idle decoder."""
+        """Record pages just admitted to ``decoder`` and resolve those that ``finished``; an idle decoder is forgotten
+        and gives its cache's memory back (one per model version, prompt and mode would otherwise stay)."""
         running = self._decoding.setdefault(decoder, {})
         running.update((id(page), page) for page in admitted)
         for tag, text in finished:
             running.pop(tag).future.set_result(text)
         if not running:
             del self._decoding[decoder]
+            decoder.release()
 
     def _read(self, batch: list[_Page]) -> None:
         first = batch[0]
