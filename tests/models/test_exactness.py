@@ -97,6 +97,25 @@ def test_pages_joining_a_running_decode_read_exactly_what_plain_generation_reads
     assert decoder.cache_bytes == 0 and decoder.read(prepared[:1]) == plain[:1]  # a new cache after the release
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_decode_step_is_traced_once_whatever_joins_or_leaves(preset, tiny_presets, pages):
+    """On a GPU the step is compiled into CUDA graphs; a graph break or a recompilation at some admission, finish or
+    shift would make every such step slow. Traced here without a GPU (the eager backend), in one graph, and never
+    again over 12 pages through two slots, rows shifted left on the way."""
+    model = load_model(preset, backend="hf")
+    model.enable_fast_decode()
+    reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION[preset], max_new_tokens=12)
+    prepared = [model.prepare(page, reading) for page in pages] * 3
+    plain = model.generate(pages, prompt="ocr", resolution=reading.resolution, max_new_tokens=12) * 3
+    decoder = ContinuousDecoder(model, reading, slots=2)
+    torch._dynamo.reset()  # what other models traced through the same code would count as recompilations
+    compiled = torch.compile(model.model.__call__, backend="eager", fullgraph=True, dynamic=False)
+    decoder._forward = lambda: compiled
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert decoder.read(prepared) == plain
+    assert decoder.compactions >= 1
+
+
 def test_pages_join_mid_decode_and_leave_when_they_finish(tiny_presets, pages):
     model = load_model("tiny-deepseek-ocr-2", backend="hf")
     reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION["tiny-deepseek-ocr-2"], max_new_tokens=6)
