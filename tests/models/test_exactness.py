@@ -101,7 +101,7 @@ def test_pages_joining_a_running_decode_read_exactly_what_plain_generation_reads
 def test_the_decode_step_is_traced_once_whatever_joins_or_leaves(preset, tiny_presets, pages):
     """On a GPU the step is compiled into CUDA graphs; a graph break or a recompilation at some admission, finish or
     shift would make every such step slow. Traced here without a GPU (the eager backend), in one graph, and never
-    again over 12 pages through two slots, rows shifted left on the way."""
+    again over 12 pages through two slots, rows shifted left on the way, nor after the cache was released."""
     model = load_model(preset, backend="hf")
     model.enable_fast_decode()
     reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION[preset], max_new_tokens=12)
@@ -113,6 +113,8 @@ def test_the_decode_step_is_traced_once_whatever_joins_or_leaves(preset, tiny_pr
     decoder._forward = lambda: compiled
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert decoder.read(prepared) == plain
+        decoder.release()  # an idle decoder's new cache later on is no new graph either
+        assert decoder.read(prepared[:2]) == plain[:2]
     assert decoder.compactions >= 1
 
 
