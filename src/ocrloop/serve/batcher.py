@@ -3,7 +3,7 @@
 Pages arrive prepared (``OCRAgent.prepare``: resized, normalized, the prompt's ids) by the threads that submit
 them, so the worker only runs the model: the CPU work of the next pages overlaps the GPU work of this batch.
 
-Where the agent decodes continuously (``OCRAgent.decoder``: ``serve.fast_decode`` on a DeepSeek-OCR model), a page
+Where the agent decodes continuously (``OCRAgent.decoder``: ``serve.fast_decode`` with continuous batching), a page
 joins the running decode at its next step and its answer leaves the step it finishes: a short page never waits for
 a long one, and no page waits for a batch to end. Pages that arrive while pages decode are admitted together once
 they fill the free slots or the oldest has waited ``max_wait_seconds``.
