@@ -118,6 +118,14 @@ def test_the_decode_step_is_traced_once_whatever_joins_or_leaves(preset, tiny_pr
     assert decoder.compactions >= 1
 
 
+def test_a_cache_that_cannot_be_allocated_is_refused_with_its_size_and_the_settings_to_lower(tiny_presets, pages):
+    model = load_model("tiny-deepseek-ocr-2", backend="hf")
+    reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION["tiny-deepseek-ocr-2"], max_new_tokens=2**36)
+    decoder = ContinuousDecoder(model, reading, slots=4)
+    with pytest.raises(ModelError, match=r"does not fit: [\d.]+ GiB for 4 pages of \d+ tokens.*serve.max_batch_pages"):
+        decoder.admit([model.prepare(pages[0], reading)], ["page"])
+
+
 def test_pages_join_mid_decode_and_leave_when_they_finish(tiny_presets, pages):
     model = load_model("tiny-deepseek-ocr-2", backend="hf")
     reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION["tiny-deepseek-ocr-2"], max_new_tokens=6)

@@ -182,10 +182,21 @@ class ContinuousDecoder:
         columns = prompt_length + 2 * self.reading.max_new_tokens
         if self._cache is not None and self._valid.shape[1] >= columns:
             return
+        layers = _prefill_layers(prefill)
+        size = self.slots * columns * sum(k[0, :, 0].numel() * k.element_size() + v[0, :, 0].numel() * v.element_size()
+                                           for k, v in layers)
         cache = StaticCache(config=self.bundle.model.config, max_cache_len=columns)
-        for layer, (keys, values) in zip(cache.layers, _prefill_layers(prefill)):
-            layer.lazy_initialization(keys[:1].expand(self.slots, -1, -1, -1), values[:1].expand(self.slots, -1, -1, -1))
-        valid = torch.zeros(self.slots, columns, dtype=torch.bool, device=self.bundle.device)
+        try:
+            for layer, (keys, values) in zip(cache.layers, layers):
+                layer.lazy_initialization(keys[:1].expand(self.slots, -1, -1, -1), values[:1].expand(self.slots, -1, -1, -1))
+            valid = torch.zeros(self.slots, columns, dtype=torch.bool, device=self.bundle.device)
+        except (torch.OutOfMemoryError, RuntimeError) as error:  # the CPU allocator raises a RuntimeError
+            if not isinstance(error, torch.OutOfMemoryError) and "alloc" not in str(error):
+                raise
+            raise ModelError(f"the KV cache for continuous batching does not fit: {size / 2**30:.1f} GiB for "
+                             f"{self.slots} pages of {columns} tokens (a {prompt_length}-token prompt and twice "
+                             f"{self.reading.max_new_tokens} new tokens); lower serve.max_batch_pages or "
+                             "training.max_new_tokens, or turn serve.continuous_batching off") from None
         if self._cache is not None:
             kept = self._valid.shape[1]
             for new, old in zip(cache.layers, self._cache.layers):
