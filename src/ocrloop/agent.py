@@ -225,7 +225,10 @@ class OCRAgent:
                     charged, finished = [], []
                 for key in charged:
                     spent[key] = spent.get(key, 0.0) + (time.perf_counter() - started) / len(charged)
-                read.update((key, (text, spent.pop(key), sizes.pop(key))) for key, text in finished)
+                for key, text in finished:  # a page of a document that failed meanwhile may finish after its chunk
+                    entry = (text, spent.pop(key), sizes.pop(key))
+                    if chunks and key[0] >= chunks[0][0]:
+                        read[key] = entry
                 while chunks and chunks[0][3] and all(
                         (chunks[0][0], index, page) in read for index, (_, counted) in enumerate(chunks[0][1])
                         if index not in chunks[0][2] for page in range(counted)):
