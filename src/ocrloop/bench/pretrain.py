@@ -77,9 +77,10 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     if not (checkpoint / "config.json").is_file():
         FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
     stage_data, stage_heldout = {}, {}
+    scrambled = {stage: settings.scrambled if stage in ("blocks", "pages") else 0.0 for stage in stages}
     for index, stage in enumerate(stages, start=1):
-        scrambled = settings.scrambled if stage in ("blocks", "pages") else 0.0
-        stage_data[stage] = work / (f"{stage}-{lessons[index - 1]}" + (f"-scrambled-{scrambled:g}" if scrambled else ""))
+        suffix = f"-scrambled-{scrambled[stage]:g}" if scrambled[stage] else ""
+        stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{suffix}"
         stage_heldout[stage] = work / f"heldout-{stage}-{heldout}"
         if stage != "pages" and not (stage_heldout[stage] / "annotations.json").is_file():
             synthesize_lessons(stage_heldout[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories), data)
@@ -90,8 +91,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     def render(index: int, stage: str) -> None:
         if not (stage_data[stage] / "annotations.json").is_file():
             log(f"rendering {lessons[index - 1]} {stage} lessons")
-            options = LessonOptions(stage, lessons[index - 1], seed=index, categories=categories,
-                                    scrambled=settings.scrambled if stage in ("blocks", "pages") else 0.0)
+            options = LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage])
             synthesize_lessons(stage_data[stage], options, data, settings.render_processes)
 
     # The first stage's lessons are rendered now; the later stages' in the background while the GPU trains the

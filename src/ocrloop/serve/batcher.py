@@ -28,6 +28,9 @@ from typing import Any, Callable
 from ocrloop.agent import OCRAgent
 
 
+_UNKNOWN = object()
+
+
 @dataclass
 class _Page:
     agent: OCRAgent
@@ -36,6 +39,7 @@ class _Page:
     resolution: str
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
+    decoder: Any = _UNKNOWN  # the agent's continuous decoder for it (None: read in batches), once looked up
 
     @property
     def key(self) -> tuple:
@@ -75,7 +79,10 @@ class PageBatcher:
         self._worker.join(timeout=30)
 
     def _decoder(self, page: _Page) -> Any:
-        return page.agent.decoder(self.max_batch_pages, prompt=page.prompt, resolution=page.resolution)
+        # Looked up once per page, on the worker thread: a page may wait through many decode steps.
+        if page.decoder is _UNKNOWN:
+            page.decoder = page.agent.decoder(self.max_batch_pages, prompt=page.prompt, resolution=page.resolution)
+        return page.decoder
 
     def _next_work(self) -> tuple[dict[Any, list[_Page]], list[_Page]] | None:
         """Pages to admit to each running decoder, and a batch to read; None once closed with nothing left."""
