@@ -244,8 +244,9 @@ def bench_pretrain_command(settings: BenchPretrainSettings | None = None) -> Non
     else:
         results = bench_pretrain(settings, console=notices)
     for stage in results["stages"]:
-        console.print(f"{stage['stage']}: {stage['steps']} steps, held-out {stage['stage']} CER {stage['curve'][-1]['cer']:.2%}, "
-                      f"held-out pages {stage['heldout_pages_after']['cer']:.2%}", markup=False)
+        after = stage["heldout_pages_after"]
+        console.print(f"{stage['stage']}: {stage['steps']} steps, held-out {stage['stage']} CER {stage['curve'][-1]['cer']:.2%}"
+                      + (f", held-out pages {after['cer']:.2%}" if after else ""), markup=False)
     pages, blind, tesseract = (results[k] for k in ("heldout_pages", "blind_control", "tesseract"))
     line = (f"held-out pages, markup ignored: CER {pages['strip_markdown']['cer']:.2%} (median page "
             f"{pages['strip_markdown']['median_page_cer']:.2%}); blank images {blind['strip_markdown']['cer']:.2%}")

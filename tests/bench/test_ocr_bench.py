@@ -31,6 +31,8 @@ def test_bench_ocr_reads_through_the_continuous_decoder_at_forced_lengths(tmp_pa
     entry = results["batch_sizes"]["3"]
     # every page ran to its five tokens (the bench refuses a result where one stopped early)
     assert entry["status"] == "succeeded" and entry["mean_new_tokens_per_page"] == 5 and entry["pages"] == 3
+    split = entry["time_split"]  # the admission is the first token, the steps after it the rest
+    assert split["batch_seconds"] > 0 and split["decode_seconds_per_token"] > 0
     assert list((tmp_path / "work" / "checkpoints").glob("*-never-stopping"))
 
 

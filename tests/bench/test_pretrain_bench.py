@@ -21,9 +21,12 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
                                                                                  "pages-8-scrambled-0.5"]
     samples = [s["samples_before"] for s in results["stages"]]
     assert samples == [0, 24, 48, 60]  # steps x batch of the stages before
-    for stage in results["stages"]:
+    assert results["stages"][0]["heldout_pages_after"] is None  # a glyph reader is not asked to write pages
+    for stage in results["stages"][1:]:
         assert stage["curve"] and 0 <= stage["heldout_pages_after"]["cer"]
         assert stage["waited_for_lessons_seconds"] >= 0  # later stages' lessons render while earlier ones train
+    # The last stage's read of the held-out pages is the final one.
+    assert results["stages"][-1]["heldout_pages_after"]["cer"] == results["heldout_pages"]["strip_markdown"]["cer"]
     for key in ("heldout_pages", "blind_control"):
         scored = results[key]
         assert scored["pages"] == 4
