@@ -88,15 +88,16 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     stage_heldout["pages"] = pages_root
     pages = Dataset.open(pages_root, data)
 
-    def render(index: int, stage: str) -> None:
+    def render(index: int, stage: str) -> Dataset:
         if not (stage_data[stage] / "annotations.json").is_file():
             log(f"rendering {lessons[index - 1]} {stage} lessons")
             options = LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage])
             synthesize_lessons(stage_data[stage], options, data, settings.render_processes)
+        return Dataset.open(stage_data[stage], data)  # inspecting 60 k lessons takes half a minute: not on the GPU's time
 
-    # The first stage's lessons are rendered now; the later stages' in the background while the GPU trains the
-    # earlier ones (each stage waits for its own lessons only).
-    render(1, stages[0])
+    # The first stage's lessons are rendered and opened now; the later stages' in the background while the GPU trains
+    # the earlier ones (each stage waits for its own lessons only).
+    first_lessons = render(1, stages[0])
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocrloop-lessons")
     rendered = {stage: background.submit(render, index, stage) for index, stage in enumerate(stages, start=1) if index > 1}
     background.shutdown(wait=False)
@@ -107,8 +108,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
     for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
         stage_started = time.perf_counter()
-        if stage in rendered:
-            rendered[stage].result()  # raises what rendering raised
+        lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
         waited = time.perf_counter() - stage_started
         validation = Dataset.open(stage_heldout[stage], data)
         training = TrainingConfig(mode="full", max_steps=stage_steps, batch_size=batch, gradient_accumulation_steps=1,
@@ -123,7 +123,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                                models_dir=work / "models", training=training, data=data)
         output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
         log(f"stage {stage}: {stage_steps} steps of {batch} from {Path(base).name}")
-        tuner = FineTuner(config, output, validation=(validation, validation.examples()), console=console)
+        tuner = FineTuner(config, output, validation=(validation, validation.examples()), console=console,
+                          dataset=lessons_of_stage)
         last = stage == stages[-1]
         try:
             tuner.setup()

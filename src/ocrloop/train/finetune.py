@@ -127,8 +127,9 @@ class FineTuner:
 
     def __init__(self, config: OcrloopConfig, output_dir: Path, *, resume: bool = False, console: Console | None = None,
                  business: str | None = None, validation: tuple[Dataset, list[PageExample]] | None = None,
-                 callbacks: list[Any] | None = None):
+                 callbacks: list[Any] | None = None, dataset: Dataset | None = None):
         self.config = config
+        self.opened_dataset = dataset  # config.dataset_dir already opened (its files inspected) by the caller
         self.training = config.training
         self.output_dir = Path(output_dir)
         self.resume = resume
@@ -163,7 +164,7 @@ class FineTuner:
             raise OcrloopError(f"{self.output_dir}: no checkpoint to resume from")
 
     def _setup_data(self) -> None:
-        self.dataset = Dataset.open(self.config.dataset_dir, self.config.data)
+        self.dataset = self.opened_dataset or Dataset.open(self.config.dataset_dir, self.config.data)
         errors = self.dataset.errors
         if errors and not self.training.skip_invalid:
             raise DatasetError(
