@@ -9,7 +9,8 @@ batch's time goes: the vision tower alone, prefill (a 1-token generation less th
 the pages on the CPU, also timed alone) and decode per token (the rest, over the remaining tokens). Random weights
 measure speed, never accuracy. With ``cache_implementation="continuous"`` each batch is read through ocrloop's
 continuous decoder (``models.continuous``, a slot per page), from a copy of the model whose stop tokens are never
-chosen, so that every page runs to its length there too.
+chosen, so that every page runs to its length there too; its prefill is the admission of the batch (the first
+token), timed on the batch's one decoder.
 
 Under torchrun every process reads its own ``pages`` pages on its own GPU (the same work per GPU), and a batch
 size's rate is all their pages over the slowest process's time. ``bench_ocr_processes`` runs the whole bench at
@@ -170,7 +171,7 @@ def bench_ocr(out: Path, *, family: str = "deepseek-ocr-2", size: str = "full", 
             profile = split(chunks[1], measured[0][1])
 
         measured, wall, profile = [], 0.0, {}
-        # Warm-up (compilation and autotuning; the 1-token shape compiles too), then the timed reads.
+        # Warm-up (compilation and autotuning; generate's 1-token shape compiles too), then the timed reads.
         warm_up = (lambda: read(chunks[0])) if continuous else (lambda: (read(chunks[0]), read(chunks[0], 1)))
         if not (everywhere(warm_up) and everywhere(measure)):
             results["batch_sizes"][str(batch_size)] = {"status": "out of memory",
