@@ -3,19 +3,22 @@
 A ``small`` Qwen2.5-VL (random weights, the project's own tokenizer) learns from a curriculum of reading lessons
 (``data.lessons``): large glyphs, single lines, blocks of lines, then whole receipts and invoices, each stage a full
 fine-tuning run (``train.finetune.FineTuner``) that starts from the stage before. Every stage is scored on
-held-out lessons of its kind while it trains, and every stage ends with a read of held-out pages: clean
-receipts and invoices from a seed never trained on. Beside the final read stand two controls on the same pages:
+held-out lessons of its kind while it trains, and every stage from lines on ends with a read of held-out pages:
+clean receipts and invoices from a seed never trained on. The later stages' lessons are rendered in the background
+while the earlier stages train. Beside the final read stand two controls on the same pages:
 the same texts on blank images (a model that scores well there guesses, it does not read) and Tesseract.
 Everything goes to one JSON and a PNG of the curves.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import platform
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,18 @@ def heldout_pages(work: Path, pages: int, categories: tuple[str, ...], data: Dat
     return root, blank
 
 
+def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processes: int) -> Dataset:
+    """The lessons at ``root``, rendered first if they are not there yet, opened (every file inspected)."""
+    if not (root / "annotations.json").is_file():
+        synthesize_lessons(root, options, data, processes)
+    return Dataset.open(root, data)
+
+
+def _yield_the_cpu() -> None:
+    # Rendering shares the machine with the data loader that feeds the GPU: the loader goes first.
+    os.nice(10)
+
+
 def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, Any]:
     """Run the curriculum (one FineTuner run per stage: glyphs, lines, blocks, pages) and write ``settings.out`` and a PNG
     beside it."""
@@ -88,73 +103,79 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     stage_heldout["pages"] = pages_root
     pages = Dataset.open(pages_root, data)
 
-    def render(index: int, stage: str) -> Dataset:
+    options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage])
+               for index, stage in enumerate(stages, start=1)}
+    for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
-            log(f"rendering {lessons[index - 1]} {stage} lessons")
-            options = LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage])
-            synthesize_lessons(stage_data[stage], options, data, settings.render_processes)
-        return Dataset.open(stage_data[stage], data)  # inspecting 60 k lessons takes half a minute: not on the GPU's time
-
-    # The first stage's lessons are rendered and opened now; the later stages' in the background while the GPU trains
-    # the earlier ones (each stage waits for its own lessons only).
-    first_lessons = render(1, stages[0])
-    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocrloop-lessons")
-    rendered = {stage: background.submit(render, index, stage) for index, stage in enumerate(stages, start=1) if index > 1}
+            log(f"rendering {options[stage].n} {stage} lessons" + (" in the background" if stage != stages[0] else ""))
+    # The first stage's lessons are rendered and opened now. The later stages' are rendered and opened (inspecting
+    # 60 k lessons takes half a minute) in one process of lower priority while the GPU trains the earlier ones,
+    # each stage waiting for its own lessons only: in a thread here they held the GIL and the CPUs that the
+    # training loop and its loader needed, and the glyph stage trained a third slower.
+    first_lessons = lessons_ready(stage_data[stages[0]], options[stages[0]], data, settings.render_processes)
+    background = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"),
+                                     initializer=_yield_the_cpu)
+    rendered = {stage: background.submit(lessons_ready, stage_data[stage], options[stage], data, settings.render_processes)
+                for stage in stages[1:]}
     background.shutdown(wait=False)
     synth_seconds = time.perf_counter() - synth_started
 
     base, samples_before = str(checkpoint), 0
     results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
-    for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
-        stage_started = time.perf_counter()
-        lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
-        waited = time.perf_counter() - stage_started
-        validation = Dataset.open(stage_heldout[stage], data)
-        training = TrainingConfig(mode="full", max_steps=stage_steps, batch_size=batch, gradient_accumulation_steps=1,
-                                  learning_rate=rate, warmup_steps=min(100, stage_steps // 10), weight_decay=0.01,
-                                  resolution=resolution, prompt="ocr", max_new_tokens=new_tokens,
-                                  eval_steps=max(1, stage_steps // settings.evals_per_stage), eval_max_pages=heldout,
-                                  read_batch_size=64, save_steps=10**9, logging_steps=max(1, stage_steps // 20),
-                                  backend="hf", optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
-                                  gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
-                                  float32_weights=True)
-        config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
-                               models_dir=work / "models", training=training, data=data)
-        output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
-        log(f"stage {stage}: {stage_steps} steps of {batch} from {Path(base).name}")
-        tuner = FineTuner(config, output, validation=(validation, validation.examples()), console=console,
-                          dataset=lessons_of_stage)
-        last = stage == stages[-1]
-        try:
-            tuner.setup()
-            card = tuner.run().card
-            # A glyph reader cannot write a page: reading 64 pages to the token limit would only cost time.
-            after = score(tuner.bundle, pages, reading, batch_size=64) if stage != "glyphs" else None
-            if last:
-                results["heldout_pages"] = after
-                results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
-        finally:
-            tuner.cleanup()
-        speed = card["speed"]
-        results["stages"].append({
-            "stage": stage, "lessons": count, "steps": stage_steps, "batch_size": batch, "learning_rate": rate,
-            "samples_before": samples_before,
-            "curve": [{"step": v["step"], "samples": samples_before + v["step"] * batch, "cer": v["cer"]}
-                      for v in card["metrics"]["validation"]],
-            "loss_by_step": card["metrics"]["loss_by_step"],
-            "page_check_seconds": speed["prepare_seconds"], "train_seconds": speed["train_seconds"],
-            "steady_samples_per_second": speed.get("steady_samples_per_second"),
-            "stage_seconds": time.perf_counter() - stage_started, "waited_for_lessons_seconds": waited,
-            "heldout_pages_after": after and {"cer": after["strip_markdown"]["cer"], "plain_cer": after["plain"]["cer"]},
-        })
-        log(f"stage {stage}: held-out {stage} CER {card['metrics']['validation'][-1]['cer']:.2%}"
-            + (f", held-out pages CER {after['strip_markdown']['cer']:.2%} (markup ignored)" if after else ""))
-        samples_before += stage_steps * batch
-        base = str(output)
-        results["parameters"] = card["parameters"]["total"]
-        results["device"], results["versions"] = card["device"], card["versions"]
-        atomic_write_json(out, {**results, "complete": False, "seconds_so_far": time.perf_counter() - started})
+    try:
+        for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
+            stage_started = time.perf_counter()
+            lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
+            waited = time.perf_counter() - stage_started
+            validation = Dataset.open(stage_heldout[stage], data)
+            training = TrainingConfig(mode="full", max_steps=stage_steps, batch_size=batch, gradient_accumulation_steps=1,
+                                      learning_rate=rate, warmup_steps=min(100, stage_steps // 10), weight_decay=0.01,
+                                      resolution=resolution, prompt="ocr", max_new_tokens=new_tokens,
+                                      eval_steps=max(1, stage_steps // settings.evals_per_stage), eval_max_pages=heldout,
+                                      read_batch_size=64, save_steps=10**9, logging_steps=max(1, stage_steps // 20),
+                                      backend="hf", optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+                                      gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
+                                      float32_weights=True)
+            config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
+                                   models_dir=work / "models", training=training, data=data)
+            output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
+            log(f"stage {stage}: {stage_steps} steps of {batch} from {Path(base).name}")
+            tuner = FineTuner(config, output, validation=(validation, validation.examples()), console=console,
+                              dataset=lessons_of_stage)
+            last = stage == stages[-1]
+            try:
+                tuner.setup()
+                card = tuner.run().card
+                # A glyph reader cannot write a page: reading 64 pages to the token limit would only cost time.
+                after = score(tuner.bundle, pages, reading, batch_size=64) if stage != "glyphs" else None
+                if last:
+                    results["heldout_pages"] = after
+                    results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
+            finally:
+                tuner.cleanup()
+            speed = card["speed"]
+            results["stages"].append({
+                "stage": stage, "lessons": count, "steps": stage_steps, "batch_size": batch, "learning_rate": rate,
+                "samples_before": samples_before,
+                "curve": [{"step": v["step"], "samples": samples_before + v["step"] * batch, "cer": v["cer"]}
+                          for v in card["metrics"]["validation"]],
+                "loss_by_step": card["metrics"]["loss_by_step"],
+                "page_check_seconds": speed["prepare_seconds"], "train_seconds": speed["train_seconds"],
+                "steady_samples_per_second": speed.get("steady_samples_per_second"),
+                "stage_seconds": time.perf_counter() - stage_started, "waited_for_lessons_seconds": waited,
+                "heldout_pages_after": after and {"cer": after["strip_markdown"]["cer"], "plain_cer": after["plain"]["cer"]},
+            })
+            log(f"stage {stage}: held-out {stage} CER {card['metrics']['validation'][-1]['cer']:.2%}"
+                + (f", held-out pages CER {after['strip_markdown']['cer']:.2%} (markup ignored)" if after else ""))
+            samples_before += stage_steps * batch
+            base = str(output)
+            results["parameters"] = card["parameters"]["total"]
+            results["device"], results["versions"] = card["device"], card["versions"]
+            atomic_write_json(out, {**results, "complete": False, "seconds_so_far": time.perf_counter() - started})
+    except BaseException:  # the later stages' lessons are not needed any more
+        background.shutdown(wait=False, cancel_futures=True)
+        raise
 
     results["tesseract"] = score_tesseract(pages)
     total = time.perf_counter() - started
