@@ -73,6 +73,19 @@ FAST_TRAINING = {"resolution": "tiny", "max_steps": 3, "batch_size": 2, "gradien
                  "max_new_tokens": 8, "gradient_checkpointing": False, "save_steps": 1}
 
 
+def fast_decoding_agent(preset: str, continuous: bool, max_new_tokens: int, name: str | None = None):
+    """An ``OCRAgent`` over ``preset`` reading with fast decoding, through a continuous decoder or in batches."""
+    from ocrloop.agent import OCRAgent
+    from ocrloop.config import OcrloopConfig, apply_overrides
+    from ocrloop.models import load_model
+
+    bundle = load_model(preset, backend="hf")
+    bundle.enable_fast_decode()
+    config = apply_overrides(OcrloopConfig(), {"training.max_new_tokens": max_new_tokens,
+                                               "serve.continuous_batching": continuous})
+    return OCRAgent(bundle, name or preset, config)
+
+
 def make_workspace(root: Path, n: int = 10, seed: int = 1, **loop) -> Workspace:
     workspace, _ = init_workspace(root)
     config_path = root / "ocrloop.yaml"

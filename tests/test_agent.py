@@ -6,9 +6,10 @@ import threading
 import pytest
 
 from ocrloop.agent import OCRAgent, _ahead
-from ocrloop.config import OcrloopConfig, apply_overrides
+from ocrloop.config import OcrloopConfig
 from ocrloop.data.synth import SynthOptions, generate_documents, write_document
 from ocrloop.models import load_model
+from tests.conftest import fast_decoding_agent
 
 
 def test_read_ahead_keeps_order_and_raises_where_the_error_was():
@@ -74,13 +75,8 @@ def test_read_files_through_a_continuous_decoder_reads_what_batches_read(tiny_pr
     paths[2:2] = [broken, two_pages]
     options = dict(prompt="ocr", resolution="small", batch_pages=3)
 
-    def agent(continuous: bool) -> OCRAgent:
-        bundle = load_model("tiny-deepseek-ocr-2", backend="hf")
-        bundle.enable_fast_decode()
-        config = apply_overrides(OcrloopConfig(), {"training.max_new_tokens": 12, "serve.continuous_batching": continuous})
-        return OCRAgent(bundle, "tiny", config)
-
-    continuous, batched = agent(True), agent(False)
+    continuous = fast_decoding_agent("tiny-deepseek-ocr-2", True, max_new_tokens=12, name="tiny")
+    batched = fast_decoding_agent("tiny-deepseek-ocr-2", False, max_new_tokens=12, name="tiny")
     admitted = []
     decoder = continuous.decoder(3, prompt="ocr", resolution="small")
     admit = decoder.admit

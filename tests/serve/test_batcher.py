@@ -6,11 +6,11 @@ import threading
 import pytest
 
 from ocrloop.agent import OCRAgent
-from ocrloop.config import OcrloopConfig, apply_overrides
+from ocrloop.config import OcrloopConfig
 from ocrloop.data.synth import SynthOptions, generate_documents
 from ocrloop.models import load_model
 from ocrloop.serve.batcher import PageBatcher
-from tests.conftest import FAST_RESOLUTION
+from tests.conftest import FAST_RESOLUTION, fast_decoding_agent
 
 PRESET = "tiny-deepseek-ocr-2"
 READ = {"prompt": "ocr", "resolution": FAST_RESOLUTION[PRESET]}
@@ -22,10 +22,7 @@ def pages():
 
 
 def agent_for(continuous: bool) -> OCRAgent:
-    bundle = load_model(PRESET, backend="hf")
-    bundle.enable_fast_decode()
-    config = apply_overrides(OcrloopConfig(), {"training.max_new_tokens": 8, "serve.continuous_batching": continuous})
-    return OCRAgent(bundle, PRESET, config)
+    return fast_decoding_agent(PRESET, continuous, max_new_tokens=8)
 
 
 def submit_from_threads(batcher: PageBatcher, agent: OCRAgent, prepared: list) -> list:

@@ -143,13 +143,12 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             log(f"stage {stage}: {stage_steps} steps of {batch} from {Path(base).name}")
             tuner = FineTuner(config, output, validation=(validation, validation.examples()), console=console,
                               dataset=lessons_of_stage)
-            last = stage == stages[-1]
             try:
                 tuner.setup()
                 card = tuner.run().card
                 # A glyph reader cannot write a page: reading 64 pages to the token limit would only cost time.
                 after = score(tuner.bundle, pages, reading, batch_size=64) if stage != "glyphs" else None
-                if last:
+                if stage == stages[-1]:
                     results["heldout_pages"] = after
                     results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
             finally:

@@ -140,8 +140,8 @@ class ContinuousDecoder:
         return finished
 
     def read(self, pages: list[EncodedExample]) -> list[str]:
-        """Read ``pages`` through the slots, admitting the next page whenever one finishes (tests and batch
-        reading); texts in the order of ``pages``."""
+        """Read ``pages`` through the slots, admitting the next page whenever one finishes; texts in the order of
+        ``pages``. (The service, ``ocrloop ocr`` and ``bench ocr`` run their own loops of ``admit`` and ``step``.)"""
         texts: dict[int, str] = {}
         waiting = list(enumerate(pages))
         while waiting or self.active:
