@@ -255,6 +255,7 @@ def never_stopping_copy(checkpoint: Path, destination: Path, family: str) -> Pat
     return destination
 
 
+@torch.no_grad()  # the weights require grad (they are loaded as for training): no graph of 64 pages' activations
 def _vision_seconds(bundle, images, resolution: str, timed) -> float:
     """Seconds the vision tower (and projector) takes for ``images`` alone, as generation would run it."""
     from ocrloop.models.base import collate, to_device
