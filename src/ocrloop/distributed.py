@@ -61,48 +61,6 @@ def launch_environment(processes: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": threads, **os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def physical_cores(cpus: set[int], siblings_of=None) -> list[list[int]]:
-    """``cpus`` grouped by the physical core they share (hyperthreads together), in order; ``siblings_of(cpu)`` reads
-    the kernel's ``thread_siblings_list`` unless given."""
-    def from_sysfs(cpu: int) -> set[int]:
-        try:
-            text = open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read().strip()
-        except OSError:
-            return {cpu}
-        found: set[int] = set()
-        for part in text.split(","):
-            first, _, last = part.partition("-")
-            found.update(range(int(first), int(last or first) + 1))
-        return found
-
-    siblings_of = siblings_of or from_sysfs
-    cores, seen = [], set()
-    for cpu in sorted(cpus):
-        if cpu not in seen:
-            core = sorted(siblings_of(cpu) & cpus | {cpu})
-            seen.update(core)
-            cores.append(core)
-    return cores
-
-
-def own_cores(local_rank: int, local_processes: int, cpus: set[int], siblings_of=None) -> set[int]:
-    """This process's share of ``cpus``: a contiguous block of whole physical cores, none shared with another local
-    process (all of ``cpus`` when there are fewer cores than processes)."""
-    cores = physical_cores(cpus, siblings_of)
-    if len(cores) < local_processes:
-        return set(cpus)
-    share = len(cores) // local_processes
-    return {cpu for core in cores[local_rank * share:(local_rank + 1) * share] for cpu in core}
-
-
-def pin_to_own_cores() -> None:
-    """With ``OCRLOOP_PIN_CORES=1`` in a launch of several processes on this machine, keep this process (and the
-    threads it starts later) on its own physical cores, so that two processes' launching threads never share one."""
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if processes > 1 and os.environ.get("OCRLOOP_PIN_CORES") == "1" and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, own_cores(local_rank(), processes, os.sched_getaffinity(0)))
-
-
 def relaunch(processes: int) -> int | None:
     """This same ``ocrloop`` command as ``processes`` processes through torchrun, when it asks for more than one and
     no launcher started it; returns their exit status (None: nothing to launch, go on here)."""

@@ -101,12 +101,13 @@ def test_pages_joining_a_running_decode_read_exactly_what_plain_generation_reads
 def test_the_decode_step_is_traced_once_whatever_joins_or_leaves(preset, tiny_presets, pages):
     """On a GPU the step is compiled into CUDA graphs; a graph break or a recompilation at some admission, finish or
     shift would make every such step slow. Traced here without a GPU (the eager backend), in one graph, and never
-    again over 12 pages through two slots, rows shifted left on the way, nor after the cache was released."""
+    again over 48 pages through two slots, rows shifted left on the way, nor after the cache was released."""
     model = load_model(preset, backend="hf")
     model.enable_fast_decode()
     reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION[preset], max_new_tokens=12)
-    prepared = [model.prepare(page, reading) for page in pages] * 3
-    plain = model.generate(pages, prompt="ocr", resolution=reading.resolution, max_new_tokens=12) * 3
+    # Enough pages for the write position to reach the end of a cache sized for the largest page (Qwen2.5-VL's)
+    prepared = [model.prepare(page, reading) for page in pages] * 12
+    plain = model.generate(pages, prompt="ocr", resolution=reading.resolution, max_new_tokens=12) * 12
     decoder = ContinuousDecoder(model, reading, slots=2)
     torch._dynamo.reset()  # what other models traced through the same code would count as recompilations
     compiled = torch.compile(model.model.__call__, backend="eager", fullgraph=True, dynamic=False)
@@ -116,6 +117,31 @@ def test_the_decode_step_is_traced_once_whatever_joins_or_leaves(preset, tiny_pr
         decoder.release()  # an idle decoder's new cache later on is no new graph either
         assert decoder.read(prepared[:2]) == plain[:2]
     assert decoder.compactions >= 1
+
+
+def test_a_larger_page_joining_later_needs_no_new_cache_nor_a_new_trace(tiny_presets, pages):
+    """Qwen2.5-VL's prompt grows with the page's size. Were the cache sized for the first page's prompt, a larger one
+    would make a bigger cache and a new compiled step (14 s for the 7-B model on an H200, page after page); it is
+    sized for the largest page the resolution allows from the start."""
+    model = load_model("tiny-qwen2.5-vl", backend="hf")
+    model.enable_fast_decode()
+    reading = ReadingSettings(prompt="ocr", resolution=FAST_RESOLUTION["tiny-qwen2.5-vl"], max_new_tokens=8)
+    small, large = pages[0].resize((56, 56)), pages[1].resize((900, 1200))
+    prepared = [model.prepare(small, reading), model.prepare(large, reading)]
+    assert len(prepared[1]) - len(prepared[0]) > 2 * 64  # prompts of different padded lengths
+    plain = [model.generate([page], prompt="ocr", resolution=reading.resolution, max_new_tokens=8)[0] for page in (small, large)]
+    decoder = ContinuousDecoder(model, reading, slots=2)
+    torch._dynamo.reset()
+    compiled = torch.compile(model.model.__call__, backend="eager", fullgraph=True, dynamic=False)
+    decoder._forward = lambda: compiled
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        finished = decoder.admit(prepared[:1], ["small"]) + decoder.step()
+        cache = decoder._cache
+        finished += decoder.admit(prepared[1:], ["large"])
+        while decoder.active:
+            finished += decoder.step()
+    assert decoder._cache is cache
+    assert dict(finished) == {"small": plain[0], "large": plain[1]}
 
 
 def test_a_cache_that_cannot_be_allocated_is_refused_with_its_size_and_the_settings_to_lower(tiny_presets, pages):

@@ -337,6 +337,18 @@ class OCRFamily:
         """The prompt's ids (image placeholders included) for a page of ``image_tokens``; None where unknown."""
         return None
 
+    def max_image_tokens(self, bundle: OCRModel, resolution: str) -> int | None:
+        """The most image tokens a page of any size becomes at ``resolution``; None where it does not depend on the
+        page's size or cannot be told."""
+        return None
+
+    def longest_prompt(self, bundle: OCRModel, prompt: str, resolution: str) -> int | None:
+        """The most tokens a page's prompt takes at ``resolution`` (image placeholders included, padded as the fast
+        decoders pad); None where ``max_image_tokens`` is."""
+        tokens = self.max_image_tokens(bundle, resolution)
+        ids = None if tokens is None else self.prompt_ids_for(bundle, prompt, tokens)
+        return None if ids is None else -(-len(ids) // FAST_DECODE_LENGTH_STEP) * FAST_DECODE_LENGTH_STEP
+
     def encoded_length(self, bundle: OCRModel, width: int, height: int, prompt: str, target: str, resolution: str) -> tuple[int, int] | None:
         """``(tokens, image tokens)`` of the training example ``encode`` would make of a ``width`` x ``height`` page
         and ``target``, computed from the size alone (no decoding, no resizing); None where the family cannot."""

@@ -97,6 +97,11 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
     return torch.cat(outputs, dim=2).transpose(1, 2), None
 
 
+def _longest_side(resolution: str) -> int:
+    """Pages are resized to at most this squared in pixels (``gundam`` has no single view here: 1600 px)."""
+    return RESOLUTIONS[resolution][0] if resolution != "gundam" else 1600
+
+
 def _inner_model(model: Any) -> Any:
     """The ``Qwen2_5_VLModel`` inside ``model`` (a peft model, or the one for conditional generation): the module
     holding the vision tower and computing the 3-D rotary positions."""
@@ -134,7 +139,7 @@ class Qwen25VLFamily(OCRFamily):
 
     def encode(self, bundle: OCRModel, image: Image.Image, prompt: str, target: str | None, resolution: str) -> EncodedExample:
         self.check_resolution(resolution)
-        side = RESOLUTIONS[resolution][0] if resolution != "gundam" else 1600
+        side = _longest_side(resolution)
         patches, grid = _uint8_patches(bundle.image_processor, image, side * side)
         image_tokens = int(grid.prod()) // bundle.image_processor.merge_size**2
         vision = {"pixel_values": patches, "image_grid_thw": grid.unsqueeze(0)}
@@ -145,9 +150,15 @@ class Qwen25VLFamily(OCRFamily):
 
         processor = bundle.image_processor
         factor = processor.patch_size * processor.merge_size
-        side = RESOLUTIONS[resolution][0] if resolution != "gundam" else 1600
+        side = _longest_side(resolution)
         resized_height, resized_width = smart_resize(height, width, factor=factor, min_pixels=_MIN_PIXELS, max_pixels=side * side)
         return (resized_height // factor) * (resized_width // factor)
+
+    def max_image_tokens(self, bundle: OCRModel, resolution: str) -> int:
+        # Pages are resized to at most side x side pixels, in whole merged patches.
+        factor = bundle.image_processor.patch_size * bundle.image_processor.merge_size
+        side = _longest_side(resolution)
+        return side * side // (factor * factor)
 
     def prompt_ids_for(self, bundle: OCRModel, prompt: str, image_tokens: int) -> list[int]:
         return self._prompt_ids(bundle, prompt, image_tokens)
