@@ -77,6 +77,9 @@ class TrainingConfig(_Section):
     save_steps: int = Field(50, ge=1, le=10**9, description="Write a resumable checkpoint every N optimizer steps.")
     logging_steps: int = Field(10, ge=1, le=10**9, description="Log the loss every N optimizer steps.")
     eval_steps: int | None = Field(None, ge=1, le=10**9, description="Validation CER every N steps (None: once per epoch).")
+    stop_at_validation_cer: float | None = Field(
+        None, ge=0, le=100, description="End training at the first validation (every eval_steps) whose CER is at most "
+                                        "this, e.g. 0.02 (None: train every step).")
     max_seq_length: int = Field(8192, ge=64, le=2**20, description="Longest example (image + prompt + answer tokens) allowed.")
     seed: int = Field(3407, ge=0, le=2**32 - 1, description="Seed of weights, data order and dropout.")
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA when installed, else hf.")

@@ -141,3 +141,14 @@ def test_a_launched_process_loads_onto_its_own_gpu(monkeypatch, tiny_presets):
     monkeypatch.setenv("LOCAL_RANK", "1")
     bundle = load_model("tiny-qwen2.5-vl", backend="hf")
     assert bundle.device == torch.device("cuda", 1) and torch.cuda.current_device() == 1
+
+
+def test_a_validation_that_ends_training_ends_it_in_every_process(tiny_presets, tmp_path):
+    """Only rank 0 validates; the other process must stop at the same step, or it waits in the next all-reduce."""
+    root = tmp_path / "ws"
+    run_cli("init", str(root), "--base-model", "tiny-qwen2.5-vl", check=True)
+    synthesize_lines(root / "data" / "ocr_documents", LineOptions(n=10, seed=4, split_fractions=(0.8, 0.2, 0.0)), DataConfig())
+    _finished(_torchrun(root, "--nproc-per-node", "2", "--master-port", str(_free_port()), output=str(root / "models" / "stopped"),
+                        batch_size=2, extra=("--eval-steps", "2", "--stop-at-validation-cer", "100", "--max-new-tokens", "8")))
+    card = json.loads((root / "models" / "stopped" / "run_card.json").read_text())
+    assert card["speed"]["steps"] == 2 and card["metrics"]["validation"][0]["step"] == 2

@@ -120,7 +120,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     background.shutdown(wait=False)
     synth_seconds = time.perf_counter() - synth_started
 
-    base, samples_before = str(checkpoint), 0
+    base, samples_before, carried = str(checkpoint), 0, 0
     results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
     try:
@@ -129,10 +129,15 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
             waited = time.perf_counter() - stage_started
             validation = Dataset.open(stage_heldout[stage], data)
+            stage_steps += carried
+            # The glyph stage reads its held-out glyphs often enough to end soon after it leaves its plateau.
+            stop_at = settings.glyphs_read_at if stage == "glyphs" else None
+            evals = 10 if stop_at is not None else settings.evals_per_stage
             training = TrainingConfig(mode="full", max_steps=stage_steps, batch_size=batch, gradient_accumulation_steps=1,
                                       learning_rate=rate, warmup_steps=min(100, stage_steps // 10), weight_decay=0.01,
                                       resolution=resolution, prompt="ocr", max_new_tokens=new_tokens,
-                                      eval_steps=max(1, stage_steps // settings.evals_per_stage), eval_max_pages=heldout,
+                                      eval_steps=max(1, stage_steps // evals), stop_at_validation_cer=stop_at,
+                                      eval_max_pages=heldout,
                                       read_batch_size=64, save_steps=10**9, logging_steps=max(1, stage_steps // 20),
                                       backend="hf", optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
                                       gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
@@ -154,8 +159,12 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             finally:
                 tuner.cleanup()
             speed = card["speed"]
+            done = speed["steps"]
+            following = stages.index(stage) + 1
+            carried = (stage_steps - done) * batch // batch_sizes[following] if following < len(stages) else 0
             results["stages"].append({
-                "stage": stage, "lessons": count, "steps": stage_steps, "batch_size": batch, "learning_rate": rate,
+                "stage": stage, "lessons": count, "steps": done, "max_steps": stage_steps, "batch_size": batch,
+                "learning_rate": rate,
                 "samples_before": samples_before,
                 "curve": [{"step": v["step"], "samples": samples_before + v["step"] * batch, "cer": v["cer"]}
                           for v in card["metrics"]["validation"]],
@@ -167,7 +176,10 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             })
             log(f"stage {stage}: held-out {stage} CER {card['metrics']['validation'][-1]['cer']:.2%}"
                 + (f", held-out pages CER {after['strip_markdown']['cer']:.2%} (markup ignored)" if after else ""))
-            samples_before += stage_steps * batch
+            if carried:
+                log(f"stage {stage}: read at or below {settings.glyphs_read_at:.0%} after {done} of {stage_steps} steps; "
+                    f"{carried} more steps for {stages[following]}")
+            samples_before += done * batch
             base = str(output)
             results["parameters"] = card["parameters"]["total"]
             results["device"], results["versions"] = card["device"], card["versions"]

@@ -131,10 +131,11 @@ class BenchLearnSettings(_Bench):
 class BenchPretrainSettings(_Bench):
     out: Path = Field(description="JSON file to write (the plot goes beside it as .png).")
     size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset trained from scratch: small or tiny.")
-    lessons: list[int] = Field([30_000, 40_000, 12_000, 6_000], min_length=4, max_length=4,
+    lessons: list[int] = Field([30_000, 60_000, 12_000, 6_000], min_length=4, max_length=4,
                                description="Distinct lessons per stage: glyphs, lines, blocks, pages.")
-    steps: list[int] = Field([1200, 800, 300, 300], min_length=4, max_length=4,
-                             description="Optimizer steps per stage (the glyph stage leaves its plateau after about 600).")
+    steps: list[int] = Field([1400, 1800, 300, 300], min_length=4, max_length=4,
+                             description="Optimizer steps per stage, at most (the glyph stage leaves its plateau after "
+                                         "600 to 1,200 and ends when it reads: --glyphs-read-at).")
     batch_sizes: list[int] = Field([256, 256, 128, 64], min_length=4, max_length=4, description="Lessons per step, per stage.")
     learning_rates: list[float] = Field([1e-3, 1e-3, 5e-4, 3e-4], min_length=4, max_length=4,
                                         description="Peak learning rate per stage (warm-up, then linear decay).")
@@ -145,6 +146,10 @@ class BenchPretrainSettings(_Bench):
     categories: list[Category] = Field(["receipt", "invoice"], description="Document categories of blocks and pages.")
     resolution: Resolution = Field("base", description="Resolution mode of every stage (base: no page is resized).")
     evals_per_stage: int = Field(2, ge=1, le=1000, description="Held-out reads per stage (the curve's points).")
+    glyphs_read_at: float | None = Field(
+        0.02, ge=0, le=100, description="The glyph stage ends at its first held-out read (one every tenth of its steps) "
+                                        "at or below this CER, and the lines stage gets the steps it left; the end of "
+                                        "its plateau moves from run to run. None: every glyph step.")
     scrambled: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose words and numbers are "
                                                            "random, layout kept (held-out lessons and pages never are).")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ocrloop import distributed
 from ocrloop.models.base import OCRModel
 from ocrloop.models.feature_cache import FeatureCache
 from ocrloop.models.loading import load_adapter_weights
@@ -128,16 +129,26 @@ class StepTimer(TrainerCallback):
 
 class ValidationCER(TrainerCallback):
     """Validation CER on generated text every ``every_steps`` optimizer steps (not only loss), appended to
-    ``history`` as ``{"step", "cer", "wer", ...}``; the last step is left to the final validation."""
+    ``history`` as ``{"step", "cer", "wer", ...}``; the last step is left to the final validation. With
+    ``stop_at``, training ends at the first validation whose CER is at most that, in every process."""
 
-    def __init__(self, validate: Callable[[str], dict | None], every_steps: int, history: list[dict]):
-        self.validate, self.every_steps, self.history = validate, every_steps, history
+    def __init__(self, validate: Callable[[str], dict | None], every_steps: int, history: list[dict],
+                 stop_at: float | None = None):
+        self.validate, self.every_steps, self.history, self.stop_at = validate, every_steps, history, stop_at
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every_steps == 0 and state.global_step < state.max_steps:
             metrics = self.validate(f"at step {state.global_step}")
             if metrics:
                 self.history.append({"step": state.global_step, **metrics})
+            if self.stop_at is not None:
+                read = metrics is not None and metrics["cer"] <= self.stop_at
+                # Only rank 0 validates: the others must stop at the same step, or they wait in the next all-reduce.
+                if distributed.world_size() > 1 and distributed.is_main_process():
+                    distributed.send_to_all(read)
+                elif distributed.world_size() > 1:
+                    read = bool(distributed.receive_from_main())
+                control.should_training_stop = control.should_training_stop or read
 
 
 class ParkVisionTower(TrainerCallback):
