@@ -104,11 +104,13 @@ def test_resume_continues_from_the_last_checkpoint(tiny_presets, receipts, tmp_p
 
 
 def test_training_ends_at_the_first_validation_that_reads_well_enough(tiny_presets, receipts, tmp_path):
-    # Any CER is at most 100 (10,000 %): the first validation ends it. None is 0 for a tiny random model.
+    # Any CER is at most 100 (10,000 %): the first validation ends it, and it is the final one. A tiny random model
+    # reads no page at 0.
     stopped = train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=6, eval_steps=2, stop_at_validation_cer=100),
                     tmp_path / "stopped")
     assert stopped.card["speed"]["steps"] == 2
-    assert [v["step"] for v in stopped.card["metrics"]["validation"]] == [2, 2]  # the one at step 2, then the final
+    assert [v["step"] for v in stopped.card["metrics"]["validation"]] == [2]
+    assert stopped.card["metrics"]["final_validation"]["cer"] == stopped.card["metrics"]["validation"][0]["cer"]
     full = train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=6, eval_steps=2, stop_at_validation_cer=0.0),
                  tmp_path / "full")
     assert full.card["speed"]["steps"] == 6

@@ -494,9 +494,13 @@ class FineTuner:
 
         self.history["train_loss_by_epoch"] = _loss_by_epoch(trainer.state.log_history)
         self.history["loss_by_step"] = [[entry["step"], entry["loss"]] for entry in trainer.state.log_history if "loss" in entry]
-        final = self._validate("final")
-        if final:
-            self.history["validation"].append({"step": trainer.state.global_step, **final})
+        validations = self.history["validation"]
+        if validations and validations[-1]["step"] == trainer.state.global_step:  # it ended at a validation: no second read
+            final = {key: value for key, value in validations[-1].items() if key != "step"}
+        else:
+            final = self._validate("final")
+            if final:
+                validations.append({"step": trainer.state.global_step, **final})
         if cache is not None:
             self.feature_cache_summary = {**cache.summary(), "setup_seconds": self.feature_cache_setup_seconds,
                                           "exchange_seconds": self.feature_exchange_seconds}
