@@ -41,6 +41,8 @@ class ContinuousDecoder:
             raise ModelError(f"continuous decoding needs the hf backend, and this model was loaded with {bundle.backend}")
         self.bundle, self.reading, self.slots = bundle, reading, slots
         self.stop_ids = set(bundle.family.stop_token_ids(bundle.tokenizer))
+        # Where the family can tell, the longest prompt a page can have at this reading: the cache's room from the start.
+        self._longest_prompt = bundle.family.longest_prompt(bundle, reading.prompt, reading.resolution) or 0
         self._rows: list[_Slot | None] = [None] * slots
         self._cache: Any = None
         self._valid: torch.Tensor | None = None  # [slots, columns]: what each row may attend to
@@ -181,8 +183,7 @@ class ContinuousDecoder:
         keeping what is in it, for a longer prompt."""
         from transformers import StaticCache
 
-        longest = self.bundle.family.longest_prompt(self.bundle, self.reading.prompt, self.reading.resolution)
-        columns = max(prompt_length, longest or 0) + 2 * self.reading.max_new_tokens
+        columns = max(prompt_length, self._longest_prompt) + 2 * self.reading.max_new_tokens
         if self._cache is not None and self._valid.shape[1] >= columns:
             return
         layers = _prefill_layers(prefill)
