@@ -1,5 +1,6 @@
-"""Qwen2.5-VL reads uint8 patches normalized on the device, and packed vision attention in one call:
-both must give exactly what the image processor and transformers' per-window attention give."""
+"""Qwen2.5-VL reads uint8 patches normalized on the device, packed vision attention in one call per window
+length, and a decoded token's grouped attention without copies of the cache: each must give exactly what the
+image processor and transformers' own attention give."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from PIL import Image
 
 from ocrloop.models import load_model
 from ocrloop.models.base import collate
-from ocrloop.models.qwen2_5_vl import PACKED_SDPA, _uint8_patches
+from ocrloop.models.qwen2_5_vl import GROUPED_DECODE_SDPA, PACKED_SDPA, _uint8_patches, grouped_decode_sdpa
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def test_uint8_patches_normalized_on_the_device_equal_the_processors_pixels(qwen
     assert torch.allclose(normalized, expected["pixel_values"], atol=1e-6)
 
 
-@pytest.mark.parametrize("sizes", [[(448, 112), (448, 112)], [(448, 112), (300, 200), (90, 60)]])
+@pytest.mark.parametrize("sizes", [[(448, 112), (448, 112)], [(448, 112), (300, 200), (90, 60)],
+                                   [(300, 200), (1000, 700), (300, 200), (130, 420)]])
 def test_packed_vision_attention_gives_the_per_window_features(qwen, sizes):
     encoded = [qwen.encode(image, "ocr", "AB", "tiny") for image in _images(sizes)]
     batch = collate(encoded, qwen.tokenizer.pad_token_id, family=qwen.family, tokenizer=qwen.tokenizer, dtype=qwen.dtype)
@@ -50,6 +52,33 @@ def test_packed_vision_attention_gives_the_per_window_features(qwen, sizes):
         finally:
             config._attn_implementation_internal = PACKED_SDPA
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(packed, per_window))
+
+
+@pytest.mark.parametrize(("rows", "query_length"), [(3, 1), (1, 1), (3, 3)])
+def test_grouped_decode_attention_equals_transformers_sdpa(qwen, rows, query_length):
+    """One decoded token per row of a padded cache (some columns masked off per row), four query heads on two key
+    heads: the folded attention gives what transformers' SDPA with repeated keys gives; one row and longer queries
+    are transformers' own."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    attention = qwen.model.model.language_model.layers[0].self_attn
+    assert qwen.model.model.language_model.config._attn_implementation == GROUPED_DECODE_SDPA
+    assert attention.num_key_value_groups == 2
+    generator = torch.Generator().manual_seed(0)
+    columns, dim = 40, attention.head_dim
+    query = torch.randn(rows, 4, query_length, dim, generator=generator)
+    key, value = (torch.randn(rows, 2, columns, dim, generator=generator) for _ in range(2))
+    mask = torch.rand(rows, 1, 1, columns, generator=generator) > 0.3
+    mask[:, :, :, 0] = True
+    mask = mask.expand(rows, 1, query_length, columns)
+    folded, _ = grouped_decode_sdpa(attention, query, key, value, mask, scaling=attention.scaling, dropout=0.0)
+    repeated, _ = sdpa_attention_forward(attention, query, key, value, mask, scaling=attention.scaling, dropout=0.0)
+    assert folded.shape == repeated.shape == (rows, query_length, 4, dim)
+    assert torch.allclose(folded, repeated, atol=1e-5)
+    masked_column = mask[0, 0, 0].logical_not().nonzero()[0, 0]
+    key[0, :, masked_column] = 1e3  # a column masked off for the first row changes nothing there
+    again, _ = grouped_decode_sdpa(attention, query, key, value, mask, scaling=attention.scaling, dropout=0.0)
+    assert torch.allclose(again[0], folded[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [(448, 112), (300, 200), (1000, 700), (3000, 2000), (50, 40), (28, 4000)])
