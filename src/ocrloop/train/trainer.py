@@ -10,6 +10,8 @@ A step (``OCRTrainer.compute_loss``, called by the Hugging Face ``Trainer`` for 
    mean cross-entropy of the answer tokens over the whole accumulated batch. Unsloth fuses its own loss.
 4. The Trainer does the rest as configured (``FineTuner._training_arguments``): backward, gradient
    accumulation, clipping to ``max_grad_norm``, the AdamW step, the linear schedule, checkpoints.
+5. Under mixed precision, peft's LoRA layers hand their inputs to autocast as they are
+   (``OCRTrainer.training_step``), rather than casting them to the adapters' float32 first.
 
 Callbacks: ``TrainingProgress`` (one bar on stderr with the loss, instead of the Trainer's printed dicts),
 ``StepTimer`` (step and epoch wall time), ``ValidationCER`` (CER on generated text every N steps),
@@ -21,9 +23,9 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -46,6 +48,12 @@ class OCRTrainer(Trainer):
             # labelled_token_loss divides by the accumulated batch's token count itself: no second division.
             self.model_accepts_loss_kwargs = True
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # accelerate runs the model's forward under autocast exactly when native_amp is set (bf16 or fp16 on a GPU).
+        autocast = self.bundle.backend == "hf" and self.accelerator.native_amp
+        with lora_inputs_left_to_autocast(self.bundle.model) if autocast else nullcontext():
+            return super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         keys = inputs.pop("feature_keys", None)
         with self.cache.serving(keys) if self.cache is not None else nullcontext():
@@ -65,6 +73,28 @@ class OCRTrainer(Trainer):
             load_adapter_weights(model or self.model, weights, what="the model being trained")
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+@contextmanager
+def lora_inputs_left_to_autocast(model: torch.nn.Module) -> Iterator[None]:
+    """While inside, peft's LoRA layers in ``model`` do not cast their input to the adapter's dtype.
+
+    Under autocast that cast (bfloat16 to the adapters' float32) is undone at once by autocast's own cast back to
+    bfloat16: two copies forward and two backward in every LoRA layer, and again in the checkpointed recompute, about
+    500 of a DeepSeek-OCR-2 step's 5,000 kernel launches, where the step waits on the host. Only valid under autocast
+    (outside it, a float32 adapter meets a bfloat16 input); the values are the same as with the casts (the round trip
+    is exact)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    before = [layer.cast_input_dtype_enabled for layer in layers]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer, enabled in zip(layers, before):
+            layer.cast_input_dtype_enabled = enabled
 
 
 class TrainingProgress(TrainerCallback):
