@@ -138,3 +138,26 @@ def test_training_with_the_precomputed_layout_equals_the_models_own(qwen):
         for key in ("position_ids", "image_window_index"):
             wrong = dict(laid_out, **{key: torch.zeros_like(laid_out[key])})
             assert not torch.allclose(model(**wrong).loss, loss_a, atol=1e-4), key
+
+
+def test_packed_vision_attention_by_window_length_trains_like_one_call_per_window():
+    """Windows of several lengths in one packed batch (pages of different sizes): the attention grouped by length
+    gives the per-window outputs and the same gradients for queries, keys and values."""
+    from ocrloop.models.qwen2_5_vl import packed_sdpa
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = [16, 16, 9, 16, 12, 9, 4]
+    bounds = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    tensors = [torch.randn(1, 2, sum(lengths), 8, generator=generator, requires_grad=True) for _ in range(3)]
+    weights = torch.randn(1, sum(lengths), 2, 8, generator=generator)
+
+    packed, _ = packed_sdpa(None, *tensors, cu_seq_lens_q=bounds, max_length_q=max(lengths))
+    (packed * weights).sum().backward()
+    packed_grads = [t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    per_window = torch.cat([torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                            for q, k, v in zip(*(torch.split(t, lengths, dim=2) for t in tensors))], dim=2).transpose(1, 2)
+    (per_window * weights).sum().backward()
+    assert torch.allclose(packed, per_window, atol=1e-6)
+    assert all(torch.allclose(a, t.grad, atol=1e-6) for a, t in zip(packed_grads, tensors))
