@@ -1,8 +1,8 @@
 """How soon does the base reader's first lesson stop sitting on its plateau? (issue 21)
 
-``ocrloop bench pretrain``'s glyph stage alone, one learning rate and one seed: the ``small`` Qwen2.5-VL preset
-built with random weights, 30,000 glyph lessons (seed 1), 64 held-out ones (seed 7001), full training in batches
-of 256 with warm-up then linear decay, the held-out glyphs read eight times. From scratch the loss first sits at
+``ocrloop bench pretrain``'s glyph stage alone (its ``stage_training``), one learning rate and one seed: the
+``small`` Qwen2.5-VL preset built with random weights, 30,000 glyph lessons (seed 1), 64 held-out ones (seed 7001),
+full training in batches of 256 with warm-up then linear decay, the held-out glyphs read eight times. From scratch the loss first sits at
 the text-only entropy (about 3.33) until the model learns to look at the image.
 
     python bench/glyph_stage_probe.py --out probe.json --steps 700 --learning-rate 3e-4 --seed 0
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
-from ocrloop.data.dataset import Dataset
-from ocrloop.data.lessons import LessonOptions, synthesize_lessons
+from ocrloop.bench.pretrain import lessons_ready, stage_training
+from ocrloop.config import DataConfig, OcrloopConfig
+from ocrloop.data.lessons import LessonOptions
 from ocrloop.models import FAMILIES
 from ocrloop.train.finetune import FineTuner
 
@@ -32,20 +32,13 @@ def probe(out: Path, steps: int, learning_rate: float, seed: int, lessons: int, 
     data = DataConfig()
     checkpoint = work / "checkpoint"
     FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size, seed=seed)
-    train, heldout = work / "glyphs", work / "heldout"
-    synthesize_lessons(train, LessonOptions("glyphs", lessons, seed=1), data, 8)
-    synthesize_lessons(heldout, LessonOptions("glyphs", 64, seed=7001), data)
-    validation = Dataset.open(heldout, data)
-    gpu = torch.cuda.is_available()
-    training = TrainingConfig(
-        mode="full", max_steps=steps, batch_size=256, gradient_accumulation_steps=1, learning_rate=learning_rate,
-        warmup_steps=min(100, steps // 10), weight_decay=0.01, resolution="base", prompt="ocr", max_new_tokens=12,
-        eval_steps=max(1, steps // 8), eval_max_pages=64, read_batch_size=64, save_steps=10**9,
-        logging_steps=max(1, steps // 40), backend="hf", optimizer="adamw_torch_fused" if gpu else "adamw_torch",
-        gradient_checkpointing=False, feature_cache=False, dataloader_workers=6 if gpu else 0, float32_weights=True)
-    config = OcrloopConfig(base_model=str(checkpoint), dataset_dir=train, registry_path=work / "registry.db",
+    train = lessons_ready(work / "glyphs", LessonOptions("glyphs", lessons, seed=1), data, 8)
+    validation = lessons_ready(work / "heldout", LessonOptions("glyphs", 64, seed=7001), data, 1)
+    training = stage_training(steps, 256, learning_rate, 12, resolution="base", eval_steps=max(1, steps // 8), heldout=64,
+                              workers=6 if torch.cuda.is_available() else 0, logging_steps=max(1, steps // 40))
+    config = OcrloopConfig(base_model=str(checkpoint), dataset_dir=train.root, registry_path=work / "registry.db",
                            models_dir=work / "models", training=training, data=data)
-    tuner = FineTuner(config, work / "run", validation=(validation, validation.examples()))
+    tuner = FineTuner(config, work / "run", validation=(validation, validation.examples()), dataset=train)
     tuner.setup()
     card = tuner.run().card
     tuner.cleanup()

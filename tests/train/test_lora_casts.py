@@ -12,7 +12,7 @@ from ocrloop.data.dataset import Dataset
 from ocrloop.models import load_model
 from ocrloop.models.base import collate, to_device
 from ocrloop.models.loading import attach_lora
-from ocrloop.train.trainer import lora_inputs_left_to_autocast
+from ocrloop.train.trainer import lora_inputs_left_to_autocast, lora_layers
 from tests.conftest import FAST_RESOLUTION, SMALL_PAGES
 
 
@@ -51,13 +51,13 @@ def test_lora_inputs_left_to_autocast_give_the_same_step_with_fewer_copies(tiny_
         return loss.detach(), grads, ops.counts
 
     loss, grads, ops = step()
-    with lora_inputs_left_to_autocast(model):
+    with lora_inputs_left_to_autocast(lora_layers(model)):
         left_loss, left_grads, left_ops = step()
     assert all(layer.cast_input_dtype_enabled for layer in model.modules() if hasattr(layer, "cast_input_dtype_enabled"))
     assert torch.equal(left_loss, loss)
     assert left_grads.keys() == grads.keys() and all(torch.equal(left_grads[name], grads[name]) for name in grads)
-    lora_layers = sum(1 for name, _ in model.named_modules() if name.endswith("lora_A"))
-    assert left_ops["_to_copy"] <= ops["_to_copy"] - 2 * lora_layers  # the input's cast and its gradient's, at least
+    adapted = sum(1 for name, _ in model.named_modules() if name.endswith("lora_A"))
+    assert left_ops["_to_copy"] <= ops["_to_copy"] - 2 * adapted  # the input's cast and its gradient's, at least
 
 
 def test_a_mixed_precision_training_step_runs_its_lora_layers_under_autocast_without_the_cast(

@@ -66,6 +66,23 @@ def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processe
     return Dataset.open(root, data)
 
 
+def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_tokens: int, *, resolution: str,
+                   eval_steps: int, heldout: int, workers: int, logging_steps: int,
+                   stop_at: float | None = None) -> TrainingConfig:
+    """How one stage of the curriculum trains: every weight in float32 on the hf backend, warm-up then linear decay,
+    reading up to ``heldout`` held-out lessons every ``eval_steps`` (ending at the first at or below ``stop_at``)."""
+    import torch
+
+    return TrainingConfig(mode="full", max_steps=steps, batch_size=batch_size, gradient_accumulation_steps=1,
+                          learning_rate=learning_rate, warmup_steps=min(100, steps // 10), weight_decay=0.01,
+                          resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens, eval_steps=eval_steps,
+                          stop_at_validation_cer=stop_at, eval_max_pages=heldout, read_batch_size=64, save_steps=10**9,
+                          logging_steps=logging_steps, backend="hf",
+                          optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+                          gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
+                          float32_weights=True)
+
+
 def _yield_the_cpu() -> None:
     # Rendering shares the machine with the data loader that feeds the GPU: the loader goes first.
     os.nice(10)
@@ -74,8 +91,6 @@ def _yield_the_cpu() -> None:
 def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, Any]:
     """Run the curriculum (one FineTuner run per stage: glyphs, lines, blocks, pages) and write ``settings.out`` and a PNG
     beside it."""
-    import torch
-
     from ocrloop.train.finetune import FineTuner
 
     started = time.perf_counter()
@@ -133,15 +148,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             # The glyph stage reads its held-out glyphs often enough to end soon after it leaves its plateau.
             stop_at = settings.glyphs_read_at if stage == "glyphs" else None
             evals = 10 if stop_at is not None else settings.evals_per_stage
-            training = TrainingConfig(mode="full", max_steps=stage_steps, batch_size=batch, gradient_accumulation_steps=1,
-                                      learning_rate=rate, warmup_steps=min(100, stage_steps // 10), weight_decay=0.01,
-                                      resolution=resolution, prompt="ocr", max_new_tokens=new_tokens,
-                                      eval_steps=max(1, stage_steps // evals), stop_at_validation_cer=stop_at,
-                                      eval_max_pages=heldout,
-                                      read_batch_size=64, save_steps=10**9, logging_steps=max(1, stage_steps // 20),
-                                      backend="hf", optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
-                                      gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
-                                      float32_weights=True)
+            training = stage_training(stage_steps, batch, rate, new_tokens, resolution=resolution,
+                                      eval_steps=max(1, stage_steps // evals), heldout=heldout, workers=workers,
+                                      logging_steps=max(1, stage_steps // 20), stop_at=stop_at)
             config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
                                    models_dir=work / "models", training=training, data=data)
             output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"

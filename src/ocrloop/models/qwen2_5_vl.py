@@ -248,7 +248,8 @@ class Qwen25VLFamily(OCRFamily):
 
     def prepare_loaded(self, bundle: OCRModel) -> None:
         """Pixels arrive as uint8 patches and are normalized on the model's device (see ``_uint8_patches``);
-        packed vision attention runs as one batched call when every window has the same length."""
+        packed vision attention runs one batched call per window length (``packed_sdpa``), and the text model's
+        decode steps attend without copies of the cache (``grouped_decode_sdpa``)."""
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
