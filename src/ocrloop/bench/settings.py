@@ -133,7 +133,7 @@ class BenchPretrainSettings(_Bench):
     size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset trained from scratch: small or tiny.")
     lessons: list[int] = Field([30_000, 60_000, 12_000, 6_000], min_length=4, max_length=4,
                                description="Distinct lessons per stage: glyphs, lines, blocks, pages.")
-    steps: list[int] = Field([1400, 1800, 300, 300], min_length=4, max_length=4,
+    steps: list[int] = Field([840, 1400, 300, 300], min_length=4, max_length=4,
                              description="Optimizer steps per stage, at most (the glyph stage ends when it reads: "
                                          "--glyphs-read-at).")
     batch_sizes: list[int] = Field([256, 256, 128, 64], min_length=4, max_length=4, description="Lessons per step, per stage.")
