@@ -4,6 +4,7 @@ the workspace never saw."""
 
 import json
 
+from ocrloop.config import load_config
 from ocrloop.data.dataset import Dataset
 from ocrloop.loop.history import loop_history
 from tests.conftest import run_cli
@@ -13,8 +14,15 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     out, work = tmp_path / "photo.json", tmp_path / "work"
     run_cli("bench", "photo-loop", "--out", str(out), "--reader", "tiny-qwen2.5-vl", "--documents", "24", "--heldout", "3",
             "--scale", "0.35", "--steps", "2", "--batch-size", "2", "--min-test-pages", "1", "--resolution", "tiny",
-            "--max-new-tokens", "8", "--backend", "hf", "--work", str(work), check=True)
+            "--max-new-tokens", "8", "--backend", "hf", "--evals", "2", "--render-processes", "2", "--work", str(work),
+            check=True)
     results = json.loads(out.read_text())
+    # the challenger adapts the vision tower too, reads twice while it trains, and takes --batch-size pages a step
+    training = load_config(work / "workspace").training
+    assert (training.lora_targets, training.eval_steps, training.gradient_accumulation_steps) == (
+        ["attention", "mlp", "vision"], 1, 1)
+    run_card = json.loads(next((work / "workspace").rglob("run_card.json")).read_text())
+    assert [v["step"] for v in run_card["metrics"]["validation"]] == [1, 2]
     workload = results["workload"]
     assert workload["business"] == "ecommerce" and workload["heldout_pages"] >= 3
     assert workload["heldout_texts_also_in_training"] == 0

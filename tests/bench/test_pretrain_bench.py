@@ -30,6 +30,8 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
         assert stage["waited_for_lessons_seconds"] >= 0  # later stages' lessons render while earlier ones train
     # The last stage's read of the held-out pages is the final one.
     assert results["stages"][-1]["heldout_pages_after"]["cer"] == results["heldout_pages"]["strip_markdown"]["cer"]
+    # ... and the last stage's curve point: the pages are read once, as the trainer's validation would score them
+    assert results["stages"][-1]["curve"] == [{"step": 3, "samples": 60 + 3 * 4, "cer": results["heldout_pages"]["plain"]["cer"]}]
     for key in ("heldout_pages", "blind_control"):
         scored = results[key]
         assert scored["pages"] == 4
@@ -45,3 +47,9 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     out.write_text(json.dumps(results))
     run_cli("bench", "pretrain", "--out", str(out), "--add-tesseract", "--work", str(tmp_path / "work"), check=True)
     assert json.loads(out.read_text())["tesseract"]["pages"] == 4
+
+    # A run stopped before its end has no final read: Tesseract has nothing to stand beside, said in one line.
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"stages": results["stages"][:2], "complete": False}))
+    refused = run_cli("bench", "pretrain", "--out", str(partial), "--add-tesseract", "--work", str(tmp_path / "work"))
+    assert refused.returncode != 0 and "did not finish" in refused.stderr and "Traceback" not in refused.stderr

@@ -49,7 +49,9 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     reading = dataclasses.replace(reading, **{k: v for k, v in (("resolution", settings.resolution),
                                                                 ("max_new_tokens", settings.max_new_tokens)) if v is not None})
     overrides = {"training.max_steps": settings.steps, "training.batch_size": settings.batch_size,
-                 "training.learning_rate": settings.learning_rate, "training.backend": settings.backend,
+                 "training.gradient_accumulation_steps": 1, "training.learning_rate": settings.learning_rate,
+                 "training.lora_targets": settings.lora_targets, "training.eval_steps": max(1, settings.steps // settings.evals),
+                 "training.read_batch_size": settings.read_batch_size, "training.backend": settings.backend,
                  "loop.min_test_pages": settings.min_test_pages,
                  # the challenger trains, and everything reads, at the reader's settings
                  "training.resolution": reading.resolution, "training.prompt": reading.prompt,
@@ -62,14 +64,16 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     photos = dict(categories=tuple(settings.categories), businesses=(settings.business,), style="photo", scale=settings.scale)
     log(f"rendering {settings.documents} photographed documents of a {settings.business} business")
     synthesize_dataset(config.dataset_dir, SynthOptions(n=settings.documents, seed=TRAIN_SEED,
-                                                        templates=tuple(settings.train_templates), **photos), config.data)
+                                                        templates=tuple(settings.train_templates), **photos), config.data,
+                       workers=settings.render_processes)
     heldout_templates = tuple(settings.heldout_templates)
     name = (f"heldout-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{settings.heldout}"
-            f"-templates-{'-'.join(map(str, heldout_templates))}")
+            f"-rendered-by-{settings.render_processes}-templates-{'-'.join(map(str, heldout_templates))}")
     heldout_root, blank_root = settings.work / name, settings.work / f"{name}-blank"  # reused by later runs
     if not (heldout_root / "annotations.json").is_file():
         synthesize_dataset(heldout_root, SynthOptions(n=settings.heldout, seed=HELDOUT_SEED, split_fractions=(1.0, 0.0, 0.0),
-                                                      templates=heldout_templates, **photos), config.data)
+                                                      templates=heldout_templates, **photos), config.data,
+                          workers=settings.render_processes)
     if not (blank_root / "annotations.json").is_file():
         blank_copy(blank_root, heldout_root, config.data)
     heldout = Dataset.open(heldout_root, config.data)

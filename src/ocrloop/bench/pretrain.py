@@ -239,6 +239,9 @@ def add_tesseract_pages(out: Path, work: Path = Path("/tmp/ocrloop-pretrain")) -
     import json
 
     results = json.loads(out.read_text())
+    if "workload" not in results:  # written after each stage; the held-out pages are read at the end
+        raise ValueError(f"{out} is from a run that did not finish: it has no reading of the held-out pages to set "
+                         "Tesseract beside")
     workload = results["workload"]
     root, _ = heldout_pages(work, workload["heldout_pages"], tuple(workload["categories"]), DataConfig())
     pages = Dataset.open(root, DataConfig())

@@ -133,14 +133,15 @@ class BenchPretrainSettings(_Bench):
     size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset trained from scratch: small or tiny.")
     lessons: list[int] = Field([30_000, 60_000, 12_000, 6_000], min_length=4, max_length=4,
                                description="Distinct lessons per stage: glyphs, lines, blocks, pages.")
-    steps: list[int] = Field([840, 1400, 300, 300], min_length=4, max_length=4,
+    steps: list[int] = Field([840, 1600, 300, 300], min_length=4, max_length=4,
                              description="Optimizer steps per stage, at most (the glyph stage ends when it reads: "
                                          "--glyphs-read-at).")
     batch_sizes: list[int] = Field([256, 256, 128, 64], min_length=4, max_length=4, description="Lessons per step, per stage.")
-    learning_rates: list[float] = Field([3e-4, 1e-3, 5e-4, 3e-4], min_length=4, max_length=4,
+    learning_rates: list[float] = Field([3e-4, 3e-4, 5e-4, 3e-4], min_length=4, max_length=4,
                                         description="Peak learning rate per stage (warm-up, then linear decay). From "
                                                     "random weights, 1e-3 kept the glyph stage on its plateau for 250 "
-                                                    "to 1,100 steps; 3e-4 read glyphs at 1 % by step 609.")
+                                                    "to 1,100 steps; 3e-4 read glyphs at 1 % by step 609. At 1e-3 the "
+                                                    "lines stage left its plateau in one run of two.")
     max_new_tokens: list[int] = Field([12, 40, 160, 320], min_length=4, max_length=4,
                                       description="Longest reading per stage's held-out lessons.")
     heldout: int = Field(64, ge=1, le=100_000, description="Held-out lessons per stage and held-out pages (seeds never "
@@ -175,8 +176,16 @@ class BenchPhotoLoopSettings(_Bench):
     heldout: int = Field(64, ge=1, le=100_000, description="Held-out photographed documents (a seed never trained on).")
     scale: float = Field(1.0, gt=0, le=4, description="Page size (1.0: letter pages of 850x1100 px).")
     steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps of the loop's training run.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Pages per step.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Pages per step (no gradient accumulation).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the challenger.")
+    lora_targets: list[Literal["attention", "mlp", "experts", "vision"]] = Field(
+        ["attention", "mlp", "vision"], min_length=1,
+        description="Module groups the challenger's LoRA adapts. Photos differ from the reader's clean pages in what "
+                    "the page looks like, so the vision tower adapts too (its features are then not cached).")
+    evals: int = Field(4, ge=1, le=1000, description="Validation reads during the challenger's training (a read "
+                                                     "per epoch would outlast the training: 300 photos are 9 steps).")
+    render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the photos (the same number "
+                                                               "gives the same photos).")
     min_test_pages: int = Field(10, ge=1, le=10**6, description="loop.min_test_pages of the workspace.")
     read_batch_size: int = Field(32, ge=1, le=4096, description="Pages per generation when reading held-out photos.")
     resolution: Resolution | None = Field(None, description="Resolution to train and read at; unset: the reader's own.")
