@@ -53,3 +53,10 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     partial.write_text(json.dumps({"stages": results["stages"][:2], "complete": False}))
     refused = run_cli("bench", "pretrain", "--out", str(partial), "--add-tesseract", "--work", str(tmp_path / "work"))
     assert refused.returncode != 0 and "did not finish" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_stage_of_no_steps_or_a_learning_rate_out_of_range_is_refused_in_one_line(tmp_path):
+    for flag, value in (("--steps", "840,0,300,300"), ("--learning-rates", "3e-4,3e-4,-1,3e-4")):
+        result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), flag, value, "--work", str(tmp_path / "w"))
+        assert result.returncode != 0 and f"error: {flag}:" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()

@@ -13,6 +13,8 @@ from ocrloop.config import BUSINESS_TYPES, DOCUMENT_CATEGORIES, Resolution
 Family = Literal["deepseek-ocr", "deepseek-ocr-2", "qwen2.5-vl"]
 Category = Literal[DOCUMENT_CATEGORIES]
 Business = Literal[BUSINESS_TYPES]
+Count = Annotated[int, Field(ge=1, le=10_000_000)]
+LearningRate = Annotated[float, Field(gt=0, lt=1)]
 
 
 class _Bench(BaseModel):
@@ -131,19 +133,20 @@ class BenchLearnSettings(_Bench):
 class BenchPretrainSettings(_Bench):
     out: Path = Field(description="JSON file to write (the plot goes beside it as .png).")
     size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset trained from scratch: small or tiny.")
-    lessons: list[int] = Field([30_000, 60_000, 12_000, 6_000], min_length=4, max_length=4,
-                               description="Distinct lessons per stage: glyphs, lines, blocks, pages.")
-    steps: list[int] = Field([840, 1600, 300, 300], min_length=4, max_length=4,
-                             description="Optimizer steps per stage, at most (the glyph stage ends when it reads: "
-                                         "--glyphs-read-at).")
-    batch_sizes: list[int] = Field([256, 256, 128, 64], min_length=4, max_length=4, description="Lessons per step, per stage.")
-    learning_rates: list[float] = Field([3e-4, 3e-4, 5e-4, 3e-4], min_length=4, max_length=4,
+    lessons: list[Count] = Field([30_000, 60_000, 12_000, 6_000], min_length=4, max_length=4,
+                                 description="Distinct lessons per stage: glyphs, lines, blocks, pages.")
+    steps: list[Count] = Field([840, 1600, 300, 300], min_length=4, max_length=4,
+                               description="Optimizer steps per stage, at most (the glyph stage ends when it reads: "
+                                           "--glyphs-read-at).")
+    batch_sizes: list[Count] = Field([256, 256, 128, 64], min_length=4, max_length=4,
+                                     description="Lessons per step, per stage.")
+    learning_rates: list[LearningRate] = Field([3e-4, 3e-4, 5e-4, 3e-4], min_length=4, max_length=4,
                                         description="Peak learning rate per stage (warm-up, then linear decay). From "
                                                     "random weights, 1e-3 kept the glyph stage on its plateau for 250 "
                                                     "to 1,100 steps; 3e-4 read glyphs at 1 % by step 609. At 1e-3 the "
                                                     "lines stage left its plateau in one run of two.")
-    max_new_tokens: list[int] = Field([12, 40, 160, 320], min_length=4, max_length=4,
-                                      description="Longest reading per stage's held-out lessons.")
+    max_new_tokens: list[Count] = Field([12, 40, 160, 320], min_length=4, max_length=4,
+                                        description="Longest reading per stage's held-out lessons.")
     heldout: int = Field(64, ge=1, le=100_000, description="Held-out lessons per stage and held-out pages (seeds never "
                                                           "trained on).")
     categories: list[Category] = Field(["receipt", "invoice"], description="Document categories of blocks and pages.")
