@@ -185,8 +185,9 @@ class BenchPhotoLoopSettings(_Bench):
         ["attention", "mlp", "vision"], min_length=1,
         description="Module groups the challenger's LoRA adapts. Photos differ from the reader's clean pages in what "
                     "the page looks like, so the vision tower adapts too (its features are then not cached).")
-    evals: int = Field(4, ge=1, le=1000, description="Validation reads during the challenger's training (a read "
-                                                     "per epoch would outlast the training: 300 photos are 9 steps).")
+    evals: int = Field(4, ge=1, le=1000, description="Validation reads during the challenger's training (the "
+                                                     "workspace's default, one per epoch, would read every 17 steps "
+                                                     "for 270 training photos in steps of 16).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the photos (the same number "
                                                                "gives the same photos).")
     min_test_pages: int = Field(10, ge=1, le=10**6, description="loop.min_test_pages of the workspace.")
