@@ -87,10 +87,11 @@ class TrainingConfig(_Section):
                                                     "ocr); on a machine without CUDA, CPU processes.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass to save memory.")
     compile: bool = Field(
-        False, description="Unsloth backend: let Unsloth compile the model (Unsloth's own default). Off: on an H100 it "
-                           "cost 52 s in the first step of a machine's first run (16 s once compiled before) and saved "
-                           "about 0.06 s a step, so only runs of more than about 900 (270) steps earn it back "
-                           "(docs/performance-notes.md)."
+        False, description="Compile the training step: Unsloth's backend compiles its own modules (Unsloth's own "
+                           "default), the hf backend runs the model through torch.compile (the Trainer's "
+                           "torch_compile). Off: on an H100 Unsloth's cost 52 s in the first step of a machine's first "
+                           "run (16 s once compiled before) and saved about 0.06 s a step, so only runs of more than "
+                           "about 900 (270) steps earn it back (docs/performance-notes.md)."
     )
     cudnn_attention: bool = Field(
         False, description="Let PyTorch choose cuDNN's attention kernel. Off: flash or memory-efficient attention instead; "

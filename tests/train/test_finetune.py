@@ -195,3 +195,21 @@ def test_a_page_no_model_can_take_is_refused_by_name_and_skipped_when_asked(tiny
         train(_config(hostile, tmp_path, "tiny-qwen2.5-vl", max_steps=1), tmp_path / "run")
     result = train(_config(hostile, tmp_path, "tiny-qwen2.5-vl", max_steps=1, skip_invalid=True), tmp_path / "run2")
     assert result.card["data"]["train_pages"] == sum(a["image"].startswith("train/") for a in annotations) - 1
+
+
+def test_a_compiled_step_on_the_hf_backend_trains_like_the_eager_one(tiny_presets, receipts, tmp_path):
+    """training.compile on the hf backend: the Trainer runs the model through torch.compile (forward and backward),
+    which fuses the casts, LoRA's scaling and the norms that make an eager step thousands of launches; the run takes
+    the same steps. The experts' LoRA of DeepSeek-OCR-2 is the case the two-GPU bench trains."""
+    from torch._dynamo.utils import counters
+
+    losses = {}
+    for compiled in (False, True):
+        compiled_before = counters["stats"]["unique_graphs"]
+        result = train(_config(receipts, tmp_path, "tiny-deepseek-ocr-2", max_steps=3, compile=compiled,
+                               lora_targets=["attention", "mlp", "experts"]), tmp_path / str(compiled))
+        assert (counters["stats"]["unique_graphs"] > compiled_before) == compiled
+        losses[compiled] = result.card["metrics"]["loss_by_step"]
+    eager, compiled = losses[False], losses[True]
+    assert [step for step, _ in compiled] == [step for step, _ in eager] == [1, 2, 3]
+    assert all(abs(a - b) < 1e-3 * abs(b) for (_, a), (_, b) in zip(compiled, eager))

@@ -34,7 +34,8 @@ class BenchTrainSettings(_ArchitectureBench):
     batch_size: int = Field(8, ge=1, le=4096, description="Pages per step, the same for every variant.")
     steps: int = Field(12, ge=3, le=100_000, description="Optimizer steps per variant (the first two are warm-up).")
     variants: list[str] = Field(["baseline", "ocrloop"], description="baseline, unsloth, ocrloop, ocrloop-compile, "
-                                "ocrloop-cudnn, ocrloop-hf, ocrloop-hf-nockpt; NAME:MODE sets a variant's training mode.")
+                                "ocrloop-cudnn, ocrloop-hf, ocrloop-hf-nockpt, ocrloop-hf-compile; NAME:MODE sets a "
+                                "variant's training mode.")
     lora_targets: str = Field("attention,mlp,experts", description="LoRA target groups, the same for every variant.")
     work: Path = Field(Path("/tmp/ocrloop-bench"), description="Scratch folder for the checkpoint, pages and runs.")
     epochs: float | None = Field(None, gt=0, le=1000, description="Run mode: train --pages pages for this many epochs, "

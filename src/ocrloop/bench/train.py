@@ -40,6 +40,8 @@ VARIANTS = {
     # ocrloop's path on plain transformers + peft, without Unsloth.
     "ocrloop-hf": ["--backend", "hf", "--optimizer", "auto"],
     "ocrloop-hf-nockpt": ["--backend", "hf", "--optimizer", "auto", "--no-gradient-checkpointing"],
+    # The same, compiled with torch.compile: fewer launches a step, after the first steps pay for compiling.
+    "ocrloop-hf-compile": ["--backend", "hf", "--optimizer", "auto", "--compile"],
     # Unsloth as its notebook runs it (compiled), for telling its share from ocrloop's own.
     "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--compile", "--no-skip-frozen-vision-backward", "--no-feature-cache",
                 "--cudnn-attention"],

@@ -441,6 +441,9 @@ class FineTuner:
             dataloader_prefetch_factor=4 if t.dataloader_workers > 0 else None,
             use_cpu=not self.device_is_cuda,
             disable_tqdm=False,
+            # The hf backend compiles through the Trainer (accelerate wraps the model in torch.compile); Unsloth
+            # compiles its own modules when its import is told to (``prepare_backend``).
+            torch_compile=t.compile and self.bundle.backend == "hf",
             # DDP would broadcast every buffer at each forward: the models' buffers are constants, and those of a
             # vision tower parked on the CPU (``ParkVisionTower``) cannot go through NCCL at all.
             ddp_broadcast_buffers=False,
