@@ -53,3 +53,13 @@ def test_held_out_layouts_that_were_also_trained_on_are_refused_in_one_line(tmp_
     result = run_cli("bench", "photo-loop", "--out", str(tmp_path / "x.json"), "--reader", "tiny-qwen2.5-vl",
                      "--train-templates", "0,1", "--heldout-templates", "1,2", "--work", str(tmp_path / "work"))
     assert result.returncode != 0 and "both trained on and held out" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_reader_that_is_not_a_model_is_refused_before_anything_is_rendered(tmp_path):
+    not_a_model = tmp_path / "reader"
+    not_a_model.mkdir()
+    for reader in (str(not_a_model), str(tmp_path / "no-such-reader")):
+        result = run_cli("bench", "photo-loop", "--out", str(tmp_path / "x.json"), "--reader", reader,
+                         "--work", str(tmp_path / "work"))
+        assert result.returncode != 0 and result.stderr.startswith(f"error: {reader}:"), result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "work").exists()

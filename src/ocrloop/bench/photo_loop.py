@@ -29,7 +29,7 @@ from ocrloop.data.synth import SynthOptions, synthesize_dataset
 from ocrloop.errors import OcrloopError
 from ocrloop.loop.history import loop_history
 from ocrloop.loop.recipe import FineTuneLoop
-from ocrloop.models import load_model, read_model_card
+from ocrloop.models import check_model, load_model, read_model_card
 from ocrloop.models.reading import ReadingSettings
 from ocrloop.registry import Registry
 from ocrloop.registry.champions import serving_model
@@ -43,6 +43,7 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     """Run the loop on photos from ``settings.reader`` and write ``settings.out`` and a PNG beside it."""
     started = time.perf_counter()
     log = (lambda line: console.print(line, markup=False)) if console else (lambda line: None)
+    check_model(settings.reader)  # a wrong --reader is said before minutes of rendering, and leaves no workspace
     reader = str(Path(settings.reader).resolve()) if Path(settings.reader).exists() else settings.reader
     card = (read_model_card(Path(reader)) if Path(reader).is_dir() else None) or {}
     reading = ReadingSettings.from_json(card.get("reading")) or ReadingSettings()

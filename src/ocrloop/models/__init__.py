@@ -104,6 +104,16 @@ def read_model_card(path: Path) -> dict[str, Any] | None:
     return values
 
 
+def check_model(source: str) -> Path:
+    """The local folder of ``source`` once it holds what loading needs (config, weights, tokenizer, a family ocrloop
+    knows; an adapter ocrloop saved is checked when loaded); raises ``ModelError`` naming what is missing. Nothing is
+    loaded: a command checks its model before hours of other work."""
+    path = resolve_model_path(source)
+    if (read_model_card(path) or {}).get("kind") != "adapter":
+        detect_family(_check_files(path), where=str(source))
+    return path
+
+
 def _check_files(path: Path) -> dict[str, Any]:
     config_path = path / "config.json"
     if not config_path.is_file():
