@@ -24,10 +24,12 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     assert [(s["steps"], s["max_steps"]) for s in results["stages"]] == [(1, 3), (5, 5), (3, 3), (3, 3)]
     samples = [s["samples_before"] for s in results["stages"]]
     assert samples == [0, 8, 48, 60]  # steps x batch of the stages before
-    assert results["stages"][0]["heldout_pages_after"] is None  # a glyph reader is not asked to write pages
+    # glyph and line readers are not asked to write pages
+    assert [s["heldout_pages_after"] is None for s in results["stages"]] == [True, True, False, False]
     for stage in results["stages"][1:]:
-        assert stage["curve"] and 0 <= stage["heldout_pages_after"]["cer"]
-        assert stage["waited_for_lessons_seconds"] >= 0  # later stages' lessons render while earlier ones train
+        assert stage["curve"] and stage["waited_for_lessons_seconds"] >= 0  # later lessons render while earlier ones train
+    for stage in results["stages"][2:]:
+        assert 0 <= stage["heldout_pages_after"]["cer"]
     # The last stage's read of the held-out pages is the final one.
     assert results["stages"][-1]["heldout_pages_after"]["cer"] == results["heldout_pages"]["strip_markdown"]["cer"]
     # ... and the last stage's curve point: the pages are read once, as the trainer's validation would score them
