@@ -256,8 +256,8 @@ def add_tesseract_pages(out: Path, work: Path = Path("/tmp/ocrloop-pretrain")) -
 
 
 def plot_pretrain(results: dict[str, Any], png: Path) -> Path:
-    """Held-out CER of each stage's lessons against training samples, the held-out pages after the stages that read them, and the
-    controls (blank images, Tesseract) on the same pages."""
+    """Held-out CER of each stage's lessons against training samples, the held-out pages after the stages that read
+    them, and the controls (blank images, Tesseract) on the same pages."""
     import matplotlib
 
     matplotlib.use("Agg")
