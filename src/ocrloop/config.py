@@ -24,6 +24,7 @@ BUSINESS_TYPES = ("ecommerce", "content", "saas", "legal", "accounting")
 # The one vocabulary of reading modes and prompts; models/base.py gives each its size and its text.
 Resolution = Literal["tiny", "small", "base", "large", "gundam"]
 Prompt = Literal["markdown", "ocr", "free", "figure", "describe", "locate"]
+LoraTarget = Literal["attention", "mlp", "experts", "vision"]
 PiiPolicy = Literal["allow", "redact", "reject"]
 
 
@@ -67,7 +68,7 @@ class TrainingConfig(_Section):
     lora_rank: int = Field(16, ge=1, le=4096, description="LoRA rank r.")
     lora_alpha: int = Field(16, ge=1, le=65536, description="LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_targets: list[Literal["attention", "mlp", "experts", "vision"]] = Field(
+    lora_targets: list[LoraTarget] = Field(
         default_factory=lambda: ["attention"], description="Module groups that get LoRA adapters."
     )
     resolution: Resolution = Field(

@@ -43,9 +43,10 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     """Run the loop on photos from ``settings.reader`` and write ``settings.out`` and a PNG beside it."""
     started = time.perf_counter()
     log = (lambda line: console.print(line, markup=False)) if console else (lambda line: None)
-    check_model(settings.reader)  # a wrong --reader is said before minutes of rendering, and leaves no workspace
-    reader = str(Path(settings.reader).resolve()) if Path(settings.reader).exists() else settings.reader
-    card = (read_model_card(Path(reader)) if Path(reader).is_dir() else None) or {}
+    # A wrong --reader is said before minutes of rendering, and leaves no workspace; a preset or hub id keeps its name.
+    folder = check_model(settings.reader)
+    reader = str(folder.resolve()) if Path(settings.reader).exists() else settings.reader
+    card = read_model_card(folder) or {}
     reading = ReadingSettings.from_json(card.get("reading")) or ReadingSettings()
     reading = dataclasses.replace(reading, **{k: v for k, v in (("resolution", settings.resolution),
                                                                 ("max_new_tokens", settings.max_new_tokens)) if v is not None})

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ocrloop.config import BUSINESS_TYPES, DOCUMENT_CATEGORIES, Resolution
+from ocrloop.config import BUSINESS_TYPES, DOCUMENT_CATEGORIES, LoraTarget, Resolution
 
 Family = Literal["deepseek-ocr", "deepseek-ocr-2", "qwen2.5-vl"]
 Category = Literal[DOCUMENT_CATEGORIES]
@@ -182,7 +182,7 @@ class BenchPhotoLoopSettings(_Bench):
     steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps of the loop's training run.")
     batch_size: int = Field(16, ge=1, le=4096, description="Pages per step (no gradient accumulation).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate of the challenger.")
-    lora_targets: list[Literal["attention", "mlp", "experts", "vision"]] = Field(
+    lora_targets: list[LoraTarget] = Field(
         ["attention", "mlp", "vision"], min_length=1,
         description="Module groups the challenger's LoRA adapts. Photos differ from the reader's clean pages in what "
                     "the page looks like, so the vision tower adapts too (its features are then not cached).")
