@@ -209,3 +209,31 @@ def test_a_parked_vision_tower_trains_the_same_and_comes_back_when_needed(preset
     assert cache.offload_vision() > 0
     assert _generate_cached(bundle, cache, images, resolution, None) == plain and not on_cpu()
     cache.close()
+
+
+def test_a_compiled_forward_served_from_the_cache_is_compiled_once(tiny_presets, synthetic_dataset, tmp_path):
+    """training.compile with cached features: the same batch again must not compile again (the cache's hit counter,
+    traced, once made every step a new graph until dynamo fell back to eager for the model's forward)."""
+    preset = "tiny-deepseek-ocr-2"
+    resolution = FAST_RESOLUTION[preset]
+    bundle = _bundle(tiny_presets[preset])
+    bundle.model.eval()
+    _, pages = _pages(synthetic_dataset, count=2)
+    cache = FeatureCache(bundle, tmp_path / "cache", resolution, device_budget_bytes=2**30)
+    batch = collate(_fill(cache, bundle, pages, resolution), bundle.tokenizer.pad_token_id, family=bundle.family,
+                    tokenizer=bundle.tokenizer, dtype=bundle.dtype)
+    keys = batch.pop("feature_keys")
+    compiled = torch.compile(bundle.model)
+    torch._dynamo.reset()
+    losses = []
+
+    def forward():
+        with cache.serving(keys), torch.no_grad():
+            losses.append(compiled(**to_device(batch, bundle.device)).loss.item())
+
+    forward()  # compiles (transformers' shared decorators compile once per function they wrap)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        forward()
+        forward()
+    assert cache.stats.hits == 3 * len(pages)  # still counted, outside the graph
+    assert losses[0] == losses[1] == losses[2]

@@ -120,7 +120,9 @@ class FeatureCache:
             def answer(*args, **kwargs):  # a plain function: deep copies of the model (merging) stay copyable
                 return self._answer(*args, **kwargs)
 
-            return answer
+            # Kept out of torch.compile's graphs: traced, the hit counter became a guard, so a compiled forward
+            # was compiled again at every step until dynamo gave up and ran the rest of the model eagerly.
+            return torch.compiler.disable(answer)
 
         self._restore_image_features = wrap_image_features(self.owner, answer_from_cache)
         self._closed = False
