@@ -259,9 +259,14 @@ def bench_pretrain_command(settings: BenchPretrainSettings | None = None) -> Non
 @settings_flags(BenchPhotoLoopSettings)
 def bench_photo_loop_command(settings: BenchPhotoLoopSettings | None = None) -> None:
     """Fine-tune a reader on phone photos of one business through the loop; score it before and after on held-out photos, with Tesseract and a blind control."""
-    from ocrloop.bench.photo_loop import bench_photo_loop
+    from ocrloop.bench.photo_loop import add_tesseract_photos, bench_photo_loop
 
-    results = bench_photo_loop(settings, console=notices)
+    if settings.add_tesseract:
+        if not settings.out.is_file():
+            raise OcrloopError(f"{settings.out}: no bench photo-loop result to add Tesseract to")
+        results = add_tesseract_photos(settings)
+    else:
+        results = bench_photo_loop(settings, console=notices)
     console.print(f"loop: {results['loop']['reason']} (champion {results['loop']['champion']})", markup=False)
     for key, label in (("reader", "the reader"), ("champion", "the champion"), ("blind_control", "champion, blank pages"),
                        ("tesseract", "Tesseract")):

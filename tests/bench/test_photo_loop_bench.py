@@ -14,13 +14,13 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     out, work = tmp_path / "photo.json", tmp_path / "work"
     run_cli("bench", "photo-loop", "--out", str(out), "--reader", "tiny-qwen2.5-vl", "--documents", "24", "--heldout", "3",
             "--scale", "0.35", "--steps", "2", "--batch-size", "2", "--min-test-pages", "1", "--resolution", "tiny",
-            "--max-new-tokens", "8", "--backend", "hf", "--evals", "2", "--render-processes", "2", "--work", str(work),
-            check=True)
+            "--max-new-tokens", "8", "--backend", "hf", "--evals", "2", "--render-processes", "2", "--workers", "1",
+            "--work", str(work), check=True)
     results = json.loads(out.read_text())
     # the challenger adapts the vision tower too, reads twice while it trains, and takes --batch-size pages a step
     training = load_config(work / "workspace").training
-    assert (training.lora_targets, training.eval_steps, training.gradient_accumulation_steps) == (
-        ["attention", "mlp", "vision"], 1, 1)
+    assert (training.lora_targets, training.eval_steps, training.gradient_accumulation_steps,
+            training.dataloader_workers) == (["attention", "mlp", "vision"], 1, 1, 1)
     run_card = json.loads(next((work / "workspace").rglob("run_card.json")).read_text())
     assert [v["step"] for v in run_card["metrics"]["validation"]] == [1, 2]
     workload = results["workload"]
@@ -44,6 +44,18 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     assert results["tesseract"]["engine"].startswith("tesseract")
     assert out.with_suffix(".png").stat().st_size > 0
 
+    # Tesseract added later where the run had none (a GPU machine): the held-out photos are rendered again, in a fresh
+    # folder, from the result's workload, and read the same as in the run
+    tesseract = results.pop("tesseract")
+    out.write_text(json.dumps({**results, "tesseract": {"error": "pytesseract is not installed"}}))
+    run_cli("bench", "photo-loop", "--out", str(out), "--add-tesseract", "--work", str(tmp_path / "elsewhere"), check=True)
+    assert json.loads(out.read_text())["tesseract"] == tesseract
+    unfinished = tmp_path / "unfinished.json"
+    unfinished.write_text(json.dumps({"workload": workload}))
+    result = run_cli("bench", "photo-loop", "--out", str(unfinished), "--add-tesseract")
+    assert result.returncode != 0 and "not a finished bench photo-loop result" in result.stderr
+    assert "Traceback" not in result.stderr
+
     # a second run into the same folder would mix in the first one's workspace: refused in one line
     again = run_cli("bench", "photo-loop", "--out", str(out), "--reader", "tiny-qwen2.5-vl", "--work", str(work))
     assert again.returncode != 0 and "earlier run's workspace" in again.stderr and "Traceback" not in again.stderr
@@ -53,6 +65,12 @@ def test_held_out_layouts_that_were_also_trained_on_are_refused_in_one_line(tmp_
     result = run_cli("bench", "photo-loop", "--out", str(tmp_path / "x.json"), "--reader", "tiny-qwen2.5-vl",
                      "--train-templates", "0,1", "--heldout-templates", "1,2", "--work", str(tmp_path / "work"))
     assert result.returncode != 0 and "both trained on and held out" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_without_a_reader_is_refused_in_one_line(tmp_path):
+    result = run_cli("bench", "photo-loop", "--out", str(tmp_path / "x.json"), "--work", str(tmp_path / "work"))
+    assert result.returncode != 0 and "--reader is required" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "work").exists()
 
 
 def test_a_reader_that_is_not_a_model_is_refused_before_anything_is_rendered(tmp_path):

@@ -22,7 +22,7 @@ from ocrloop.atomic import atomic_write_json
 from ocrloop.bench.pretrain import NORMALIZED, score
 from ocrloop.bench.scoring import save_figure, score_tesseract
 from ocrloop.bench.settings import BenchPhotoLoopSettings
-from ocrloop.config import OcrloopConfig, apply_overrides
+from ocrloop.config import DataConfig, OcrloopConfig, apply_overrides
 from ocrloop.data.dataset import Dataset
 from ocrloop.data.lessons import blank_copy
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
@@ -54,6 +54,7 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
                  "training.gradient_accumulation_steps": 1, "training.learning_rate": settings.learning_rate,
                  "training.lora_targets": settings.lora_targets, "training.eval_steps": max(1, settings.steps // settings.evals),
                  "training.read_batch_size": settings.read_batch_size, "training.backend": settings.backend,
+                 "training.dataloader_workers": settings.workers,
                  "loop.min_test_pages": settings.min_test_pages,
                  # the challenger trains, and everything reads, at the reader's settings
                  "training.resolution": reading.resolution, "training.prompt": reading.prompt,
@@ -63,21 +64,10 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
         raise OcrloopError(f"{root} holds an earlier run's workspace: remove it, or give another --work")
     workspace, _ = init_workspace(root, apply_overrides(OcrloopConfig(base_model=reader), overrides))
     config = workspace.config
-    photos = dict(categories=tuple(settings.categories), businesses=(settings.business,), style="photo", scale=settings.scale)
     log(f"rendering {settings.documents} photographed documents of a {settings.business} business")
-    synthesize_dataset(config.dataset_dir, SynthOptions(n=settings.documents, seed=TRAIN_SEED,
-                                                        templates=tuple(settings.train_templates), **photos), config.data,
-                       workers=settings.render_processes)
-    heldout_templates = tuple(settings.heldout_templates)
-    name = (f"heldout-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{settings.heldout}"
-            f"-rendered-by-{settings.render_processes}-templates-{'-'.join(map(str, heldout_templates))}")
-    heldout_root, blank_root = settings.work / name, settings.work / f"{name}-blank"  # reused by later runs
-    if not (heldout_root / "annotations.json").is_file():
-        synthesize_dataset(heldout_root, SynthOptions(n=settings.heldout, seed=HELDOUT_SEED, split_fractions=(1.0, 0.0, 0.0),
-                                                      templates=heldout_templates, **photos), config.data,
-                          workers=settings.render_processes)
-    if not (blank_root / "annotations.json").is_file():
-        blank_copy(blank_root, heldout_root, config.data)
+    synthesize_dataset(config.dataset_dir, _photos(settings, settings.documents, TRAIN_SEED, settings.train_templates),
+                       config.data, workers=settings.render_processes)
+    heldout_root, blank_root = heldout_photos(settings, config.data)
     heldout = Dataset.open(heldout_root, config.data)
     trained_texts = {e.text for e in Dataset.open(config.dataset_dir, config.data).examples()}
     overlap = sum(e.text in trained_texts for e in heldout.examples())
@@ -93,7 +83,8 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
         "workload": {"reader": reader, "business": settings.business, "categories": list(settings.categories),
                      "documents": settings.documents, "train_seed": TRAIN_SEED, "heldout_pages": len(heldout.examples()),
                      "heldout_seed": HELDOUT_SEED, "heldout_texts_also_in_training": overlap,
-                     "train_templates": list(settings.train_templates), "heldout_templates": list(heldout_templates),
+                     "train_templates": list(settings.train_templates), "heldout_templates": list(settings.heldout_templates),
+                     "scale": settings.scale, "render_processes": settings.render_processes,
                      "reading": dataclasses.asdict(reading),
                      "normalized": NORMALIZED},
         "loop": {"ran": loop.ran, "promoted": loop.promoted, "reason": loop.reason, "champion": champion.name,
@@ -110,6 +101,52 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     results["blind_control"] = score(model, Dataset.open(blank_root, config.data), reading, batch_size=settings.read_batch_size)
     results["tesseract"] = score_tesseract(heldout)
     results.update({"host": platform.node(), "total_seconds": time.perf_counter() - started})
+    atomic_write_json(settings.out, results)
+    plot_photo_loop(results, settings.out.with_suffix(".png"))
+    return results
+
+
+def _photos(settings: BenchPhotoLoopSettings, n: int, seed: int, templates: list[int], **options) -> SynthOptions:
+    """Photographed documents of the settings' business and categories."""
+    return SynthOptions(n=n, seed=seed, templates=tuple(templates), categories=tuple(settings.categories),
+                        businesses=(settings.business,), style="photo", scale=settings.scale, **options)
+
+
+def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[Path, Path]:
+    """The held-out photos (a seed and layouts the workspace never sees) and their blank twins, rendered once per
+    settings under ``settings.work`` and reused by later runs."""
+    name = (f"heldout-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{settings.heldout}"
+            f"-rendered-by-{settings.render_processes}-templates-{'-'.join(map(str, settings.heldout_templates))}")
+    root, blank = settings.work / name, settings.work / f"{name}-blank"
+    if not (root / "annotations.json").is_file():
+        synthesize_dataset(root, _photos(settings, settings.heldout, HELDOUT_SEED, settings.heldout_templates,
+                                         split_fractions=(1.0, 0.0, 0.0)), data, workers=settings.render_processes)
+    if not (blank / "annotations.json").is_file():
+        blank_copy(blank, root, data)
+    return root, blank
+
+
+def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
+    """Score Tesseract into ``settings.out``, a result made where it was missing (a GPU machine): the held-out photos
+    are rendered again from their seed with the result's workload (fonts on the machine permitting), checked against
+    the texts the reader read, then re-plotted."""
+    import json
+
+    results = json.loads(settings.out.read_text())
+    if "reader" not in results:
+        raise OcrloopError(f"{settings.out} is not a finished bench photo-loop result: it has no reading of the held-out photos")
+    workload = results["workload"]
+    settings = settings.model_copy(update={
+        "business": workload["business"], "categories": workload["categories"], "heldout": workload["heldout_pages"],
+        "heldout_templates": workload["heldout_templates"], "scale": workload.get("scale", settings.scale),
+        "render_processes": workload.get("render_processes", settings.render_processes)})
+    root, _ = heldout_photos(settings, DataConfig())
+    photos = Dataset.open(root, DataConfig())
+    references = [e["reference"] for e in results["reader"]["examples"]]
+    if [e.text for e in photos.examples()[: len(references)]] != references:
+        raise OcrloopError("the held-out photos rendered here differ from the result's (other fonts or --render-processes?); "
+                           "Tesseract would read other pages")
+    results["tesseract"] = score_tesseract(photos)
     atomic_write_json(settings.out, results)
     plot_photo_loop(results, settings.out.with_suffix(".png"))
     return results

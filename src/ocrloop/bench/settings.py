@@ -169,7 +169,8 @@ class BenchPretrainSettings(_Bench):
 
 class BenchPhotoLoopSettings(_Bench):
     out: Path = Field(description="JSON file to write (the plot goes beside it as .png).")
-    reader: str = Field(description="The model to start from: a folder (e.g. bench pretrain --save-model's) or a preset.")
+    reader: str | None = Field(None, description="The model to start from: a folder (e.g. bench pretrain --save-model's) "
+                                                 "or a preset. Required, except with --add-tesseract.")
     business: Business = Field("ecommerce", description="The one business whose documents are photographed.")
     categories: list[Category] = Field(["receipt", "invoice"], description="Document categories.")
     documents: int = Field(500, ge=1, le=100_000, description="Labelled photographed documents in the workspace.")
@@ -191,15 +192,21 @@ class BenchPhotoLoopSettings(_Bench):
                                                      "for 270 training photos in steps of 16).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the photos (the same number "
                                                                "gives the same photos).")
+    workers: int = Field(8, ge=0, le=256, description="Data loader processes of the challenger's training "
+                                                      "(training.dataloader_workers): photos are large JPEGs to decode.")
     min_test_pages: int = Field(10, ge=1, le=10**6, description="loop.min_test_pages of the workspace.")
     read_batch_size: int = Field(32, ge=1, le=4096, description="Pages per generation when reading held-out photos.")
     resolution: Resolution | None = Field(None, description="Resolution to train and read at; unset: the reader's own.")
     max_new_tokens: int | None = Field(None, ge=1, le=32_768, description="Longest reading; unset: the reader's own.")
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="training.backend of the workspace.")
     work: Path = Field(Path("/tmp/ocrloop-photo-loop"), description="Scratch folder for the workspace and held-out photos.")
+    add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "
+                                                   "was missing): the held-out photos are rendered again from its workload.")
 
     @model_validator(mode="after")
-    def _heldout_layouts_unseen(self) -> "BenchPhotoLoopSettings":
+    def _reader_given_and_heldout_layouts_unseen(self) -> "BenchPhotoLoopSettings":
+        if self.reader is None and not self.add_tesseract:
+            raise ValueError("--reader is required: the model the loop starts from")
         shared = sorted(set(self.train_templates) & set(self.heldout_templates))
         if shared:
             raise ValueError(f"templates {shared} are both trained on and held out; held-out layouts must be unseen")
