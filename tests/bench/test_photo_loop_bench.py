@@ -55,6 +55,9 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     result = run_cli("bench", "photo-loop", "--out", str(unfinished), "--add-tesseract")
     assert result.returncode != 0 and "not a finished bench photo-loop result" in result.stderr
     assert "Traceback" not in result.stderr
+    unfinished.write_text('{"workload": ')  # cut off while written by hand or copied
+    result = run_cli("bench", "photo-loop", "--out", str(unfinished), "--add-tesseract")
+    assert result.returncode != 0 and "is not JSON" in result.stderr and "Traceback" not in result.stderr
 
     # a second run into the same folder would mix in the first one's workspace: refused in one line
     again = run_cli("bench", "photo-loop", "--out", str(out), "--reader", "tiny-qwen2.5-vl", "--work", str(work))

@@ -81,7 +81,8 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     results: dict[str, Any] = {
         "command": " ".join(["ocrloop bench photo-loop", *sys.argv[3:]]),
         "workload": {"reader": reader, "business": settings.business, "categories": list(settings.categories),
-                     "documents": settings.documents, "train_seed": TRAIN_SEED, "heldout_pages": len(heldout.examples()),
+                     "documents": settings.documents, "train_seed": TRAIN_SEED, "heldout_documents": settings.heldout,
+                     "heldout_pages": len(heldout.examples()),
                      "heldout_seed": HELDOUT_SEED, "heldout_texts_also_in_training": overlap,
                      "train_templates": list(settings.train_templates), "heldout_templates": list(settings.heldout_templates),
                      "scale": settings.scale, "render_processes": settings.render_processes,
@@ -132,19 +133,24 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
     the texts the reader read, then re-plotted."""
     import json
 
-    results = json.loads(settings.out.read_text())
-    if "reader" not in results:
-        raise OcrloopError(f"{settings.out} is not a finished bench photo-loop result: it has no reading of the held-out photos")
+    try:
+        results = json.loads(settings.out.read_text())
+    except ValueError as error:
+        raise OcrloopError(f"{settings.out} is not JSON ({error})") from None
+    if not isinstance(results, dict) or "reader" not in results or "workload" not in results:
+        raise OcrloopError(f"{settings.out} is not a finished bench photo-loop result: "
+                           "it has no reading of the held-out photos")
     workload = results["workload"]
     settings = settings.model_copy(update={
-        "business": workload["business"], "categories": workload["categories"], "heldout": workload["heldout_pages"],
+        "business": workload["business"], "categories": workload["categories"],
+        "heldout": workload.get("heldout_documents", workload["heldout_pages"]),
         "heldout_templates": workload["heldout_templates"], "scale": workload.get("scale", settings.scale),
         "render_processes": workload.get("render_processes", settings.render_processes)})
     root, _ = heldout_photos(settings, DataConfig())
     photos = Dataset.open(root, DataConfig())
     references = [e["reference"] for e in results["reader"]["examples"]]
     if [e.text for e in photos.examples()[: len(references)]] != references:
-        raise OcrloopError("the held-out photos rendered here differ from the result's (other fonts or --render-processes?); "
+        raise OcrloopError("the held-out photos rendered here differ from the result's (other fonts?); "
                            "Tesseract would read other pages")
     results["tesseract"] = score_tesseract(photos)
     atomic_write_json(settings.out, results)
