@@ -208,12 +208,10 @@ def bench_lines_command(settings: BenchLinesSettings | None = None) -> None:
 @settings_flags(BenchLearnSettings)
 def bench_learn_command(settings: BenchLearnSettings | None = None) -> None:
     """Learning curve: a small model trained from scratch, held-out CER/WER per category against Tesseract."""
-    from ocrloop.bench.learn import add_tesseract, bench_learn
+    from ocrloop.bench.learn import add_tesseract_documents, bench_learn
 
     if settings.add_tesseract:
-        if not settings.out.is_file():
-            raise OcrloopError(f"{settings.out}: no bench learn result to add Tesseract to")
-        results = add_tesseract(settings.out, settings.work)
+        results = add_tesseract_documents(settings.out, settings.work)
     else:
         values = settings.model_dump(exclude={"add_tesseract"})
         results = bench_learn(console=notices, **{**values, "categories": tuple(settings.categories)})
@@ -235,12 +233,7 @@ def bench_pretrain_command(settings: BenchPretrainSettings | None = None) -> Non
     from ocrloop.bench.pretrain import add_tesseract_pages, bench_pretrain
 
     if settings.add_tesseract:
-        if not settings.out.is_file():
-            raise OcrloopError(f"{settings.out}: no bench pretrain result to add Tesseract to")
-        try:
-            results = add_tesseract_pages(settings.out, settings.work)
-        except ValueError as error:
-            raise OcrloopError(str(error)) from None
+        results = add_tesseract_pages(settings.out, settings.work)
     else:
         results = bench_pretrain(settings, console=notices)
     for stage in results["stages"]:
@@ -262,8 +255,6 @@ def bench_photo_loop_command(settings: BenchPhotoLoopSettings | None = None) -> 
     from ocrloop.bench.photo_loop import add_tesseract_photos, bench_photo_loop
 
     if settings.add_tesseract:
-        if not settings.out.is_file():
-            raise OcrloopError(f"{settings.out}: no bench photo-loop result to add Tesseract to")
         results = add_tesseract_photos(settings)
     else:
         results = bench_photo_loop(settings, console=notices)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ocrloop.atomic import atomic_write_json
-from ocrloop.bench.scoring import report_scores, save_figure, score_tesseract
+from ocrloop.bench.scoring import add_tesseract, report_scores, save_figure, score_tesseract
 from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
 from ocrloop.data.dataset import Dataset
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
@@ -87,23 +87,19 @@ def bench_learn(out: Path, *, family: str = "qwen2.5-vl", size: str = "small", t
     return results
 
 
-def add_tesseract(out: Path, work: Path = Path("/tmp/ocrloop-learn")) -> dict[str, Any]:
-    """Score Tesseract into an existing ``bench learn`` result (for GPU machines without Tesseract): the
-    held-out documents are made again from their seed, then the plot is redrawn."""
-    import json
+def add_tesseract_documents(out: Path, work: Path = Path("/tmp/ocrloop-learn")) -> dict[str, Any]:
+    """Score Tesseract into an existing ``bench learn`` result (``scoring.add_tesseract``): the held-out documents
+    are made again from their seed."""
 
-    results = json.loads(out.read_text())
-    workload = results["workload"]
-    documents = workload["heldout_documents"]
-    root = work / f"heldout-{documents}"
-    if not (root / "annotations.json").is_file():
-        synthesize_dataset(root, SynthOptions(n=documents, seed=2, categories=tuple(workload["categories"]),
-                                              scale=workload["scale"]), DataConfig())
-    heldout = Dataset.open(root, DataConfig())
-    results["tesseract"] = score_tesseract(heldout)
-    atomic_write_json(out, results)
-    plot_curve(results, out.with_suffix(".png"))
-    return results
+    def heldout(workload: dict[str, Any]) -> Dataset:
+        documents = workload["heldout_documents"]
+        root = work / f"heldout-{documents}"
+        if not (root / "annotations.json").is_file():
+            synthesize_dataset(root, SynthOptions(n=documents, seed=2, categories=tuple(workload["categories"]),
+                                                  scale=workload["scale"]), DataConfig())
+        return Dataset.open(root, DataConfig())
+
+    return add_tesseract(out, "bench learn", heldout, plot_curve)
 
 
 def plot_curve(results: dict[str, Any], png: Path) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ocrloop.atomic import atomic_write_json
 from ocrloop.bench.pretrain import NORMALIZED, score
-from ocrloop.bench.scoring import save_figure, score_tesseract
+from ocrloop.bench.scoring import add_tesseract, save_figure, score_tesseract
 from ocrloop.bench.settings import BenchPhotoLoopSettings
 from ocrloop.config import DataConfig, OcrloopConfig, apply_overrides
 from ocrloop.data.dataset import Dataset
@@ -128,34 +128,19 @@ def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[
 
 
 def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
-    """Score Tesseract into ``settings.out``, a result made where it was missing (a GPU machine): the held-out photos
-    are rendered again from their seed with the result's workload (fonts on the machine permitting), checked against
-    the texts the reader read, then re-plotted."""
-    import json
+    """Score Tesseract into ``settings.out`` (``scoring.add_tesseract``): the held-out photos are rendered again with
+    the result's workload and checked against the texts the reader read."""
 
-    try:
-        results = json.loads(settings.out.read_text())
-    except ValueError as error:
-        raise OcrloopError(f"{settings.out} is not JSON ({error})") from None
-    if not isinstance(results, dict) or "reader" not in results or "workload" not in results:
-        raise OcrloopError(f"{settings.out} is not a finished bench photo-loop result: "
-                           "it has no reading of the held-out photos")
-    workload = results["workload"]
-    settings = settings.model_copy(update={
-        "business": workload["business"], "categories": workload["categories"],
-        "heldout": workload.get("heldout_documents", workload["heldout_pages"]),
-        "heldout_templates": workload["heldout_templates"], "scale": workload.get("scale", settings.scale),
-        "render_processes": workload.get("render_processes", settings.render_processes)})
-    root, _ = heldout_photos(settings, DataConfig())
-    photos = Dataset.open(root, DataConfig())
-    references = [e["reference"] for e in results["reader"]["examples"]]
-    if [e.text for e in photos.examples()[: len(references)]] != references:
-        raise OcrloopError("the held-out photos rendered here differ from the result's (other fonts?); "
-                           "Tesseract would read other pages")
-    results["tesseract"] = score_tesseract(photos)
-    atomic_write_json(settings.out, results)
-    plot_photo_loop(results, settings.out.with_suffix(".png"))
-    return results
+    def heldout(workload: dict[str, Any]) -> Dataset:
+        rendered = settings.model_copy(update={
+            "business": workload["business"], "categories": workload["categories"],
+            "heldout": workload.get("heldout_documents", workload["heldout_pages"]),
+            "heldout_templates": workload["heldout_templates"], "scale": workload.get("scale", settings.scale),
+            "render_processes": workload.get("render_processes", settings.render_processes)})
+        root, _ = heldout_photos(rendered, DataConfig())
+        return Dataset.open(root, DataConfig())
+
+    return add_tesseract(settings.out, "bench photo-loop", heldout, plot_photo_loop, read="reader")
 
 
 def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:

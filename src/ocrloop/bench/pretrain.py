@@ -25,7 +25,7 @@ from typing import Any
 from ocrloop.atomic import atomic_write_json
 from ocrloop.config import DataConfig, OcrloopConfig, TrainingConfig
 from ocrloop.data.dataset import Dataset
-from ocrloop.bench.scoring import save_figure, score_tesseract, scored
+from ocrloop.bench.scoring import add_tesseract, save_figure, score_tesseract, scored
 from ocrloop.bench.settings import BenchPretrainSettings
 from ocrloop.data.lessons import LESSONS, LessonOptions, blank_copy, synthesize_lessons
 from ocrloop.evaluate.evaluator import evaluate_model
@@ -235,24 +235,14 @@ def copy_as_bfloat16(model: Path, destination: Path) -> None:
 
 
 def add_tesseract_pages(out: Path, work: Path = Path("/tmp/ocrloop-pretrain")) -> dict[str, Any]:
-    """Score Tesseract into an existing result made where it was missing (a GPU machine): the held-out pages are
-    rendered again from their seed, which gives the same texts (fonts on the machine permitting), then re-plotted."""
-    import json
+    """Score Tesseract into an existing result (``scoring.add_tesseract``): the held-out pages are rendered again
+    from their seed and checked against the texts the final read kept."""
 
-    results = json.loads(out.read_text())
-    if "workload" not in results:  # written after each stage; the held-out pages are read at the end
-        raise ValueError(f"{out} is from a run that did not finish: it has no reading of the held-out pages to set "
-                         "Tesseract beside")
-    workload = results["workload"]
-    root, _ = heldout_pages(work, workload["heldout_pages"], tuple(workload["categories"]), DataConfig())
-    pages = Dataset.open(root, DataConfig())
-    references = [e["reference"] for e in results["heldout_pages"]["examples"]]
-    if [e.text for e in pages.examples()[: len(references)]] != references:
-        raise ValueError("the held-out pages rendered here differ from the result's; Tesseract would read other pages")
-    results["tesseract"] = score_tesseract(pages)
-    atomic_write_json(out, results)
-    plot_pretrain(results, out.with_suffix(".png"))
-    return results
+    def heldout(workload: dict[str, Any]) -> Dataset:
+        root, _ = heldout_pages(work, workload["heldout_pages"], tuple(workload["categories"]), DataConfig())
+        return Dataset.open(root, DataConfig())
+
+    return add_tesseract(out, "bench pretrain", heldout, plot_pretrain, read="heldout_pages")
 
 
 def plot_pretrain(results: dict[str, Any], png: Path) -> Path:

@@ -3,10 +3,13 @@ the same pages, and how a figure is written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from ocrloop.atomic import atomic_write_json
 from ocrloop.data.dataset import Dataset
+from ocrloop.errors import OcrloopError
 from ocrloop.evaluate.metrics import EvaluationReport, Normalization, ScoredPair, evaluate_pairs
 
 NORMALIZATIONS = {"plain": Normalization(), "strip_markdown": Normalization(strip_markdown=True)}
@@ -32,7 +35,6 @@ def scored(examples: list, texts: list[str]) -> dict[str, Any]:
 
 def score_tesseract(dataset: Dataset) -> dict[str, Any]:
     """Tesseract on every page of ``dataset`` (``scored``); ``{"error": ...}`` where it is not installed."""
-    from ocrloop.errors import OcrloopError
     from ocrloop.evaluate.tesseract import read_with_tesseract, tesseract_name
 
     try:
@@ -41,6 +43,33 @@ def score_tesseract(dataset: Dataset) -> dict[str, Any]:
     except OcrloopError as error:
         return {"error": str(error)}
     return {"engine": engine, **scored(read, texts)}
+
+
+def add_tesseract(out: Path, command: str, heldout: Callable[[dict[str, Any]], Dataset],
+                  plot: Callable[[dict[str, Any], Path], Path], read: str | None = None) -> dict[str, Any]:
+    """Score Tesseract into ``out``, a ``command`` result made where Tesseract was missing (a GPU machine), and redraw
+    its figure with ``plot``. ``heldout`` renders the result's held-out pages again from its workload (the same pages,
+    fonts on the machine permitting); where ``read`` names the reading whose examples the result kept, the pages must
+    hold the same texts. Every refusal is one line (``OcrloopError``)."""
+    try:
+        results = json.loads(out.read_text())
+    except OSError:
+        raise OcrloopError(f"{out}: no {command} result to add Tesseract to") from None
+    except ValueError as error:
+        raise OcrloopError(f"{out} is not JSON ({error})") from None
+    if not isinstance(results, dict) or "workload" not in results or (read is not None and read not in results):
+        raise OcrloopError(f"{out} is not a finished {command} result: a run that did not finish has no reading of "
+                           "its held-out pages to set Tesseract beside")
+    pages = heldout(results["workload"])
+    if read is not None:
+        references = [e["reference"] for e in results[read]["examples"]]
+        if [e.text for e in pages.examples()[: len(references)]] != references:
+            raise OcrloopError(f"the held-out pages rendered here differ from {out}'s (other fonts?); Tesseract would "
+                               "read other pages")
+    results["tesseract"] = score_tesseract(pages)
+    atomic_write_json(out, results)
+    plot(results, out.with_suffix(".png"))
+    return results
 
 
 def save_figure(fig, png: Path) -> Path:
