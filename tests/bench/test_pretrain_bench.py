@@ -12,13 +12,13 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "32,32,16,8", "--steps", "3,3,3,3",
             "--batch-sizes", "8,8,4,4", "--heldout", "4", "--workers", "0", "--render-processes", "2",
             "--max-new-tokens", "8,8,16,16", "--evals-per-stage", "1", "--work", str(tmp_path / "work"),
-            "--save-model", str(model), "--scrambled", "0.5", "--glyphs-read-at", "100", check=True)
+            "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--glyphs-read-at", "100", check=True)
     results = json.loads(out.read_text())
     assert [s["stage"] for s in results["stages"]] == ["glyphs", "lines", "blocks", "pages"]
     # Scrambled lessons are rendered apart from plain ones (a later plain run must not reuse them).
     assert results["workload"]["scrambled"] == 0.5
-    assert sorted(p.name for p in (tmp_path / "work").glob("*-scrambled-0.5")) == ["blocks-16-scrambled-0.5",
-                                                                                 "pages-8-scrambled-0.5"]
+    assert sorted(p.name for p in (tmp_path / "work").glob("*-scrambled-0.5*")) == ["blocks-16-scrambled-0.5",
+                                                                                  "pages-8-scrambled-0.5-photos-0.5"]
     # Any CER of 8 new tokens is at most 100: the glyph stage ends at its first read (after step 1 of 3), and the
     # lines stage gets the two steps it left.
     assert [(s["steps"], s["max_steps"]) for s in results["stages"]] == [(1, 3), (5, 5), (3, 3), (3, 3)]
@@ -30,11 +30,14 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
         assert stage["curve"] and stage["waited_for_lessons_seconds"] >= 0  # later lessons render while earlier ones train
     for stage in results["stages"][2:]:
         assert 0 <= stage["heldout_pages_after"]["cer"]
+    # With photographed pages among the lessons, the reader also reads bench photo-loop's held-out photos.
+    assert results["workload"]["photos"] == 0.5
+    assert results["heldout_photos"]["examples"][0]["reference"] != results["heldout_pages"]["examples"][0]["reference"]
     # The last stage's read of the held-out pages is the final one.
     assert results["stages"][-1]["heldout_pages_after"]["cer"] == results["heldout_pages"]["strip_markdown"]["cer"]
     # ... and the last stage's curve point: the pages are read once, as the trainer's validation would score them
     assert results["stages"][-1]["curve"] == [{"step": 3, "samples": 60 + 3 * 4, "cer": results["heldout_pages"]["plain"]["cer"]}]
-    for key in ("heldout_pages", "blind_control"):
+    for key in ("heldout_pages", "blind_control", "heldout_photos"):
         scored = results[key]
         assert scored["pages"] == 4
         assert {"cer", "mean_page_cer", "median_page_cer", "normalized_edit_distance"} <= set(scored["strip_markdown"])

@@ -98,6 +98,20 @@ def test_a_scrambled_share_of_blocks_and_pages_reads_like_no_document(kind):
     assert not template_words(1.0)  # ... scrambled ones none of them
 
 
+def test_a_photographed_page_lesson_holds_the_plain_ones_text_as_a_colour_phone_photo():
+    families = font_families()
+    plain_image, plain_text, _ = render_lesson("pages", random.Random(3), families, LessonOptions("pages", 1))
+    photo, text, category = render_lesson("pages", random.Random(3), families, LessonOptions("pages", 1, photos=1.0))
+    assert text == plain_text and category in ("receipt", "invoice")
+    assert plain_image.mode == "L" and photo.mode == "RGB"
+    # the sheet lies on a desk inside a larger frame, still padded to whole attention windows
+    assert photo.size[0] > plain_image.size[0] and photo.size[0] % WINDOW == 0 and photo.size[1] % WINDOW == 0
+    pixels = np.asarray(photo, dtype=np.int16)
+    assert np.abs(pixels[..., 0] - pixels[..., 2]).mean() > 3  # tinted paper and a coloured desk, not grey
+    with pytest.raises(ValueError, match="photos"):
+        LessonOptions("pages", 1, photos=-0.1)
+
+
 def test_scrambled_must_be_a_share():
     with pytest.raises(ValueError, match="scrambled"):
         LessonOptions("pages", 1, scrambled=1.5)

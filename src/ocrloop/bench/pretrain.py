@@ -59,6 +59,18 @@ def heldout_pages(work: Path, pages: int, categories: tuple[str, ...], data: Dat
     return root, blank
 
 
+def heldout_photo_pages(work: Path, checkpoint: Path, count: int, data: DataConfig) -> Dataset:
+    """``count`` of ``bench photo-loop``'s held-out photos, at its defaults otherwise (an ``ecommerce`` business in a
+    layout no lesson uses, a seed no lesson uses), rendered under ``work``: at 64, the very pages its reader, champion
+    and Tesseract are scored on."""
+    from ocrloop.bench.photo_loop import heldout_photos
+    from ocrloop.bench.settings import BenchPhotoLoopSettings
+
+    settings = BenchPhotoLoopSettings(out=work / "unused.json", reader=str(checkpoint), heldout=count, work=work)
+    root, _ = heldout_photos(settings, data)
+    return Dataset.open(root, data)
+
+
 def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processes: int) -> Dataset:
     """The lessons at ``root``, rendered first if they are not there yet, opened (every file inspected)."""
     if not (root / "annotations.json").is_file():
@@ -108,8 +120,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
     stage_data, stage_heldout = {}, {}
     scrambled = {stage: settings.scrambled if stage in ("blocks", "pages") else 0.0 for stage in stages}
+    photos = {stage: settings.photos if stage == "pages" else 0.0 for stage in stages}
     for index, stage in enumerate(stages, start=1):
-        suffix = f"-scrambled-{scrambled[stage]:g}" if scrambled[stage] else ""
+        suffix = (f"-scrambled-{scrambled[stage]:g}" if scrambled[stage] else "") + (f"-photos-{photos[stage]:g}" if photos[stage] else "")
         stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{suffix}"
         stage_heldout[stage] = work / f"heldout-{stage}-{heldout}"
         if stage != "pages" and not (stage_heldout[stage] / "annotations.json").is_file():
@@ -118,7 +131,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     stage_heldout["pages"] = pages_root
     pages = Dataset.open(pages_root, data)
 
-    options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage])
+    photo_pages = heldout_photo_pages(work, checkpoint, heldout, data) if settings.photos else None
+    options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage],
+                                    photos=photos[stage])
                for index, stage in enumerate(stages, start=1)}
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
@@ -169,6 +184,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 if stage == stages[-1]:
                     results["heldout_pages"] = after
                     results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
+                    if photo_pages is not None:
+                        results["heldout_photos"] = score(tuner.bundle, photo_pages, reading, batch_size=64)
             finally:
                 tuner.cleanup()
             speed = card["speed"]
@@ -209,7 +226,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     results.update({
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
                      "categories": list(categories), "heldout_pages": heldout, "heldout_seed": HELDOUT_SEED,
-                     "scrambled": settings.scrambled,
+                     "scrambled": settings.scrambled, "photos": settings.photos,
                      "training_samples": samples_before, "normalized": NORMALIZED},
         "host": platform.node(), "synth_seconds": synth_seconds, "total_seconds": total, "model": base,
     })
@@ -261,6 +278,10 @@ def plot_pretrain(results: dict[str, Any], png: Path) -> Path:
     ends = [(s["samples_before"] + s["steps"] * s["batch_size"], s["heldout_pages_after"]["cer"])
             for s in results["stages"] if s["heldout_pages_after"]]
     ax.plot([x for x, _ in ends], [y for _, y in ends], marker="s", color="black", label="held-out pages (after the stage)")
+    if "heldout_photos" in results and ends:
+        level = results["heldout_photos"]["strip_markdown"]["cer"]
+        ax.plot([ends[-1][0]], [level], marker="^", linestyle="none", color="tab:red",
+                label=f"held-out phone photos, unseen layout ({level:.1%}, markup ignored)")
     controls = [("blind_control", "same texts on blank images", ":"), ("tesseract", "Tesseract", "--")]
     for key, label, style in controls:
         scored = results.get(key, {})
@@ -271,6 +292,7 @@ def plot_pretrain(results: dict[str, Any], png: Path) -> Path:
     ax.set_xlabel("training samples")
     ax.set_ylabel("held-out CER (markup ignored on pages)")
     levels = [results[key]["strip_markdown"]["cer"] for key, _, _ in controls if "strip_markdown" in results.get(key, {})]
+    levels += [results["heldout_photos"]["strip_markdown"]["cer"]] if "heldout_photos" in results else []
     highest = max([0.2] + [p["cer"] for s in results["stages"] for p in s["curve"]] + [y for _, y in ends] + levels)
     ax.set_ylim(0, min(1.25, highest * 1.05))
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))

@@ -136,7 +136,7 @@ class BenchPretrainSettings(_Bench):
     size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset trained from scratch: small or tiny.")
     lessons: list[Count] = Field([30_000, 60_000, 12_000, 6_000], min_length=4, max_length=4,
                                  description="Distinct lessons per stage: glyphs, lines, blocks, pages.")
-    steps: list[Count] = Field([840, 1600, 300, 300], min_length=4, max_length=4,
+    steps: list[Count] = Field([840, 1400, 300, 600], min_length=4, max_length=4,
                                description="Optimizer steps per stage, at most (the glyph stage ends when it reads: "
                                            "--glyphs-read-at).")
     batch_sizes: list[Count] = Field([256, 256, 128, 64], min_length=4, max_length=4,
@@ -159,6 +159,9 @@ class BenchPretrainSettings(_Bench):
                                         "its plateau moves from run to run. None: every glyph step.")
     scrambled: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose words and numbers are "
                                                            "random, layout kept (held-out lessons and pages never are).")
+    photos: float = Field(0.0, ge=0, le=1, description="Share of page lessons drawn as phone photos (data synth --style "
+                                                        "photo); above 0, the reader also reads bench photo-loop's "
+                                                        "held-out photos (a layout no lesson uses) at the end.")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the lessons.")
     save_model: Path | None = Field(None, description="Also copy the final reader here, weights in bfloat16.")

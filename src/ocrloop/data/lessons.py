@@ -14,7 +14,8 @@ word and number replaced by random letters and digits of the same shape: a model
 expects, without looking, gets those wrong, so looking keeps paying after the glyphs.
 
 Blocks and pages draw their families from every family on the machine (``data.fonts``) and get light scan
-noise; their canvases are padded with white to multiples of 112 px, the vision tower's attention window, so
+noise (with ``photos`` above 0, that share of pages is a phone photo instead: ``data.synth.photograph``); their
+canvases are padded with white to multiples of 112 px, the vision tower's attention window, so
 every window has the same length and a batch's window attention is one call. The texts come from
 ``data.synth``'s document generators, so the vocabulary is the documents'; held-out pages use seeds never
 trained on.
@@ -22,6 +23,7 @@ trained on.
 
 from __future__ import annotations
 
+import io
 import random
 import re
 import string
@@ -36,7 +38,7 @@ from ocrloop.config import DataConfig
 from ocrloop.data.add import AddResult, IncomingDocument, add_documents
 from ocrloop.data.fonts import MONOSPACED, FontFamily, font_families
 from ocrloop.data.synth import (CATEGORY_BUSINESSES, DOCUMENT_CONTENT, PageRenderer, SynthOptions, add_scan_noise,
-                                render_document, render_in_processes)
+                                photograph, render_document, render_in_processes)
 
 LESSONS = ("glyphs", "lines", "blocks", "pages")
 LINE_SIZE = (448, 112)
@@ -56,6 +58,7 @@ class LessonOptions:
     noise: float = 0.15  # light scan noise (0: clean pages, as the held-out test pages are)
     scale: tuple[float, float] = (0.8, 1.0)  # page scale range (1.0: receipts about 430 px wide, 15-18 px text)
     scrambled: float = 0.0  # share of blocks and pages whose words and numbers are random (see ``scramble``)
+    photos: float = 0.0  # share of pages drawn as phone photos (``data.synth.photograph``), in colour, JPEG-degraded
 
     def __post_init__(self) -> None:
         if self.kind not in LESSONS:
@@ -64,6 +67,8 @@ class LessonOptions:
             raise ValueError("n must be at least 1")
         if not 0 <= self.scrambled <= 1:
             raise ValueError("scrambled must be between 0 and 1")
+        if not 0 <= self.photos <= 1:
+            raise ValueError("photos must be between 0 and 1")
         unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
         if unknown:
             raise ValueError(f"unknown categories {unknown}")
@@ -169,9 +174,9 @@ def render_block_lesson(rng: random.Random, families: dict[str, FontFamily], cat
 
 def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily],
                   options: LessonOptions) -> tuple[Image.Image, str, str]:
-    """One lesson of ``kind``: the grayscale image, its exact text, and its category (the document's for blocks
-    and pages, else the kind). Grayscale: a third of the bytes to write, decode and copy, and the models see the
-    same pixels (they convert to RGB). Glyphs and lines stay clean."""
+    """One lesson of ``kind``: the image, its exact text, and its category (the document's for blocks and pages,
+    else the kind). Grayscale, except photographed pages: a third of the bytes to write, decode and copy, and the
+    models see the same pixels (they convert to RGB). Glyphs and lines stay clean."""
     noise_seed = rng.randrange(2**32)
     if kind in ("glyphs", "lines"):
         return (*render_line_lesson(rng, families, options.categories, glyphs=kind == "glyphs"), kind)
@@ -187,8 +192,21 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
                                    _families_of_kind(families, rng),
                                    rewrite=(lambda lines: scramble(lines, rng)) if scrambled else None)
         image, text = document.pages[0], document.texts[0]
+        # Drawn only when asked for, as ``scrambled`` is; the page is photographed in place of scan noise.
+        if options.photos > 0 and rng.random() < options.photos:
+            return _pad_to_windows(_photographed(image, noise_seed)), text, category
     noisy = add_scan_noise(image.convert("L"), random.Random(noise_seed), np.random.default_rng(noise_seed), options.noise)
     return _pad_to_windows(noisy), text, category
+
+
+def _photographed(page: Image.Image, seed: int) -> Image.Image:
+    """``page`` as a phone photo (``photograph``) after the JPEG compression it is saved with, in colour: what the
+    photo loop's documents look like."""
+    photo, quality = photograph(page, random.Random(seed), np.random.default_rng(seed))
+    encoded = io.BytesIO()
+    photo.save(encoded, "JPEG", quality=quality)
+    encoded.seek(0)
+    return Image.open(encoded).convert("RGB")
 
 
 def _render_and_write(options: LessonOptions, staging: str) -> list[IncomingDocument]:
