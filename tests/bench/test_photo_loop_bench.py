@@ -42,14 +42,21 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
         assert results[key]["pages"] == workload["heldout_pages"], key
         assert {"cer", "median_page_cer", "normalized_edit_distance"} <= set(results[key]["strip_markdown"])
     assert results["tesseract"]["engine"].startswith("tesseract")
+    # the loop's own test split (trained layouts, documents never trained on) is scored the same way
+    test_pages = sum(m["pages"] for m in results["loop"]["history"][0]["mix"] if m["split"] == "test")
+    for key in ("reader", "champion", "tesseract"):
+        assert results["test_split"][key]["pages"] == test_pages, key
+    assert results["test_split"]["champion"]["plain"]["cer"] == results["loop"]["history"][0]["challenger_test_cer"] \
+        or results["loop"]["champion_is_the_reader"]
     assert out.with_suffix(".png").stat().st_size > 0
 
-    # Tesseract added later where the run had none (a GPU machine): the held-out photos are rendered again, in a fresh
-    # folder, from the result's workload, and read the same as in the run
-    tesseract = results.pop("tesseract")
+    # Tesseract added later where the run had none (a GPU machine): the held-out photos and the workspace's photos are
+    # rendered again, in a fresh folder, from the result's workload, and read the same as in the run
+    tesseract, test_tesseract = results.pop("tesseract"), results["test_split"].pop("tesseract")
     out.write_text(json.dumps({**results, "tesseract": {"error": "pytesseract is not installed"}}))
     run_cli("bench", "photo-loop", "--out", str(out), "--add-tesseract", "--work", str(tmp_path / "elsewhere"), check=True)
-    assert json.loads(out.read_text())["tesseract"] == tesseract
+    added = json.loads(out.read_text())
+    assert added["tesseract"] == tesseract and added["test_split"]["tesseract"] == test_tesseract
     unfinished = tmp_path / "unfinished.json"
     unfinished.write_text(json.dumps({"workload": workload}))
     result = run_cli("bench", "photo-loop", "--out", str(unfinished), "--add-tesseract")

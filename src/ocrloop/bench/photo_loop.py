@@ -15,6 +15,7 @@ import dataclasses
 import platform
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -91,16 +92,23 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
         "loop": {"ran": loop.ran, "promoted": loop.promoted, "reason": loop.reason, "champion": champion.name,
                  "champion_is_the_reader": champion.key == "base", "history": history},
     }
-    log("reading the held-out photos with the reader, the champion, Tesseract, and the champion on blank pages")
+    log("reading the held-out photos and the loop's test split with the reader, the champion and Tesseract, and the "
+        "held-out photos' blank twins with the champion")
     model = load_model(reader, backend=config.training.backend)
+    # Beside the held-out photos, the loop's own test split: documents never trained on, in the layouts the workspace
+    # trains on (the loop judged on these, markup counted), scored the same way.
+    photos = Dataset.open(config.dataset_dir, config.data)
     results["reader"] = score(model, heldout, reading, batch_size=settings.read_batch_size)
+    test_split = {"reader": score(model, photos, reading, settings.read_batch_size, split="test")}
     if champion.key == "base":  # nothing was promoted: the reader is the champion, already read
-        results["champion"] = results["reader"]
+        results["champion"], test_split["champion"] = results["reader"], test_split["reader"]
     else:
         model = load_model(champion.path, backend=config.training.backend)
         results["champion"] = score(model, heldout, reading, batch_size=settings.read_batch_size)
+        test_split["champion"] = score(model, photos, reading, settings.read_batch_size, split="test")
     results["blind_control"] = score(model, Dataset.open(blank_root, config.data), reading, batch_size=settings.read_batch_size)
     results["tesseract"] = score_tesseract(heldout)
+    results["test_split"] = {**test_split, "tesseract": score_tesseract(photos, split="test")}
     results.update({"host": platform.node(), "total_seconds": time.perf_counter() - started})
     atomic_write_json(settings.out, results)
     plot_photo_loop(results, settings.out.with_suffix(".png"))
@@ -129,7 +137,8 @@ def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[
 
 def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
     """Score Tesseract into ``settings.out`` (``scoring.add_tesseract``): the held-out photos are rendered again with
-    the result's workload and checked against the texts the reader read."""
+    the result's workload and checked against the texts the reader read; the workspace's photos too, for the loop's
+    test split, checked against the split's documents per category."""
 
     def heldout(workload: dict[str, Any]) -> Dataset:
         rendered = settings.model_copy(update={
@@ -140,12 +149,36 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
         root, _ = heldout_photos(rendered, DataConfig())
         return Dataset.open(root, DataConfig())
 
-    return add_tesseract(settings.out, "bench photo-loop", heldout, plot_photo_loop, read="reader")
+    results = add_tesseract(settings.out, "bench photo-loop", heldout, plot_photo_loop, read="reader")
+    workload = results["workload"]
+    rendered = settings.model_copy(update={key: workload[key] for key in ("business", "categories", "documents",
+                                                                           "train_templates", "scale", "render_processes")})
+    photos = workspace_photos(rendered, DataConfig())
+    test = photos.examples("test")
+    mix = sorted((entry["category"], entry["pages"]) for entry in results["loop"]["history"][0]["mix"] if entry["split"] == "test")
+    if sorted(Counter(e.category for e in test).items()) != mix:
+        raise OcrloopError(f"the workspace's photos rendered here split otherwise than {settings.out}'s; Tesseract "
+                           "would read another test split")
+    results.setdefault("test_split", {})["tesseract"] = score_tesseract(photos, split="test")
+    atomic_write_json(settings.out, results)
+    plot_photo_loop(results, settings.out.with_suffix(".png"))
+    return results
+
+
+def workspace_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> Dataset:
+    """The workspace's photos of a run with ``settings``, rendered again under ``settings.work`` (once)."""
+    root = settings.work / (f"workspace-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}"
+                            f"-{settings.documents}-rendered-by-{settings.render_processes}"
+                            f"-templates-{'-'.join(map(str, settings.train_templates))}")
+    if not (root / "annotations.json").is_file():
+        synthesize_dataset(root, _photos(settings, settings.documents, TRAIN_SEED, settings.train_templates), data,
+                           workers=settings.render_processes)
+    return Dataset.open(root, data)
 
 
 def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
     """Held-out CER (markup ignored) per category and overall: the reader, the loop's champion, Tesseract, and the
-    champion on blank pages."""
+    champion on blank pages; and the same readers on the loop's test split where the result has it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,12 +189,15 @@ def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
                ("tesseract", "Tesseract"), ("blind_control", "champion, blank pages")]
     present = [(key, label) for key, label in readers if "strip_markdown" in results.get(key, {})]
     categories = sorted(results[present[0][0]]["strip_markdown"]["by_category"]) if present else []
-    groups = ["overall", *categories]
+    test_split = results.get("test_split", {})
+    groups = ["overall", *categories] + (["loop's test split\n(trained layouts)"] if test_split else [])
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(present))
     for offset, (key, label) in enumerate(present):
         scores = results[key]["strip_markdown"]
         values = [scores["cer"], *(scores["by_category"].get(c, {}).get("cer", np.nan) for c in categories)]
+        if test_split:
+            values.append(test_split.get(key, {}).get("strip_markdown", {}).get("cer", np.nan))
         ax.bar(np.arange(len(groups)) + offset * width, values, width, label=label)
     ax.set_xticks(np.arange(len(groups)) + width * (len(present) - 1) / 2, groups)
     ax.set_ylabel("held-out CER (markup ignored)")

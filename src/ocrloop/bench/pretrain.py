@@ -38,11 +38,11 @@ NORMALIZED = "runs of whitespace count as one space and text is NFKC-normalized;
              "(**, #, list dashes, table bars and rules); case is kept"
 
 
-def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int) -> dict[str, Any]:
-    """Read every page of ``dataset``; pooled CER, mean and median page CER and NED, overall and per category,
-    under each normalization."""
+def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int, split: str | None = None) -> dict[str, Any]:
+    """Read every page of ``dataset`` (of ``split``, if given); pooled CER, mean and median page CER and NED, overall
+    and per category, under each normalization."""
     started = time.perf_counter()
-    evaluation = evaluate_model(bundle, dataset, dataset.examples(), reading, batch_size=batch_size)
+    evaluation = evaluate_model(bundle, dataset, dataset.examples(split), reading, batch_size=batch_size)
     results = scored(evaluation.examples, evaluation.predictions)
     results["seconds"] = time.perf_counter() - started
     results["examples"] = [{"reference": e.text, "read": text} for e, text in list(zip(evaluation.examples, evaluation.predictions))[:3]]
@@ -80,7 +80,7 @@ def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processe
 
 def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_tokens: int, *, resolution: str,
                    eval_steps: int, heldout: int, workers: int, logging_steps: int,
-                   stop_at: float | None = None) -> TrainingConfig:
+                   stop_at: float | None = None, validate_after_training: bool = True) -> TrainingConfig:
     """How one stage of the curriculum trains: every weight in float32 on the hf backend, warm-up then linear decay,
     reading up to ``heldout`` held-out lessons every ``eval_steps`` (ending at the first at or below ``stop_at``)."""
     import torch
@@ -92,7 +92,7 @@ def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_to
                           logging_steps=logging_steps, backend="hf",
                           optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
                           gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
-                          float32_weights=True)
+                          float32_weights=True, validate_after_training=validate_after_training)
 
 
 def _yield_the_cpu() -> None:
@@ -163,18 +163,19 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             # The glyph stage reads its held-out glyphs often enough to end soon after it leaves its plateau.
             stop_at = settings.glyphs_read_at if stage == "glyphs" else None
             evals = 10 if stop_at is not None else settings.evals_per_stage
+            # The last stage's held-out lessons are the held-out pages, which ``score`` reads once it has trained: the
+            # trainer's own read of them after its last step would be the same read twice (10-30 s of the ten minutes).
+            last = stage == stages[-1]
             training = stage_training(stage_steps, batch, rate, new_tokens, resolution=resolution,
                                       eval_steps=max(1, stage_steps // evals), heldout=heldout, workers=workers,
-                                      logging_steps=max(1, stage_steps // 20), stop_at=stop_at)
+                                      logging_steps=max(1, stage_steps // 20), stop_at=stop_at,
+                                      validate_after_training=not last)
             config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
                                    models_dir=work / "models", training=training, data=data)
             output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
             log(f"stage {stage}: {stage_steps} steps of {batch} from {Path(base).name}")
-            # The last stage's held-out lessons are the held-out pages, which ``score`` reads once it has trained: with
-            # one read per stage, the trainer's own final read of them would be the same read twice (half a minute).
-            pages_read_once = stage == stages[-1] and evals == 1
-            tuner = FineTuner(config, output, validation=(validation, [] if pages_read_once else validation.examples()),
-                              console=console, dataset=lessons_of_stage)
+            tuner = FineTuner(config, output, validation=(validation, validation.examples()), console=console,
+                              dataset=lessons_of_stage)
             try:
                 tuner.setup()
                 card = tuner.run().card
@@ -191,8 +192,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             speed = card["speed"]
             done = speed["steps"]
             validations = card["metrics"]["validation"]
-            if pages_read_once:  # the trainer's read would have scored them as ``plain``
-                validations = [{"step": done, "cer": after["plain"]["cer"]}]
+            if last:  # the final point is ``score``'s read, as the trainer's would have scored it (``plain``)
+                validations = [*validations, {"step": done, "cer": after["plain"]["cer"]}]
             following = stages.index(stage) + 1
             carried = (stage_steps - done) * batch // batch_sizes[following] if following < len(stages) else 0
             results["stages"].append({

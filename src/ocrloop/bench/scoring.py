@@ -33,12 +33,13 @@ def scored(examples: list, texts: list[str]) -> dict[str, Any]:
                                     for name, normalization in NORMALIZATIONS.items()}}
 
 
-def score_tesseract(dataset: Dataset) -> dict[str, Any]:
-    """Tesseract on every page of ``dataset`` (``scored``); ``{"error": ...}`` where it is not installed."""
+def score_tesseract(dataset: Dataset, split: str | None = None) -> dict[str, Any]:
+    """Tesseract on every page of ``dataset`` (of ``split``, if given; ``scored``); ``{"error": ...}`` where it is
+    not installed."""
     from ocrloop.evaluate.tesseract import read_with_tesseract, tesseract_name
 
     try:
-        read, texts = read_with_tesseract(dataset, dataset.examples())
+        read, texts = read_with_tesseract(dataset, dataset.examples(split))
         engine = tesseract_name()
     except OcrloopError as error:
         return {"error": str(error)}
