@@ -48,6 +48,14 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
         assert results["test_split"][key]["pages"] == test_pages, key
     assert results["test_split"]["champion"]["plain"]["cer"] == results["loop"]["history"][0]["challenger_test_cer"] \
         or results["loop"]["champion_is_the_reader"]
+    # ... and the held-out documents unphotographed: the same texts, in order, as clean flat pages
+    flat = Dataset.open(next(work.glob("heldout-unphotographed-*")))
+    assert [e.text for e in flat.examples()] == heldout
+    assert all(str(e.source).endswith(".png") for e in flat.examples())
+    for key in ("reader", "champion", "tesseract"):
+        assert results["unphotographed"][key]["pages"] == workload["heldout_pages"], key
+    # Tesseract reads flat pages far better than their photos
+    assert results["unphotographed"]["tesseract"]["strip_markdown"]["cer"] < results["tesseract"]["strip_markdown"]["cer"]
     assert out.with_suffix(".png").stat().st_size > 0
 
     # Tesseract added later where the run had none (a GPU machine): the held-out photos and the workspace's photos are

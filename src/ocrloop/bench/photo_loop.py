@@ -70,6 +70,7 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
                        config.data, workers=settings.render_processes)
     heldout_root, blank_root = heldout_photos(settings, config.data)
     heldout = Dataset.open(heldout_root, config.data)
+    unphotographed = Dataset.open(heldout_unphotographed(settings, config.data), config.data)
     trained_texts = {e.text for e in Dataset.open(config.dataset_dir, config.data).examples()}
     overlap = sum(e.text in trained_texts for e in heldout.examples())
 
@@ -92,23 +93,27 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
         "loop": {"ran": loop.ran, "promoted": loop.promoted, "reason": loop.reason, "champion": champion.name,
                  "champion_is_the_reader": champion.key == "base", "history": history},
     }
-    log("reading the held-out photos and the loop's test split with the reader, the champion and Tesseract, and the "
-        "held-out photos' blank twins with the champion")
+    log("reading the held-out photos, the same documents unphotographed and the loop's test split with the reader, the "
+        "champion and Tesseract, and the held-out photos' blank twins with the champion")
     model = load_model(reader, backend=config.training.backend)
     # Beside the held-out photos, the loop's own test split: documents never trained on, in the layouts the workspace
     # trains on (the loop judged on these, markup counted), scored the same way.
     photos = Dataset.open(config.dataset_dir, config.data)
+    # And the held-out documents unphotographed: what the photo costs, apart from what the unseen layout does.
     results["reader"] = score(model, heldout, reading, batch_size=settings.read_batch_size)
     test_split = {"reader": score(model, photos, reading, settings.read_batch_size, split="test")}
+    flat = {"reader": score(model, unphotographed, reading, settings.read_batch_size)}
     if champion.key == "base":  # nothing was promoted: the reader is the champion, already read
-        results["champion"], test_split["champion"] = results["reader"], test_split["reader"]
+        results["champion"], test_split["champion"], flat["champion"] = results["reader"], test_split["reader"], flat["reader"]
     else:
         model = load_model(champion.path, backend=config.training.backend)
         results["champion"] = score(model, heldout, reading, batch_size=settings.read_batch_size)
         test_split["champion"] = score(model, photos, reading, settings.read_batch_size, split="test")
+        flat["champion"] = score(model, unphotographed, reading, settings.read_batch_size)
     results["blind_control"] = score(model, Dataset.open(blank_root, config.data), reading, batch_size=settings.read_batch_size)
     results["tesseract"] = score_tesseract(heldout)
     results["test_split"] = {**test_split, "tesseract": score_tesseract(photos, split="test")}
+    results["unphotographed"] = {**flat, "tesseract": score_tesseract(unphotographed)}
     results.update({"host": platform.node(), "total_seconds": time.perf_counter() - started})
     atomic_write_json(settings.out, results)
     plot_photo_loop(results, settings.out.with_suffix(".png"))
@@ -133,6 +138,19 @@ def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[
     if not (blank / "annotations.json").is_file():
         blank_copy(blank, root, data)
     return root, blank
+
+
+def heldout_unphotographed(settings: BenchPhotoLoopSettings, data: DataConfig) -> Path:
+    """The held-out documents before their photo: the same texts, layouts and fonts as ``heldout_photos``' pages, as
+    clean flat pages (rendered once per settings under ``settings.work``)."""
+    root = settings.work / (f"heldout-unphotographed-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}"
+                            f"-{settings.heldout}-rendered-by-{settings.render_processes}"
+                            f"-templates-{'-'.join(map(str, settings.heldout_templates))}")
+    if not (root / "annotations.json").is_file():
+        synthesize_dataset(root, _photos(settings, settings.heldout, HELDOUT_SEED, settings.heldout_templates,
+                                         split_fractions=(1.0, 0.0, 0.0), photographed=False),
+                           data, workers=settings.render_processes)
+    return root
 
 
 def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
@@ -178,7 +196,8 @@ def workspace_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> Data
 
 def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
     """Held-out CER (markup ignored) per category and overall: the reader, the loop's champion, Tesseract, and the
-    champion on blank pages; and the same readers on the loop's test split where the result has it."""
+    champion on blank pages; and the same readers on the held-out documents unphotographed and on the loop's test split
+    where the result has them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,15 +208,15 @@ def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
                ("tesseract", "Tesseract"), ("blind_control", "champion, blank pages")]
     present = [(key, label) for key, label in readers if "strip_markdown" in results.get(key, {})]
     categories = sorted(results[present[0][0]]["strip_markdown"]["by_category"]) if present else []
-    test_split = results.get("test_split", {})
-    groups = ["overall", *categories] + (["loop's test split\n(trained layouts)"] if test_split else [])
-    fig, ax = plt.subplots(figsize=(8, 4))
+    test_split, flat = results.get("test_split", {}), results.get("unphotographed", {})
+    groups = ["overall", *categories] + (["the same documents\nunphotographed"] if flat else []) \
+        + (["loop's test split\n(trained layouts)"] if test_split else [])
+    fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(1, len(present))
     for offset, (key, label) in enumerate(present):
         scores = results[key]["strip_markdown"]
         values = [scores["cer"], *(scores["by_category"].get(c, {}).get("cer", np.nan) for c in categories)]
-        if test_split:
-            values.append(test_split.get(key, {}).get("strip_markdown", {}).get("cer", np.nan))
+        values += [other.get(key, {}).get("strip_markdown", {}).get("cer", np.nan) for other in (flat, test_split) if other]
         ax.bar(np.arange(len(groups)) + offset * width, values, width, label=label)
     ax.set_xticks(np.arange(len(groups)) + width * (len(present) - 1) / 2, groups)
     ax.set_ylabel("held-out CER (markup ignored)")

@@ -87,6 +87,9 @@ class SynthOptions:
     jpeg_fraction: float = 0.5  # share of single-page documents written as JPEG "scans"
     # "scan": flat pages with scan noise; "photo": phone photos of paper (see ``photograph``), always JPEG
     style: str = "scan"
+    # With style "photo": False leaves the photographed documents unphotographed, as clean flat PNGs (the same texts,
+    # layouts and fonts for the same seed: a control that tells what the photo costs from what the layout does).
+    photographed: bool = True
     fit_to_content: bool = False  # invoices and tax forms end below their last line, as receipts do
     # Layouts to draw from, by index into DOCUMENT_TEMPLATES (a category uses those it has); None: the first only.
     templates: tuple[int, ...] | None = None
@@ -488,7 +491,9 @@ def render_document(category: str, business: str, rng: random.Random, options: S
     noise_rng, pixel_rng = random.Random(noise_seed), np.random.default_rng(noise_seed)
     is_pdf = category == "contract"
     quality = 90
-    if options.style == "photo":
+    if options.style == "photo" and not options.photographed:  # no draw from ``rng``: the next document stays the same
+        is_jpeg = False
+    elif options.style == "photo":
         photos = [photograph(page, noise_rng, pixel_rng) for page in pages]
         pages, quality = [p for p, _ in photos], photos[0][1]
         is_jpeg = not is_pdf
