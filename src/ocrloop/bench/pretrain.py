@@ -138,22 +138,22 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
             log(f"rendering {options[stage].n} {stage} lessons" + (" in the background" if stage != stages[0] else ""))
-    # The first stage's lessons are rendered and opened now. The later stages' are rendered and opened (inspecting
-    # 60 k lessons takes half a minute) in one process of lower priority while the GPU trains the earlier ones,
-    # each stage waiting for its own lessons only: in a thread here they held the GIL and the CPUs that the
-    # training loop and its loader needed, and the glyph stage trained a third slower.
-    first_lessons = lessons_ready(stage_data[stages[0]], options[stages[0]], data, settings.render_processes)
+    # The later stages' lessons are rendered and opened (inspecting 60 k lessons takes half a minute) in one process of
+    # lower priority, each stage waiting for its own lessons only: in a thread here they held the GIL and the CPUs
+    # that the training loop and its loader needed, and the glyph stage trained a third slower. It starts before the
+    # first stage's lessons are rendered here, at normal priority: started after them, the lines were not ready when
+    # the glyphs were read (the GPU waited 12-36 s in runs 10 to 12).
     background = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"),
                                      initializer=_yield_the_cpu)
     rendered = {stage: background.submit(lessons_ready, stage_data[stage], options[stage], data, settings.render_processes)
                 for stage in stages[1:]}
     background.shutdown(wait=False)
-    synth_seconds = time.perf_counter() - synth_started
-
     base, samples_before, carried = str(checkpoint), 0, 0
     results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
     try:
+        first_lessons = lessons_ready(stage_data[stages[0]], options[stages[0]], data, settings.render_processes)
+        synth_seconds = time.perf_counter() - synth_started
         for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
             stage_started = time.perf_counter()
             lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
