@@ -81,9 +81,6 @@ class TrainingConfig(_Section):
     stop_at_validation_cer: float | None = Field(
         None, ge=0, le=100, description="End training at the first validation (every eval_steps) whose CER is at most "
                                         "this, e.g. 0.02 (None: train every step).")
-    validate_after_training: bool = Field(
-        True, description="Read the validation pages once more after the last step, unless a validation fell on it. "
-                          "Off for a caller that reads them itself right after (bench pretrain's last stage).")
     max_seq_length: int = Field(8192, ge=64, le=2**20, description="Longest example (image + prompt + answer tokens) allowed.")
     seed: int = Field(3407, ge=0, le=2**32 - 1, description="Seed of weights, data order and dropout.")
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA when installed, else hf.")

@@ -3,8 +3,9 @@
 A ``small`` Qwen2.5-VL (random weights, the project's own tokenizer) learns from a curriculum of reading lessons
 (``data.lessons``): large glyphs, single lines, blocks of lines, then whole receipts and invoices, each stage a full
 fine-tuning run (``train.finetune.FineTuner``) that starts from the stage before. Every stage is scored on
-held-out lessons of its kind while it trains, and the blocks and pages stages end with a read of held-out pages:
-clean receipts and invoices from a seed never trained on. The later stages' lessons are rendered in the background
+validation lessons of its kind while it trains (the pages stage on clean pages), and the blocks and pages stages end
+with a read of the held-out test pages: clean receipts and invoices from another seed never trained on, read only to
+be reported. The later stages' lessons are rendered in the background
 while the earlier stages train. Beside the final read stand two controls on the same pages:
 the same texts on blank images (a model that scores well there guesses, it does not read) and Tesseract.
 Everything goes to one JSON and a PNG of the curves.
@@ -80,7 +81,7 @@ def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processe
 
 def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_tokens: int, *, resolution: str,
                    eval_steps: int, heldout: int, workers: int, logging_steps: int,
-                   stop_at: float | None = None, validate_after_training: bool = True) -> TrainingConfig:
+                   stop_at: float | None = None) -> TrainingConfig:
     """How one stage of the curriculum trains: every weight in float32 on the hf backend, warm-up then linear decay,
     reading up to ``heldout`` held-out lessons every ``eval_steps`` (ending at the first at or below ``stop_at``)."""
     import torch
@@ -92,7 +93,7 @@ def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_to
                           logging_steps=logging_steps, backend="hf",
                           optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
                           gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
-                          float32_weights=True, validate_after_training=validate_after_training)
+                          float32_weights=True)
 
 
 def _yield_the_cpu() -> None:
@@ -124,11 +125,13 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     for index, stage in enumerate(stages, start=1):
         suffix = (f"-scrambled-{scrambled[stage]:g}" if scrambled[stage] else "") + (f"-photos-{photos[stage]:g}" if photos[stage] else "")
         stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{suffix}"
-        stage_heldout[stage] = work / f"heldout-{stage}-{heldout}"
-        if stage != "pages" and not (stage_heldout[stage] / "annotations.json").is_file():
-            synthesize_lessons(stage_heldout[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories), data)
+        # Each stage validates on lessons of its own kind from a seed no stage trains on; the pages stage on clean pages,
+        # as the test pages are, but never on the test pages themselves: those are read only to be reported.
+        stage_heldout[stage] = work / f"validation-{stage}-{heldout}"
+        if not (stage_heldout[stage] / "annotations.json").is_file():
+            synthesize_lessons(stage_heldout[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories,
+                                                                   **({"noise": 0.0} if stage == "pages" else {})), data)
     pages_root, blank_root = heldout_pages(work, heldout, categories, data)
-    stage_heldout["pages"] = pages_root
     pages = Dataset.open(pages_root, data)
 
     photo_pages = heldout_photo_pages(work, checkpoint, heldout, data) if settings.photos else None
@@ -163,13 +166,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             # The glyph stage reads its held-out glyphs often enough to end soon after it leaves its plateau.
             stop_at = settings.glyphs_read_at if stage == "glyphs" else None
             evals = 10 if stop_at is not None else settings.evals_per_stage
-            # The last stage's held-out lessons are the held-out pages, which ``score`` reads once it has trained: the
-            # trainer's own read of them after its last step would be the same read twice (10-30 s of the ten minutes).
-            last = stage == stages[-1]
             training = stage_training(stage_steps, batch, rate, new_tokens, resolution=resolution,
                                       eval_steps=max(1, stage_steps // evals), heldout=heldout, workers=workers,
-                                      logging_steps=max(1, stage_steps // 20), stop_at=stop_at,
-                                      validate_after_training=not last)
+                                      logging_steps=max(1, stage_steps // 20), stop_at=stop_at)
             config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
                                    models_dir=work / "models", training=training, data=data)
             output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
@@ -192,8 +191,6 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             speed = card["speed"]
             done = speed["steps"]
             validations = card["metrics"]["validation"]
-            if last:  # the final point is ``score``'s read, as the trainer's would have scored it (``plain``)
-                validations = [*validations, {"step": done, "cer": after["plain"]["cer"]}]
             following = stages.index(stage) + 1
             carried = (stage_steps - done) * batch // batch_sizes[following] if following < len(stages) else 0
             results["stages"].append({

@@ -501,7 +501,7 @@ class FineTuner:
         if validations and validations[-1]["step"] == trainer.state.global_step:  # it ended at a validation: no second read
             final = {key: value for key, value in validations[-1].items() if key != "step"}
         else:
-            final = self._validate("final") if t.validate_after_training else None
+            final = self._validate("final")
             if final:
                 validations.append({"step": trainer.state.global_step, **final})
         if cache is not None:
