@@ -5,10 +5,9 @@ A ``small`` Qwen2.5-VL (random weights, the project's own tokenizer) learns from
 fine-tuning run (``train.finetune.FineTuner``) that starts from the stage before. Every stage is scored on
 validation lessons of its kind while it trains (the pages stage on clean pages), and the blocks and pages stages end
 with a read of the held-out test pages: clean receipts and invoices from another seed never trained on, read only to
-be reported. The later stages' lessons are rendered in the background
-while the earlier stages train. Beside the final read stand two controls on the same pages:
-the same texts on blank images (a model that scores well there guesses, it does not read) and Tesseract.
-Everything goes to one JSON and a PNG of the curves.
+be reported. The later stages' lessons are rendered in the background while the earlier stages train. Beside the
+final read stand two controls on the same pages: the same texts on blank images (a model that scores well there
+guesses, it does not read) and Tesseract. Everything goes to one JSON and a PNG of the curves.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from ocrloop.models import FAMILIES
 from ocrloop.models.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
 from ocrloop.models.reading import ReadingSettings
 
-HELDOUT_SEED = 7_000  # lesson seeds of the stages are 1 to 4; held-out lessons and pages use seeds from here
+HELDOUT_SEED = 7_000  # lesson seeds of the stages are 1 to 4; the test pages use this one, validation lessons the next 4
 NORMALIZED = "runs of whitespace count as one space and text is NFKC-normalized; strip_markdown also drops markup " \
              "(**, #, list dashes, table bars and rules); case is kept"
 
@@ -83,7 +82,7 @@ def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_to
                    eval_steps: int, heldout: int, workers: int, logging_steps: int,
                    stop_at: float | None = None) -> TrainingConfig:
     """How one stage of the curriculum trains: every weight in float32 on the hf backend, warm-up then linear decay,
-    reading up to ``heldout`` held-out lessons every ``eval_steps`` (ending at the first at or below ``stop_at``)."""
+    reading up to ``heldout`` validation lessons every ``eval_steps`` (ending at the first at or below ``stop_at``)."""
     import torch
 
     return TrainingConfig(mode="full", max_steps=steps, batch_size=batch_size, gradient_accumulation_steps=1,
@@ -119,7 +118,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     checkpoint = work / "checkpoints" / f"qwen2.5-vl-{size}"
     if not (checkpoint / "config.json").is_file():
         FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
-    stage_data, stage_heldout = {}, {}
+    stage_data, stage_validation = {}, {}
     scrambled = {stage: settings.scrambled if stage in ("blocks", "pages") else 0.0 for stage in stages}
     photos = {stage: settings.photos if stage == "pages" else 0.0 for stage in stages}
     for index, stage in enumerate(stages, start=1):
@@ -127,9 +126,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{suffix}"
         # Each stage validates on lessons of its own kind from a seed no stage trains on; the pages stage on clean pages,
         # as the test pages are, but never on the test pages themselves: those are read only to be reported.
-        stage_heldout[stage] = work / f"validation-{stage}-{heldout}"
-        if not (stage_heldout[stage] / "annotations.json").is_file():
-            synthesize_lessons(stage_heldout[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories,
+        stage_validation[stage] = work / f"validation-{stage}-{heldout}"
+        if not (stage_validation[stage] / "annotations.json").is_file():
+            synthesize_lessons(stage_validation[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories,
                                                                    **({"noise": 0.0} if stage == "pages" else {})), data)
     pages_root, blank_root = heldout_pages(work, heldout, categories, data)
     pages = Dataset.open(pages_root, data)
@@ -161,9 +160,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             stage_started = time.perf_counter()
             lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
             waited = time.perf_counter() - stage_started
-            validation = Dataset.open(stage_heldout[stage], data)
+            validation = Dataset.open(stage_validation[stage], data)
             stage_steps += carried
-            # The glyph stage reads its held-out glyphs often enough to end soon after it leaves its plateau.
+            # The glyph stage reads its validation glyphs often enough to end soon after it leaves its plateau.
             stop_at = settings.glyphs_read_at if stage == "glyphs" else None
             evals = 10 if stop_at is not None else settings.evals_per_stage
             training = stage_training(stage_steps, batch, rate, new_tokens, resolution=resolution,
@@ -205,7 +204,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 "stage_seconds": time.perf_counter() - stage_started, "waited_for_lessons_seconds": waited,
                 "heldout_pages_after": after and {"cer": after["strip_markdown"]["cer"], "plain_cer": after["plain"]["cer"]},
             })
-            log(f"stage {stage}: held-out {stage} CER {validations[-1]['cer']:.2%}"
+            log(f"stage {stage}: validation {stage} CER {validations[-1]['cer']:.2%}"
                 + (f", held-out pages CER {after['strip_markdown']['cer']:.2%} (markup ignored)" if after else ""))
             if carried:
                 log(f"stage {stage}: read at or below {settings.glyphs_read_at:.0%} after {done} of {stage_steps} steps; "
@@ -261,7 +260,7 @@ def add_tesseract_pages(out: Path, work: Path = Path("/tmp/ocrloop-pretrain")) -
 
 
 def plot_pretrain(results: dict[str, Any], png: Path) -> Path:
-    """Held-out CER of each stage's lessons against training samples, the held-out pages after the stages that read
+    """Validation CER of each stage's lessons against training samples, the held-out pages after the stages that read
     them, and the controls (blank images, Tesseract) on the same pages."""
     import matplotlib
 
@@ -272,7 +271,7 @@ def plot_pretrain(results: dict[str, Any], png: Path) -> Path:
     for stage in results["stages"]:
         curve = stage["curve"]
         ax.plot([p["samples"] for p in curve], [p["cer"] for p in curve], marker=".",
-                label=f"held-out {stage['stage']} (markup counted)")
+                label=f"validation {stage['stage']} (markup counted)")
     ends = [(s["samples_before"] + s["steps"] * s["batch_size"], s["heldout_pages_after"]["cer"])
             for s in results["stages"] if s["heldout_pages_after"]]
     ax.plot([x for x, _ in ends], [y for _, y in ends], marker="s", color="black", label="held-out pages (after the stage)")
