@@ -13,13 +13,15 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "32,32,16,8", "--steps", "3,3,3,3",
             "--batch-sizes", "8,8,4,4", "--heldout", "4", "--workers", "0", "--render-processes", "2",
             "--max-new-tokens", "8,8,16,16", "--evals-per-stage", "1", "--work", str(tmp_path / "work"),
-            "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--glyphs-read-at", "100", check=True)
+            "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--templates", "0,1",
+            "--glyphs-read-at", "100", check=True)
     results = json.loads(out.read_text())
     assert [s["stage"] for s in results["stages"]] == ["glyphs", "lines", "blocks", "pages"]
     # Scrambled lessons are rendered apart from plain ones (a later plain run must not reuse them).
     assert results["workload"]["scrambled"] == 0.5
-    assert sorted(p.name for p in (tmp_path / "work").glob("*-scrambled-0.5*")) == ["blocks-16-scrambled-0.5",
-                                                                                  "pages-8-scrambled-0.5-photos-0.5"]
+    assert sorted(p.name for p in (tmp_path / "work").glob("*-scrambled-0.5*")) == [
+        "blocks-16-scrambled-0.5-templates-0-1", "pages-8-scrambled-0.5-photos-0.5-templates-0-1"]
+    assert results["workload"]["templates"] == [0, 1]
     # Any CER of 8 new tokens is at most 100: the glyph stage ends at its first read (after step 1 of 3), and the
     # lines stage gets the two steps it left.
     assert [(s["steps"], s["max_steps"]) for s in results["stages"]] == [(1, 3), (5, 5), (3, 3), (3, 3)]

@@ -112,6 +112,25 @@ def test_a_photographed_page_lesson_holds_the_plain_ones_text_as_a_colour_phone_
         LessonOptions("pages", 1, photos=-0.1)
 
 
+def test_page_and_block_lessons_are_drawn_in_the_layouts_asked_for():
+    families = font_families()
+
+    def layouts(templates: tuple[int, ...]) -> set[int]:
+        rng, options = random.Random(5), LessonOptions("pages", 12, categories=("receipt",), templates=templates)
+        texts = [render_lesson("pages", rng, families, options)[1] for _ in range(12)]
+        # receipt layouts: 0 lists "**Items:**", 1 is a register tape ending in the card's digits, 2 a table
+        return {0 if "**Items:**" in t else 1 if "Card ending in" in t else 2 for t in texts}
+
+    assert layouts((0,)) == {0}
+    assert layouts((0, 1)) == {0, 1}
+    rng = random.Random(5)
+    block_options = LessonOptions("blocks", 1, categories=("receipt",), templates=(1,))
+    blocks = [render_lesson("blocks", rng, families, block_options)[1] for _ in range(8)]
+    assert any(" @ " in text for text in blocks) and not any("**Items:**" in text for text in blocks)  # tape lines
+    with pytest.raises(ValueError, match="templates"):
+        LessonOptions("pages", 1, templates=(3,))
+
+
 def test_scrambled_must_be_a_share():
     with pytest.raises(ValueError, match="scrambled"):
         LessonOptions("pages", 1, scrambled=1.5)

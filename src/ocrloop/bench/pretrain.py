@@ -121,8 +121,10 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     stage_data, stage_validation = {}, {}
     scrambled = {stage: settings.scrambled if stage in ("blocks", "pages") else 0.0 for stage in stages}
     photos = {stage: settings.photos if stage == "pages" else 0.0 for stage in stages}
+    templates = {stage: tuple(settings.templates) if stage in ("blocks", "pages") else (0,) for stage in stages}
     for index, stage in enumerate(stages, start=1):
-        suffix = (f"-scrambled-{scrambled[stage]:g}" if scrambled[stage] else "") + (f"-photos-{photos[stage]:g}" if photos[stage] else "")
+        suffix = (f"-scrambled-{scrambled[stage]:g}" if scrambled[stage] else "") + (f"-photos-{photos[stage]:g}" if photos[stage] else "") \
+            + (f"-templates-{'-'.join(map(str, templates[stage]))}" if templates[stage] != (0,) else "")
         stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{suffix}"
         # Each stage validates on lessons of its own kind from a seed no stage trains on; the pages stage on clean pages,
         # as the test pages are, but never on the test pages themselves: those are read only to be reported.
@@ -135,7 +137,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
 
     photo_pages = heldout_photo_pages(work, checkpoint, heldout, data) if settings.photos else None
     options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage],
-                                    photos=photos[stage])
+                                    photos=photos[stage], templates=templates[stage])
                for index, stage in enumerate(stages, start=1)}
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
@@ -223,7 +225,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     results.update({
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
                      "categories": list(categories), "heldout_pages": heldout, "heldout_seed": HELDOUT_SEED,
-                     "scrambled": settings.scrambled, "photos": settings.photos,
+                     "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
                      "training_samples": samples_before, "normalized": NORMALIZED},
         "host": platform.node(), "synth_seconds": synth_seconds, "total_seconds": total, "model": base,
     })

@@ -162,6 +162,9 @@ class BenchPretrainSettings(_Bench):
     photos: float = Field(0.0, ge=0, le=1, description="Share of page lessons drawn as phone photos (data synth --style "
                                                         "photo); above 0, the reader also reads bench photo-loop's "
                                                         "held-out photos (a layout no lesson uses) at the end.")
+    templates: list[Annotated[int, Field(ge=0, le=2)]] = Field(
+        [0], min_length=1, description="Layouts of the block and page lessons (data synth --templates); bench "
+                                       "photo-loop holds layout 2 out.")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the lessons.")
     save_model: Path | None = Field(None, description="Also copy the final reader here, weights in bfloat16.")

@@ -17,8 +17,8 @@ Blocks and pages draw their families from every family on the machine (``data.fo
 noise (with ``photos`` above 0, that share of pages is a phone photo instead: ``data.synth.photograph``); their
 canvases are padded with white to multiples of 112 px, the vision tower's attention window, so
 every window has the same length and a batch's window attention is one call. The texts come from
-``data.synth``'s document generators, so the vocabulary is the documents'; held-out pages use seeds never
-trained on.
+``data.synth``'s document generators, so the vocabulary is the documents'; blocks and pages are drawn in the
+first layout of each category, or in ``templates``; held-out pages use seeds never trained on.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from PIL import Image, ImageDraw
 from ocrloop.config import DataConfig
 from ocrloop.data.add import AddResult, IncomingDocument, add_documents
 from ocrloop.data.fonts import MONOSPACED, FontFamily, font_families
-from ocrloop.data.synth import (CATEGORY_BUSINESSES, DOCUMENT_CONTENT, PageRenderer, SynthOptions, add_scan_noise,
-                                photograph, render_document, render_in_processes)
+from ocrloop.data.synth import (CATEGORY_BUSINESSES, DOCUMENT_CONTENT, DOCUMENT_TEMPLATES, PageRenderer, SynthOptions,
+                                add_scan_noise, photograph, render_document, render_in_processes)
 
 LESSONS = ("glyphs", "lines", "blocks", "pages")
 LINE_SIZE = (448, 112)
@@ -59,6 +59,7 @@ class LessonOptions:
     scale: tuple[float, float] = (0.8, 1.0)  # page scale range (1.0: receipts about 430 px wide, 15-18 px text)
     scrambled: float = 0.0  # share of blocks and pages whose words and numbers are random (see ``scramble``)
     photos: float = 0.0  # share of pages drawn as phone photos (``data.synth.photograph``), in colour, JPEG-degraded
+    templates: tuple[int, ...] = (0,)  # layouts of blocks and pages, by index into ``data.synth.DOCUMENT_TEMPLATES``
 
     def __post_init__(self) -> None:
         if self.kind not in LESSONS:
@@ -69,6 +70,8 @@ class LessonOptions:
             raise ValueError("scrambled must be between 0 and 1")
         if not 0 <= self.photos <= 1:
             raise ValueError("photos must be between 0 and 1")
+        if not self.templates or any(t not in range(len(DOCUMENT_TEMPLATES[c])) for t in self.templates for c in self.categories):
+            raise ValueError(f"templates {list(self.templates)}: not a layout of every category of {list(self.categories)}")
         unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
         if unknown:
             raise ValueError(f"unknown categories {unknown}")
@@ -89,9 +92,13 @@ def scramble(lines: list[str], rng: random.Random) -> list[str]:
     return [_WORD.sub(random_like, line) for line in lines]
 
 
-def _document_lines(rng: random.Random, categories: tuple[str, ...]) -> tuple[str, list[str]]:
+def _document_lines(rng: random.Random, categories: tuple[str, ...],
+                    templates: tuple[int, ...] = (0,)) -> tuple[str, list[str]]:
     category = rng.choice(categories)
-    return category, DOCUMENT_CONTENT[category](rng, rng.choice(CATEGORY_BUSINESSES[category]))
+    business = rng.choice(CATEGORY_BUSINESSES[category])
+    if templates == (0,):  # no draw: lessons of one layout stay those of earlier versions, seed for seed
+        return category, DOCUMENT_CONTENT[category](rng, business)
+    return category, DOCUMENT_TEMPLATES[category][rng.choice(templates)](rng, business)
 
 
 def _line_text(rng: random.Random, categories: tuple[str, ...]) -> str:
@@ -155,10 +162,11 @@ def _pad_to_windows(image: Image.Image) -> Image.Image:
 
 
 def render_block_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
-                        scale: tuple[float, float], scrambled: bool = False) -> tuple[Image.Image, str, str]:
+                        scale: tuple[float, float], scrambled: bool = False,
+                        templates: tuple[int, ...] = (0,)) -> tuple[Image.Image, str, str]:
     """Two to six consecutive markdown lines of a receipt or invoice, drawn as on the page, cut to their content;
     with the document's category. ``scrambled``: their words and numbers random (``scramble``)."""
-    category, lines = _document_lines(rng, categories)
+    category, lines = _document_lines(rng, categories, templates)
     count = rng.randint(2, 6)
     start = rng.randrange(max(1, len(lines) - count + 1))
     chosen = lines[start:start + count]
@@ -183,11 +191,12 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
     # Drawn only when asked for, so that lessons without scrambling stay those of earlier versions, seed for seed.
     scrambled = options.scrambled > 0 and rng.random() < options.scrambled
     if kind == "blocks":
-        image, text, category = render_block_lesson(rng, families, options.categories, options.scale, scrambled)
+        image, text, category = render_block_lesson(rng, families, options.categories, options.scale, scrambled,
+                                                    options.templates)
     else:
         category = rng.choice(options.categories)
         page_options = SynthOptions(n=1, categories=(category,), scale=rng.uniform(*options.scale), fit_to_content=True,
-                                    noise=0.0)
+                                    noise=0.0, templates=options.templates)
         document = render_document(category, rng.choice(CATEGORY_BUSINESSES[category]), rng, page_options,
                                    _families_of_kind(families, rng),
                                    rewrite=(lambda lines: scramble(lines, rng)) if scrambled else None)
