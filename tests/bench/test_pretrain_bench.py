@@ -72,3 +72,9 @@ def test_a_stage_of_no_steps_or_a_learning_rate_out_of_range_is_refused_in_one_l
         result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), flag, value, "--work", str(tmp_path / "w"))
         assert result.returncode != 0 and f"error: {flag}:" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+
+    # the photo loop's held-out layout in the lessons would make its photos a layout the reader was taught
+    result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), "--photos", "0.3", "--templates", "0,2",
+                     "--work", str(tmp_path / "w"))
+    assert result.returncode != 0 and "--templates [2]" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()

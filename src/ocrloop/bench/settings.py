@@ -172,6 +172,15 @@ class BenchPretrainSettings(_Bench):
     add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "
                                                    "was missing).")
 
+    @model_validator(mode="after")
+    def _photo_layouts_unseen(self) -> "BenchPretrainSettings":
+        held_out = BenchPhotoLoopSettings.model_fields["heldout_templates"].default
+        shared = sorted(set(self.templates) & set(held_out))
+        if self.photos and shared:
+            raise ValueError(f"--templates {shared}: --photos reads bench photo-loop's held-out photos, drawn in layouts "
+                             f"{held_out} that no lesson may use")
+        return self
+
 
 class BenchPhotoLoopSettings(_Bench):
     out: Path = Field(description="JSON file to write (the plot goes beside it as .png).")
