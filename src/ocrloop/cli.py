@@ -259,11 +259,16 @@ def bench_photo_loop_command(settings: BenchPhotoLoopSettings | None = None) -> 
     else:
         results = bench_photo_loop(settings, console=notices)
     console.print(f"loop: {results['loop']['reason']} (champion {results['loop']['champion']})", markup=False)
-    for key, label in (("reader", "the reader"), ("champion", "the champion"), ("blind_control", "champion, blank pages"),
-                       ("tesseract", "Tesseract")):
-        scores = results[key]
-        console.print(f"{label}: " + (f"CER {scores['strip_markdown']['cer']:.2%} (markup ignored)" if "strip_markdown" in scores
-                                      else f"not scored ({scores['error']})"), markup=False)
+    readers = (("reader", "the reader"), ("champion", "the champion"), ("blind_control", "champion, blank pages"),
+               ("tesseract", "Tesseract"))
+    for pages, scored in (("held-out photos", results), ("the same documents unphotographed", results.get("unphotographed", {})),
+                          ("the loop's test split", results.get("test_split", {}))):
+        for key, label in readers:
+            if key in scored:
+                scores = scored[key]
+                console.print(f"{pages}, {label}: " + (f"CER {scores['strip_markdown']['cer']:.2%} (markup ignored)"
+                                                       if "strip_markdown" in scores else f"not scored ({scores['error']})"),
+                              markup=False)
 
 
 @config_app.command("set", context_settings={"ignore_unknown_options": True})  # `training.epochs -1` is a value
