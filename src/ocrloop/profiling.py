@@ -3,6 +3,7 @@ of wall time the GPU was busy, kernels per step, the data loader's wait and the 
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -66,3 +67,26 @@ def summarize_profile(profile: Any, wall_seconds: float, steps: int) -> dict[str
                             if cuda else None),
         "top_by_cpu_time": averages.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60),
     }
+
+
+def dynamo_counts() -> dict[str, dict[str, int]]:
+    """A snapshot of dynamo's process-wide counters: graph breaks by reason, and graphs compiled."""
+    from torch._dynamo.utils import counters
+
+    return {"graph_break": dict(counters["graph_break"]), "stats": dict(counters["stats"])}
+
+
+def compiled_since(before: dict[str, dict[str, int]], most: int = 10) -> dict[str, Any]:
+    """What dynamo did since ``before`` (``dynamo_counts``): graphs compiled, graph breaks met while tracing, and the
+    ``most`` commonest reasons, so a run on another machine says where its compiled step breaks (each break runs the
+    code after it outside the graph, as separate kernels)."""
+    now = dynamo_counts()
+    breaks: dict[str, int] = {}
+    for reason, count in now["graph_break"].items():
+        if count > before["graph_break"].get(reason, 0):
+            # dynamo's reason, without its debug context and object addresses, so that one cause is one entry
+            short = re.sub(r" at 0x[0-9a-f]+", "", reason.split("\n\n")[0])[:400]
+            breaks[short] = breaks.get(short, 0) + count - before["graph_break"].get(reason, 0)
+    return {"graphs": now["stats"].get("unique_graphs", 0) - before["stats"].get("unique_graphs", 0),
+            "graph_breaks": sum(breaks.values()),
+            "graph_break_reasons": dict(sorted(breaks.items(), key=lambda item: -item[1])[:most])}

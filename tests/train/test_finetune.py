@@ -211,6 +211,14 @@ def test_a_compiled_step_on_the_hf_backend_trains_like_the_eager_one(tiny_preset
                                lora_targets=["attention", "mlp", "experts"]), tmp_path / str(compiled))
         assert (counters["stats"]["unique_graphs"] > compiled_before) == compiled
         losses[compiled] = result.card["metrics"]["loss_by_step"]
+        # The run card says how much was compiled and where the graph broke (a GPU run's answer to "why so many
+        # kernels"); an eager run has nothing to say.
+        summary = result.card["speed"]["compile"]
+        if compiled:
+            assert summary["graphs"] == counters["stats"]["unique_graphs"] - compiled_before > 0
+            assert summary["graph_breaks"] >= sum(summary["graph_break_reasons"].values()) > 0
+        else:
+            assert summary is None
     eager, compiled = losses[False], losses[True]
     assert [step for step, _ in compiled] == [step for step, _ in eager] == [1, 2, 3]
     assert all(abs(a - b) < 1e-3 * abs(b) for (_, a), (_, b) in zip(compiled, eager))

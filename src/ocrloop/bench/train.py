@@ -105,7 +105,7 @@ def run_variant(workspace: Workspace, checkpoint: Path, output: Path, flags: lis
         "train_loss_by_epoch": card["metrics"]["train_loss_by_epoch"], "device": card["device"], "versions": card["versions"],
         "prepare_seconds": speed.get("prepare_seconds"), "train_seconds": speed["train_seconds"],
         "epoch_seconds": speed.get("epoch_seconds", []), "feature_cache": card.get("feature_cache"),
-        "train_pages": card["data"]["train_pages"], "profile": speed.get("profile"),
+        "train_pages": card["data"]["train_pages"], "profile": speed.get("profile"), "compile": speed.get("compile"),
         # Triton kernels already compiled on this machine: 0 means the first step paid for compiling them all.
         "compiled_kernels_before": kernels_before,
     }

@@ -50,7 +50,7 @@ from ocrloop.models.loading import (
 )
 from ocrloop.models.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
 from ocrloop.models.feature_cache import FeatureCache, image_feature_owner
-from ocrloop.profiling import step_profiler
+from ocrloop.profiling import compiled_since, dynamo_counts, step_profiler
 from ocrloop.train.trainer import OCRTrainer, ParkVisionTower, StepTimer, TrainingProgress, ValidationCER
 from ocrloop.registry import Registry
 
@@ -489,10 +489,12 @@ class FineTuner:
         trainer.remove_callback(ProgressCallback)  # TrainingProgress instead: a bar on stderr, no printed dicts
         if self.device_is_cuda:
             torch.cuda.reset_peak_memory_stats()
+        dynamo_before = dynamo_counts() if t.compile else None
         started = time.perf_counter()
         with nullcontext() if t.cudnn_attention else sdpa_kernel(WITHOUT_CUDNN):
             train_output = trainer.train(resume_from_checkpoint=self._last_checkpoint() if self.resume else None)
         train_seconds = time.perf_counter() - started
+        compiled = compiled_since(dynamo_before) if dynamo_before is not None else None
         self.vision_offloaded_bytes = park.offloaded_bytes
 
         self.history["train_loss_by_epoch"] = _loss_by_epoch(trainer.state.log_history)
@@ -510,6 +512,7 @@ class FineTuner:
             cache.close()
             self.feature_cache = None
         card = self._run_card(train_output, train_seconds, trainer.state.global_step, final)
+        card["speed"]["compile"] = compiled  # where the compiled step broke its graph (None: not compiled)
         if profiler is not None:
             card["speed"]["profile"] = profiler.summary()
         if is_main_process():  # the model and its card are written once, by rank 0
