@@ -126,15 +126,22 @@ def _photos(settings: BenchPhotoLoopSettings, n: int, seed: int, templates: list
                         businesses=(settings.business,), style="photo", scale=settings.scale, **options)
 
 
-def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[Path, Path]:
-    """The held-out photos (a seed and layouts the workspace never sees) and their blank twins, rendered once per
-    settings under ``settings.work`` and reused by later runs."""
-    name = (f"heldout-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{settings.heldout}"
-            f"-rendered-by-{settings.render_processes}-templates-{'-'.join(map(str, settings.heldout_templates))}")
-    root, blank = settings.work / name, settings.work / f"{name}-blank"
+def _rendered_once(settings: BenchPhotoLoopSettings, kind: str, n: int, seed: int, templates: list[int],
+                   data: DataConfig, **options) -> Path:
+    """``n`` photographed documents (``_photos``) rendered under ``settings.work`` in a folder named for everything
+    that decides them, once: later runs with the same settings reuse them."""
+    root = settings.work / (f"{kind}-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{n}"
+                            f"-rendered-by-{settings.render_processes}-templates-{'-'.join(map(str, templates))}")
     if not (root / "annotations.json").is_file():
-        synthesize_dataset(root, _photos(settings, settings.heldout, HELDOUT_SEED, settings.heldout_templates,
-                                         split_fractions=(1.0, 0.0, 0.0)), data, workers=settings.render_processes)
+        synthesize_dataset(root, _photos(settings, n, seed, templates, **options), data, workers=settings.render_processes)
+    return root
+
+
+def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[Path, Path]:
+    """The held-out photos (a seed and layouts the workspace never sees) and their blank twins."""
+    root = _rendered_once(settings, "heldout-photos", settings.heldout, HELDOUT_SEED, settings.heldout_templates, data,
+                          split_fractions=(1.0, 0.0, 0.0))
+    blank = root.with_name(f"{root.name}-blank")
     if not (blank / "annotations.json").is_file():
         blank_copy(blank, root, data)
     return root, blank
@@ -142,15 +149,9 @@ def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[
 
 def heldout_unphotographed(settings: BenchPhotoLoopSettings, data: DataConfig) -> Path:
     """The held-out documents before their photo: the same texts, layouts and fonts as ``heldout_photos``' pages, as
-    clean flat pages (rendered once per settings under ``settings.work``)."""
-    root = settings.work / (f"heldout-unphotographed-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}"
-                            f"-{settings.heldout}-rendered-by-{settings.render_processes}"
-                            f"-templates-{'-'.join(map(str, settings.heldout_templates))}")
-    if not (root / "annotations.json").is_file():
-        synthesize_dataset(root, _photos(settings, settings.heldout, HELDOUT_SEED, settings.heldout_templates,
-                                         split_fractions=(1.0, 0.0, 0.0), photographed=False),
-                           data, workers=settings.render_processes)
-    return root
+    clean flat pages."""
+    return _rendered_once(settings, "heldout-unphotographed", settings.heldout, HELDOUT_SEED, settings.heldout_templates,
+                          data, split_fractions=(1.0, 0.0, 0.0), photographed=False)
 
 
 def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
@@ -158,40 +159,32 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
     the result's workload and checked against the texts the reader read; the workspace's photos too, for the loop's
     test split, checked against the split's documents per category."""
 
-    def heldout(workload: dict[str, Any]) -> Dataset:
-        rendered = settings.model_copy(update={
-            "business": workload["business"], "categories": workload["categories"],
+    def as_rendered(workload: dict[str, Any]) -> BenchPhotoLoopSettings:
+        # results written before the workload recorded a field were rendered with its default
+        return settings.model_copy(update={
+            "business": workload["business"], "categories": workload["categories"], "documents": workload["documents"],
             "heldout": workload.get("heldout_documents", workload["heldout_pages"]),
-            "heldout_templates": workload["heldout_templates"], "scale": workload.get("scale", settings.scale),
+            "train_templates": workload["train_templates"], "heldout_templates": workload["heldout_templates"],
+            "scale": workload.get("scale", settings.scale),
             "render_processes": workload.get("render_processes", settings.render_processes)})
-        root, _ = heldout_photos(rendered, DataConfig())
+
+    def heldout(workload: dict[str, Any]) -> Dataset:
+        root, _ = heldout_photos(as_rendered(workload), DataConfig())
         return Dataset.open(root, DataConfig())
 
-    results = add_tesseract(settings.out, "bench photo-loop", heldout, plot_photo_loop, read="reader")
-    workload = results["workload"]
-    rendered = settings.model_copy(update={key: workload[key] for key in ("business", "categories", "documents",
-                                                                           "train_templates", "scale", "render_processes")})
-    photos = workspace_photos(rendered, DataConfig())
-    test = photos.examples("test")
-    mix = sorted((entry["category"], entry["pages"]) for entry in results["loop"]["history"][0]["mix"] if entry["split"] == "test")
-    if sorted(Counter(e.category for e in test).items()) != mix:
-        raise OcrloopError(f"the workspace's photos rendered here split otherwise than {settings.out}'s; Tesseract "
-                           "would read another test split")
-    results.setdefault("test_split", {})["tesseract"] = score_tesseract(photos, split="test")
-    atomic_write_json(settings.out, results)
-    plot_photo_loop(results, settings.out.with_suffix(".png"))
-    return results
+    def test_split(results: dict[str, Any]) -> None:
+        rendered = as_rendered(results["workload"])
+        root = _rendered_once(rendered, "workspace-photos", rendered.documents, TRAIN_SEED, rendered.train_templates,
+                              DataConfig())
+        photos = Dataset.open(root, DataConfig())
+        mix = sorted((entry["category"], entry["pages"]) for entry in results["loop"]["history"][0]["mix"]
+                     if entry["split"] == "test")
+        if sorted(Counter(e.category for e in photos.examples("test")).items()) != mix:
+            raise OcrloopError(f"the workspace's photos rendered here split otherwise than {settings.out}'s; Tesseract "
+                               "would read another test split")
+        results.setdefault("test_split", {})["tesseract"] = score_tesseract(photos, split="test")
 
-
-def workspace_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> Dataset:
-    """The workspace's photos of a run with ``settings``, rendered again under ``settings.work`` (once)."""
-    root = settings.work / (f"workspace-photos-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}"
-                            f"-{settings.documents}-rendered-by-{settings.render_processes}"
-                            f"-templates-{'-'.join(map(str, settings.train_templates))}")
-    if not (root / "annotations.json").is_file():
-        synthesize_dataset(root, _photos(settings, settings.documents, TRAIN_SEED, settings.train_templates), data,
-                           workers=settings.render_processes)
-    return Dataset.open(root, data)
+    return add_tesseract(settings.out, "bench photo-loop", heldout, plot_photo_loop, read="reader", also=test_split)
 
 
 def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:

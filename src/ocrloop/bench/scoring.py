@@ -47,11 +47,13 @@ def score_tesseract(dataset: Dataset, split: str | None = None) -> dict[str, Any
 
 
 def add_tesseract(out: Path, command: str, heldout: Callable[[dict[str, Any]], Dataset],
-                  plot: Callable[[dict[str, Any], Path], Path], read: str | None = None) -> dict[str, Any]:
+                  plot: Callable[[dict[str, Any], Path], Path], read: str | None = None,
+                  also: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Score Tesseract into ``out``, a ``command`` result made where Tesseract was missing (a GPU machine), and redraw
     its figure with ``plot``. ``heldout`` renders the result's held-out pages again from its workload (the same pages,
     fonts on the machine permitting); where ``read`` names the reading whose examples the result kept, the pages must
-    hold the same texts. Every refusal is one line (``OcrloopError``)."""
+    hold the same texts. ``also`` scores Tesseract on more of the result's pages, into the results, before they are
+    written. Every refusal is one line (``OcrloopError``), and leaves ``out`` as it was."""
     try:
         results = json.loads(out.read_text())
     except OSError:
@@ -68,6 +70,8 @@ def add_tesseract(out: Path, command: str, heldout: Callable[[dict[str, Any]], D
             raise OcrloopError(f"the held-out pages rendered here differ from {out}'s (other fonts?); Tesseract would "
                                "read other pages")
     results["tesseract"] = score_tesseract(pages)
+    if also is not None:
+        also(results)
     atomic_write_json(out, results)
     plot(results, out.with_suffix(".png"))
     return results
