@@ -468,14 +468,19 @@ def photograph(page: Image.Image, rng: random.Random, nrng: np.random.Generator)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), rng.randint(20, 35)
 
 
+def pick_template(templates: tuple[int, ...], rng: random.Random) -> int:
+    """One of ``templates``, drawn from ``rng`` only when there is a choice: documents of one layout stay those of
+    versions that had one layout only, seed for seed."""
+    return templates[0] if len(templates) == 1 else rng.choice(templates)
+
+
 def render_document(category: str, business: str, rng: random.Random, options: SynthOptions,
                     families: dict[str, FontFamily],
                     rewrite: Callable[[list[str]], list[str]] | None = None) -> SynthDocument:
     """Render one document of ``category`` for ``business``; ``rewrite`` changes its markdown lines first."""
     # Noise draws from its own generator so the same seed gives the same texts at any noise level.
     noise_seed = rng.randrange(2**32)
-    templates = options.category_templates(category)
-    template = templates[0] if len(templates) == 1 else rng.choice(templates)  # one template: no draw, as before
+    template = pick_template(options.category_templates(category), rng)
     markdown_lines = DOCUMENT_TEMPLATES[category][template](rng, business)
     if rewrite is not None:
         markdown_lines = rewrite(markdown_lines)
