@@ -102,6 +102,12 @@ class TrainingConfig(_Section):
     skip_frozen_vision_backward: bool = Field(
         True, description="Compute image features without autograd when no vision parameter is trained."
     )
+    grouped_expert_lora: bool = Field(
+        True, description="LoRA on fused MoE experts (lora_targets 'experts', hf backend) added beside the experts' "
+                          "grouped GEMMs: the same values and the same saved adapter as peft's, without a copy of every "
+                          "expert's weights a forward, and torch.compile traces it whole. Off: peft's parametrized "
+                          "weights (models/expert_lora.py)."
+    )
     dataloader_workers: int = Field(
         0, ge=0, le=256, description="Processes loading and preprocessing pages while the GPU trains (0: in the training process)."
     )

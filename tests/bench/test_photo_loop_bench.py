@@ -61,10 +61,12 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     # Tesseract added later where the run had none (a GPU machine): the held-out photos and the workspace's photos are
     # rendered again, in a fresh folder, from the result's workload, and read the same as in the run
     tesseract, test_tesseract = results.pop("tesseract"), results["test_split"].pop("tesseract")
+    flat_tesseract = results["unphotographed"].pop("tesseract")
     out.write_text(json.dumps({**results, "tesseract": {"error": "pytesseract is not installed"}}))
     run_cli("bench", "photo-loop", "--out", str(out), "--add-tesseract", "--work", str(tmp_path / "elsewhere"), check=True)
     added = json.loads(out.read_text())
     assert added["tesseract"] == tesseract and added["test_split"]["tesseract"] == test_tesseract
+    assert added["unphotographed"]["tesseract"] == flat_tesseract
     unfinished = tmp_path / "unfinished.json"
     unfinished.write_text(json.dumps({"workload": workload}))
     result = run_cli("bench", "photo-loop", "--out", str(unfinished), "--add-tesseract")

@@ -156,8 +156,9 @@ def heldout_unphotographed(settings: BenchPhotoLoopSettings, data: DataConfig) -
 
 def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
     """Score Tesseract into ``settings.out`` (``scoring.add_tesseract``): the held-out photos are rendered again with
-    the result's workload and checked against the texts the reader read; the workspace's photos too, for the loop's
-    test split, checked against the split's documents per category."""
+    the result's workload and checked against the texts the reader read; the held-out documents unphotographed, where
+    the result read them; the workspace's photos too, for the loop's test split, checked against the split's documents
+    per category."""
 
     def as_rendered(workload: dict[str, Any]) -> BenchPhotoLoopSettings:
         # results written before the workload recorded a field were rendered with its default
@@ -172,8 +173,11 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
         root, _ = heldout_photos(as_rendered(workload), DataConfig())
         return Dataset.open(root, DataConfig())
 
-    def test_split(results: dict[str, Any]) -> None:
+    def other_sets(results: dict[str, Any]) -> None:
         rendered = as_rendered(results["workload"])
+        if "unphotographed" in results:
+            flat = Dataset.open(heldout_unphotographed(rendered, DataConfig()), DataConfig())
+            results["unphotographed"]["tesseract"] = score_tesseract(flat)
         root = _rendered_once(rendered, "workspace-photos", rendered.documents, TRAIN_SEED, rendered.train_templates,
                               DataConfig())
         photos = Dataset.open(root, DataConfig())
@@ -184,7 +188,7 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
                                "would read another test split")
         results.setdefault("test_split", {})["tesseract"] = score_tesseract(photos, split="test")
 
-    return add_tesseract(settings.out, "bench photo-loop", heldout, plot_photo_loop, read="reader", also=test_split)
+    return add_tesseract(settings.out, "bench photo-loop", heldout, plot_photo_loop, read="reader", also=other_sets)
 
 
 def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:

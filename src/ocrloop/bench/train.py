@@ -42,6 +42,9 @@ VARIANTS = {
     "ocrloop-hf-nockpt": ["--backend", "hf", "--optimizer", "auto", "--no-gradient-checkpointing"],
     # The same, compiled with torch.compile: fewer launches a step, after the first steps pay for compiling.
     "ocrloop-hf-compile": ["--backend", "hf", "--optimizer", "auto", "--compile"],
+    # ocrloop's hf path with peft's own LoRA on fused MoE experts (parametrized weights), for telling the grouped
+    # expert LoRA's share.
+    "ocrloop-hf-peft-experts": ["--backend", "hf", "--optimizer", "auto", "--no-grouped-expert-lora"],
     # Unsloth as its notebook runs it (compiled), for telling its share from ocrloop's own.
     "unsloth": ["--backend", "unsloth", "--optimizer", "auto", "--compile", "--no-skip-frozen-vision-backward", "--no-feature-cache",
                 "--cudnn-attention"],

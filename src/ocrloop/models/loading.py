@@ -136,8 +136,9 @@ def load_checkpoint(family: OCRFamily, path: Path, source: str, *, backend: str 
 
 
 def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, groups: list[str], seed: int,
-                gradient_checkpointing: bool = True) -> None:
-    """Wrap ``bundle.model`` with LoRA adapters on the family's modules for ``groups``."""
+                gradient_checkpointing: bool = True, grouped_experts: bool = True) -> None:
+    """Wrap ``bundle.model`` with LoRA adapters on the family's modules for ``groups``; on the hf backend, with
+    ``grouped_experts``, LoRA on fused MoE experts runs beside their grouped GEMMs (``models.expert_lora``)."""
     target_modules = bundle.family.lora_target_regex(groups)
     target_parameters = bundle.family.lora_target_parameters(groups)
     if bundle.backend == "unsloth":
@@ -172,6 +173,10 @@ def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, grou
         bundle.model = get_peft_model(bundle.model, config)
     except ValueError as error:
         raise ModelError(f"cannot attach LoRA to {groups} of {bundle.family.name}: {str(error).splitlines()[0]}") from None
+    if target_parameters and grouped_experts:
+        from ocrloop.models.expert_lora import group_expert_lora
+
+        group_expert_lora(bundle.model)
 
 
 def vision_is_frozen(bundle: OCRModel) -> bool:

@@ -196,7 +196,8 @@ class FineTuner:
                 self.bundle.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             attach_lora(self.bundle, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
-                        groups=list(t.lora_targets), seed=t.seed, gradient_checkpointing=t.gradient_checkpointing)
+                        groups=list(t.lora_targets), seed=t.seed, gradient_checkpointing=t.gradient_checkpointing,
+                        grouped_experts=t.grouped_expert_lora)
         if t.gradient_checkpointing:  # no KV cache in training steps: said once here, not warned at every forward
             for config in (self.bundle.model.config, getattr(self.bundle.model.config, "text_config", None)):
                 if config is not None and getattr(config, "use_cache", None):
