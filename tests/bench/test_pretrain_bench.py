@@ -13,15 +13,16 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "32,32,16,8", "--steps", "3,3,3,3",
             "--batch-sizes", "8,8,4,4", "--heldout", "4", "--workers", "0", "--render-processes", "2",
             "--max-new-tokens", "8,8,16,16", "--evals-per-stage", "1", "--work", str(tmp_path / "work"),
-            "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--templates", "0,1",
+            "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--templates", "0,1", "--random-layouts", "0.5",
             "--glyphs-read-at", "100", check=True)
     results = json.loads(out.read_text())
     assert [s["stage"] for s in results["stages"]] == ["glyphs", "lines", "blocks", "pages"]
     # Scrambled lessons are rendered apart from plain ones (a later plain run must not reuse them).
     assert results["workload"]["scrambled"] == 0.5
     assert sorted(p.name for p in (tmp_path / "work").glob("*-scrambled-0.5*")) == [
-        "blocks-16-scrambled-0.5-templates-0-1", "pages-8-scrambled-0.5-photos-0.5-templates-0-1"]
-    assert results["workload"]["templates"] == [0, 1]
+        "blocks-16-scrambled-0.5-templates-0-1-random-layouts-0.5",
+        "pages-8-scrambled-0.5-photos-0.5-templates-0-1-random-layouts-0.5"]
+    assert results["workload"]["templates"] == [0, 1] and results["workload"]["random_layouts"] == 0.5
     # Any CER of 8 new tokens is at most 100: the glyph stage ends at its first read (after step 1 of 3), and the
     # lines stage gets the two steps it left.
     assert [(s["steps"], s["max_steps"]) for s in results["stages"]] == [(1, 3), (5, 5), (3, 3), (3, 3)]
@@ -33,9 +34,12 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
         assert stage["curve"] and stage["waited_for_lessons_seconds"] >= 0  # later lessons render while earlier ones train
     for stage in results["stages"][2:]:
         assert 0 <= stage["heldout_pages_after"]["cer"]
-    # With photographed pages among the lessons, the reader also reads bench photo-loop's held-out photos.
+    # With photographed pages or new layouts among the lessons, the reader also reads bench photo-loop's held-out
+    # documents (a layout no lesson uses), as photos and as the same documents on clean pages.
     assert results["workload"]["photos"] == 0.5
     assert results["heldout_photos"]["examples"][0]["reference"] != results["heldout_pages"]["examples"][0]["reference"]
+    assert [e["reference"] for e in results["heldout_unseen_layout"]["examples"]] == \
+        [e["reference"] for e in results["heldout_photos"]["examples"]]
     # The last stage's read of the held-out pages is the final one.
     assert results["stages"][-1]["heldout_pages_after"]["cer"] == results["heldout_pages"]["strip_markdown"]["cer"]
     # Every stage's curve reads its own validation lessons; the pages stage's are clean pages other than the held-out
@@ -44,7 +48,7 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     validation = {e.text for e in Dataset.open(tmp_path / "work" / "validation-pages-4").examples()}
     test_pages = {e.text for e in Dataset.open(tmp_path / "work" / "heldout-pages-4").examples()}
     assert len(validation) == len(test_pages) == 4 and not validation & test_pages
-    for key in ("heldout_pages", "blind_control", "heldout_photos"):
+    for key in ("heldout_pages", "blind_control", "heldout_photos", "heldout_unseen_layout"):
         scored = results[key]
         assert scored["pages"] == 4
         assert {"cer", "mean_page_cer", "median_page_cer", "normalized_edit_distance"} <= set(scored["strip_markdown"])
@@ -74,7 +78,8 @@ def test_a_stage_of_no_steps_or_a_learning_rate_out_of_range_is_refused_in_one_l
         assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
 
     # the photo loop's held-out layout in the lessons would make its photos a layout the reader was taught
-    result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), "--photos", "0.3", "--templates", "0,2",
-                     "--work", str(tmp_path / "w"))
-    assert result.returncode != 0 and "--templates [2]" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "w").exists()
+    for reads_it in (("--photos", "0.3"), ("--random-layouts", "0.5")):
+        result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), *reads_it, "--templates", "0,2",
+                         "--work", str(tmp_path / "w"))
+        assert result.returncode != 0 and "--templates [2]" in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "w").exists()

@@ -59,16 +59,16 @@ def heldout_pages(work: Path, pages: int, categories: tuple[str, ...], data: Dat
     return root, blank
 
 
-def heldout_photo_pages(work: Path, checkpoint: Path, count: int, data: DataConfig) -> Dataset:
-    """``count`` of ``bench photo-loop``'s held-out photos, at its defaults otherwise (an ``ecommerce`` business in a
-    layout no lesson uses, a seed no lesson uses), rendered under ``work``: at 64, the very pages its reader, champion
-    and Tesseract are scored on."""
-    from ocrloop.bench.photo_loop import heldout_photos
+def unseen_layout_pages(work: Path, checkpoint: Path, count: int, data: DataConfig) -> tuple[Dataset, Dataset]:
+    """``count`` of ``bench photo-loop``'s held-out documents, at its defaults otherwise (an ``ecommerce`` business in
+    a layout no lesson uses, a seed no lesson uses), rendered under ``work``, as phone photos and as clean flat pages:
+    at 64, the very pages its reader, champion and Tesseract are scored on."""
+    from ocrloop.bench.photo_loop import heldout_photos, heldout_unphotographed
     from ocrloop.bench.settings import BenchPhotoLoopSettings
 
     settings = BenchPhotoLoopSettings(out=work / "unused.json", reader=str(checkpoint), heldout=count, work=work)
-    root, _ = heldout_photos(settings, data)
-    return Dataset.open(root, data)
+    photos, _ = heldout_photos(settings, data)
+    return Dataset.open(photos, data), Dataset.open(heldout_unphotographed(settings, data), data)
 
 
 def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processes: int) -> Dataset:
@@ -122,9 +122,11 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     scrambled = {stage: settings.scrambled if stage in ("blocks", "pages") else 0.0 for stage in stages}
     photos = {stage: settings.photos if stage == "pages" else 0.0 for stage in stages}
     templates = {stage: tuple(settings.templates) if stage in ("blocks", "pages") else (0,) for stage in stages}
+    relaid = {stage: settings.random_layouts if stage in ("blocks", "pages") else 0.0 for stage in stages}
     for index, stage in enumerate(stages, start=1):
         suffix = (f"-scrambled-{scrambled[stage]:g}" if scrambled[stage] else "") + (f"-photos-{photos[stage]:g}" if photos[stage] else "") \
-            + (f"-templates-{'-'.join(map(str, templates[stage]))}" if templates[stage] != (0,) else "")
+            + (f"-templates-{'-'.join(map(str, templates[stage]))}" if templates[stage] != (0,) else "") \
+            + (f"-random-layouts-{relaid[stage]:g}" if relaid[stage] else "")
         stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{suffix}"
         # Each stage validates on lessons of its own kind from a seed no stage trains on; the pages stage on clean pages,
         # as the test pages are, but never on the test pages themselves: those are read only to be reported.
@@ -135,9 +137,10 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     pages_root, blank_root = heldout_pages(work, heldout, categories, data)
     pages = Dataset.open(pages_root, data)
 
-    photo_pages = heldout_photo_pages(work, checkpoint, heldout, data) if settings.photos else None
+    unseen_layout = unseen_layout_pages(work, checkpoint, heldout, data) \
+        if settings.photos or settings.random_layouts else None
     options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage],
-                                    photos=photos[stage], templates=templates[stage])
+                                    photos=photos[stage], templates=templates[stage], random_layouts=relaid[stage])
                for index, stage in enumerate(stages, start=1)}
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
@@ -185,8 +188,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 if stage == stages[-1]:
                     results["heldout_pages"] = after
                     results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
-                    if photo_pages is not None:
-                        results["heldout_photos"] = score(tuner.bundle, photo_pages, reading, batch_size=64)
+                    if unseen_layout is not None:
+                        results["heldout_photos"] = score(tuner.bundle, unseen_layout[0], reading, batch_size=64)
+                        results["heldout_unseen_layout"] = score(tuner.bundle, unseen_layout[1], reading, batch_size=64)
             finally:
                 tuner.cleanup()
             speed = card["speed"]
@@ -226,6 +230,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
                      "categories": list(categories), "heldout_pages": heldout, "heldout_seed": HELDOUT_SEED,
                      "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
+                     "random_layouts": settings.random_layouts,
                      "training_samples": samples_before, "normalized": NORMALIZED},
         "host": platform.node(), "synth_seconds": synth_seconds, "total_seconds": total, "model": base,
     })
@@ -277,10 +282,13 @@ def plot_pretrain(results: dict[str, Any], png: Path) -> Path:
     ends = [(s["samples_before"] + s["steps"] * s["batch_size"], s["heldout_pages_after"]["cer"])
             for s in results["stages"] if s["heldout_pages_after"]]
     ax.plot([x for x, _ in ends], [y for _, y in ends], marker="s", color="black", label="held-out pages (after the stage)")
-    if "heldout_photos" in results and ends:
-        level = results["heldout_photos"]["strip_markdown"]["cer"]
-        ax.plot([ends[-1][0]], [level], marker="^", linestyle="none", color="tab:red",
-                label=f"held-out phone photos, unseen layout ({level:.1%}, markup ignored)")
+    unseen = [("heldout_photos", "held-out phone photos", "^", "tab:red"),
+              ("heldout_unseen_layout", "the same documents, clean", "v", "tab:purple")]
+    for key, label, marker, color in unseen:
+        if key in results and ends:
+            level = results[key]["strip_markdown"]["cer"]
+            ax.plot([ends[-1][0]], [level], marker=marker, linestyle="none", color=color,
+                    label=f"{label}, unseen layout ({level:.1%}, markup ignored)")
     controls = [("blind_control", "same texts on blank images", ":"), ("tesseract", "Tesseract", "--")]
     for key, label, style in controls:
         scored = results.get(key, {})
@@ -291,7 +299,7 @@ def plot_pretrain(results: dict[str, Any], png: Path) -> Path:
     ax.set_xlabel("training samples")
     ax.set_ylabel("held-out CER (markup ignored on pages)")
     levels = [results[key]["strip_markdown"]["cer"] for key, _, _ in controls if "strip_markdown" in results.get(key, {})]
-    levels += [results["heldout_photos"]["strip_markdown"]["cer"]] if "heldout_photos" in results else []
+    levels += [results[key]["strip_markdown"]["cer"] for key, *_ in unseen if key in results]
     highest = max([0.2] + [p["cer"] for s in results["stages"] for p in s["curve"]] + [y for _, y in ends] + levels)
     ax.set_ylim(0, min(1.25, highest * 1.05))
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))

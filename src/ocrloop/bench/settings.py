@@ -160,11 +160,15 @@ class BenchPretrainSettings(_Bench):
     scrambled: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose words and numbers are "
                                                            "random, layout kept (held-out lessons and pages never are).")
     photos: float = Field(0.0, ge=0, le=1, description="Share of page lessons drawn as phone photos (data synth --style "
-                                                        "photo); above 0, the reader also reads bench photo-loop's "
-                                                        "held-out photos (a layout no lesson uses) at the end.")
+                                                        "photo); above 0 (or with --random-layouts), the reader also "
+                                                        "reads bench photo-loop's held-out documents (a layout no lesson "
+                                                        "uses) at the end, as photos and as clean pages.")
     templates: list[Annotated[int, Field(ge=0, le=2)]] = Field(
         [0], min_length=1, description="Layouts of the block and page lessons (data synth --templates); bench "
                                        "photo-loop holds layout 2 out.")
+    random_layouts: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose document keeps "
+                                                                "its words but is laid out anew (field order, how "
+                                                                "headings, fields and items are written, date format).")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the lessons.")
     save_model: Path | None = Field(None, description="Also copy the final reader here, weights in bfloat16.")
@@ -176,9 +180,9 @@ class BenchPretrainSettings(_Bench):
     def _photo_layouts_unseen(self) -> "BenchPretrainSettings":
         held_out = BenchPhotoLoopSettings.model_fields["heldout_templates"].default
         shared = sorted(set(self.templates) & set(held_out))
-        if self.photos and shared:
-            raise ValueError(f"--templates {shared}: --photos reads bench photo-loop's held-out photos, drawn in layouts "
-                             f"{held_out} that no lesson may use")
+        if (self.photos or self.random_layouts) and shared:
+            raise ValueError(f"--templates {shared}: --photos and --random-layouts read bench photo-loop's held-out "
+                             f"documents, drawn in layouts {held_out} that no lesson may use")
         return self
 
 

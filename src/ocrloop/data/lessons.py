@@ -11,7 +11,9 @@
 
 With ``scrambled`` above 0, that share of blocks and pages keeps its document's layout and markup but has every
 word and number replaced by random letters and digits of the same shape: a model that writes the document it
-expects, without looking, gets those wrong, so looking keeps paying after the glyphs.
+expects, without looking, gets those wrong, so looking keeps paying after the glyphs. With ``random_layouts`` above
+0, that share keeps its document's words but is laid out anew (``relayout``): a model that recalls a layout instead
+of reading one gets those wrong.
 
 Blocks and pages draw their families from every family on the machine (``data.fonts``) and get light scan
 noise (with ``photos`` above 0, that share of pages is a phone photo instead: ``data.synth.photograph``); their
@@ -23,6 +25,7 @@ first layout of each category, or in ``templates``; held-out pages use seeds nev
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import random
 import re
@@ -60,6 +63,7 @@ class LessonOptions:
     scrambled: float = 0.0  # share of blocks and pages whose words and numbers are random (see ``scramble``)
     photos: float = 0.0  # share of pages drawn as phone photos (``data.synth.photograph``), in colour, JPEG-degraded
     templates: tuple[int, ...] = (0,)  # layouts of blocks and pages, by index into ``data.synth.DOCUMENT_TEMPLATES``
+    random_layouts: float = 0.0  # share of blocks and pages whose document is laid out anew (see ``relayout``)
 
     def __post_init__(self) -> None:
         if self.kind not in LESSONS:
@@ -70,6 +74,8 @@ class LessonOptions:
             raise ValueError("scrambled must be between 0 and 1")
         if not 0 <= self.photos <= 1:
             raise ValueError("photos must be between 0 and 1")
+        if not 0 <= self.random_layouts <= 1:
+            raise ValueError("random_layouts must be between 0 and 1")
         if not self.templates or any(t not in range(len(DOCUMENT_TEMPLATES[c])) for t in self.templates for c in self.categories):
             raise ValueError(f"templates {list(self.templates)}: not a layout of every category of {list(self.categories)}")
         unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
@@ -90,6 +96,66 @@ def scramble(lines: list[str], rng: random.Random) -> list[str]:
                        for c in match.group())
 
     return [_WORD.sub(random_like, line) for line in lines]
+
+
+# How a document's parts are written when it is laid out anew; one choice of each per document.
+_HEADING_STYLES = ("# {}", "## {}", "**{}**", "{}")
+_FIELD_STYLES = ("**{}:** {}", "**{}** {}", "{}: {}", "{} {}", "- {}: {}", "**{}:** **{}**")
+_CELL_SEPARATORS = (" ", "  ", ", ", " / ", " - ", ": ")
+_DATE_FORMATS = ("%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%B %d, %Y", "%d %b %Y", "%d.%m.%Y")
+_INVOICE_COLUMNS = ["Description", "Qty", "Unit price", "Amount"]
+_ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
+# Where a list item's cells part: "Mouse x2: $45.00", "Mouse: 3 at $5.00 = $15.00", "3 x Mouse @ $5.00".
+_ITEM_CELLS = re.compile(r"\s+x(?=\d)|:\s+|\s+@\s+|\s+=\s+|\s+at\s+|(?<=\d)\s+x\s+")
+
+
+def relayout(lines: list[str], rng: random.Random) -> list[str]:
+    """The words of a document's markdown ``lines`` in a layout drawn for it: the order of its labelled fields, how
+    headings, fields and item rows are written (a table of the same or fewer columns, or a list), where the title
+    and the notes go, and the date format. Nothing is added but separators and markup."""
+    headings, fields, totals, notes, header, rows = [], [], [], [], None, []
+    for line in lines:
+        if line.startswith("|---"):
+            continue
+        if line.startswith("#"):
+            headings.append(line.lstrip("#").strip())
+        elif line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if header is None and not rows:
+                header = cells
+            else:
+                rows.append(cells)
+        elif line.startswith("- "):
+            rows.append(_ITEM_CELLS.split(line[2:]))
+        else:
+            parts = [part.strip(" :") for part in line.split("**") if part.strip(" :")]
+            if len(parts) == 2:
+                (totals if rows else fields).append(parts)
+            else:
+                notes.append(" ".join(parts))
+    heading, field = rng.choice(_HEADING_STYLES), rng.choice(_FIELD_STYLES)
+    rng.shuffle(fields)
+    rng.shuffle(totals)
+    out = [field.format(*pair) for pair in fields]
+    title_at = rng.randint(0, min(2, len(out)))
+    out[title_at:title_at] = [heading.format(h.upper() if rng.random() < 0.3 else h) for h in headings]
+    if rows:
+        columns = min(len(row) for row in rows)
+        kept = sorted(rng.sample(range(columns), k=rng.randint(min(2, columns), columns)))
+        if rng.random() < 0.5:
+            # Column names of the first layout's invoice, never those of a layout held out
+            names = header if header is not None and len(header) == columns else \
+                {2: ["Description", "Amount"], 3: ["Description", "Qty", "Amount"]}.get(columns, _INVOICE_COLUMNS)
+            out += ["| " + " | ".join(names[i] if i < len(names) else "" for i in kept) + " |",
+                    "|" + "---|" * len(kept)]
+            out += ["| " + " | ".join(row[i] for i in kept) + " |" for row in rows]
+        else:
+            separator, bullet = rng.choice(_CELL_SEPARATORS), rng.choice(("- ", ""))
+            out += [bullet + separator.join(row[i] for i in kept) for row in rows]
+    out += [field.format(*pair) for pair in totals]
+    out[0 if notes and rng.random() < 0.3 else len(out):0] = notes
+    date_format = rng.choice(_DATE_FORMATS)
+    return [_ISO_DATE.sub(lambda m: dt.date(*map(int, m.groups())).strftime(date_format), line) for line in out]
 
 
 def _document_lines(rng: random.Random, categories: tuple[str, ...],
@@ -161,10 +227,13 @@ def _pad_to_windows(image: Image.Image) -> Image.Image:
 
 def render_block_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
                         scale: tuple[float, float], scrambled: bool = False,
-                        templates: tuple[int, ...] = (0,)) -> tuple[Image.Image, str, str]:
+                        templates: tuple[int, ...] = (0,), relaid: bool = False) -> tuple[Image.Image, str, str]:
     """Two to six consecutive markdown lines of a receipt or invoice, drawn as on the page, cut to their content;
-    with the document's category. ``scrambled``: their words and numbers random (``scramble``)."""
+    with the document's category. ``scrambled``: their words and numbers random (``scramble``); ``relaid``: the
+    document laid out anew first (``relayout``)."""
     category, lines = _document_lines(rng, categories, templates)
+    if relaid:
+        lines = relayout(lines, rng)
     count = rng.randint(2, 6)
     start = rng.randrange(max(1, len(lines) - count + 1))
     chosen = lines[start:start + count]
@@ -186,18 +255,24 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
     noise_seed = rng.randrange(2**32)
     if kind in ("glyphs", "lines"):
         return (*render_line_lesson(rng, families, options.categories, glyphs=kind == "glyphs"), kind)
-    # Drawn only when asked for, so that lessons without scrambling stay those of earlier versions, seed for seed.
+    # Drawn only when asked for, so that lessons without scrambling or new layouts stay those of earlier versions, seed
+    # for seed.
     scrambled = options.scrambled > 0 and rng.random() < options.scrambled
+    relaid = options.random_layouts > 0 and rng.random() < options.random_layouts
     if kind == "blocks":
         image, text, category = render_block_lesson(rng, families, options.categories, options.scale, scrambled,
-                                                    options.templates)
+                                                    options.templates, relaid)
     else:
         category = rng.choice(options.categories)
         page_options = SynthOptions(n=1, categories=(category,), scale=rng.uniform(*options.scale), fit_to_content=True,
                                     noise=0.0, templates=options.templates)
+
+        def rewrite(lines: list[str]) -> list[str]:
+            lines = relayout(lines, rng) if relaid else lines
+            return scramble(lines, rng) if scrambled else lines
+
         document = render_document(category, rng.choice(CATEGORY_BUSINESSES[category]), rng, page_options,
-                                   _families_of_kind(families, rng),
-                                   rewrite=(lambda lines: scramble(lines, rng)) if scrambled else None)
+                                   _families_of_kind(families, rng), rewrite=rewrite if scrambled or relaid else None)
         image, text = document.pages[0], document.texts[0]
         # Drawn only when asked for, as ``scrambled`` is; the page is photographed in place of scan noise.
         if options.photos > 0 and rng.random() < options.photos:
