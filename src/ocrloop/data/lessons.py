@@ -112,7 +112,8 @@ _ITEM_CELLS = re.compile(r"\s+x(?=\d)|:\s+|\s+@\s+|\s+=\s+|\s+at\s+|(?<=\d)\s+x\
 def relayout(lines: list[str], rng: random.Random) -> list[str]:
     """The words of a document's markdown ``lines`` in a layout drawn for it: the order of its labelled fields, how
     headings, fields and item rows are written (a table of the same or fewer columns, or a list), where the title
-    and the notes go, and the date format. Nothing is added but separators and markup."""
+    and the notes go, and the date format. Nothing is added but separators, markup and, over a table made of list
+    items, the first layout's invoice column names."""
     headings, fields, totals, notes, header, rows = [], [], [], [], None, []
     for line in lines:
         if line.startswith("|---"):

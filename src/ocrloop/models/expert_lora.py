@@ -136,6 +136,7 @@ def group_expert_lora(model: torch.nn.Module) -> int:
             chain, experts = _wrapped_experts(child)
             if all(w.num_experts > 1 for w in chain) and all(
                     hasattr(experts, a) for a in ("is_transposed", "has_gate", "has_bias", "num_experts")):
+                # A subclass, not a new module: isinstance checks, parameter names and merging stay peft's.
                 child.__class__ = GroupedExpertLoRA
                 grouped += 1
     return grouped
