@@ -71,7 +71,8 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     heldout_root, blank_root = heldout_photos(settings, config.data)
     heldout = Dataset.open(heldout_root, config.data)
     unphotographed = Dataset.open(heldout_unphotographed(settings, config.data), config.data)
-    trained_texts = {e.text for e in Dataset.open(config.dataset_dir, config.data).examples()}
+    photos = Dataset.open(config.dataset_dir, config.data)
+    trained_texts = {e.text for e in photos.examples()}
     overlap = sum(e.text in trained_texts for e in heldout.examples())
 
     log("running the loop (train a challenger, judge it against the reader, promote it only if it is better)")
@@ -95,25 +96,27 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     }
     log("reading the held-out photos, the same documents unphotographed and the loop's test split with the reader, the "
         "champion and Tesseract, and the held-out photos' blank twins with the champion")
+    # Beside the held-out photos, the loop's own test split (documents never trained on, in the layouts the workspace
+    # trains on; the loop judged on these, markup counted) and the held-out documents unphotographed (what the photo
+    # costs, apart from what the unseen layout does), each read by the reader, the champion and Tesseract.
+    page_sets = {"heldout": (heldout, None), "test_split": (photos, "test"), "unphotographed": (unphotographed, None)}
+
+    def read_every_set(model: Any) -> dict[str, Any]:
+        return {name: score(model, pages, reading, settings.read_batch_size, split=split)
+                for name, (pages, split) in page_sets.items()}
+
     model = load_model(reader, backend=config.training.backend)
-    # Beside the held-out photos, the loop's own test split: documents never trained on, in the layouts the workspace
-    # trains on (the loop judged on these, markup counted), scored the same way.
-    photos = Dataset.open(config.dataset_dir, config.data)
-    # And the held-out documents unphotographed: what the photo costs, apart from what the unseen layout does.
-    results["reader"] = score(model, heldout, reading, batch_size=settings.read_batch_size)
-    test_split = {"reader": score(model, photos, reading, settings.read_batch_size, split="test")}
-    flat = {"reader": score(model, unphotographed, reading, settings.read_batch_size)}
-    if champion.key == "base":  # nothing was promoted: the reader is the champion, already read
-        results["champion"], test_split["champion"], flat["champion"] = results["reader"], test_split["reader"], flat["reader"]
-    else:
+    by_reader = by_champion = read_every_set(model)
+    if champion.key != "base":  # else nothing was promoted: the reader is the champion, already read
         model = load_model(champion.path, backend=config.training.backend)
-        results["champion"] = score(model, heldout, reading, batch_size=settings.read_batch_size)
-        test_split["champion"] = score(model, photos, reading, settings.read_batch_size, split="test")
-        flat["champion"] = score(model, unphotographed, reading, settings.read_batch_size)
+        by_champion = read_every_set(model)
+    results["reader"], results["champion"] = by_reader["heldout"], by_champion["heldout"]
     results["blind_control"] = score(model, Dataset.open(blank_root, config.data), reading, batch_size=settings.read_batch_size)
     results["tesseract"] = score_tesseract(heldout)
-    results["test_split"] = {**test_split, "tesseract": score_tesseract(photos, split="test")}
-    results["unphotographed"] = {**flat, "tesseract": score_tesseract(unphotographed)}
+    for name, (pages, split) in page_sets.items():
+        if name != "heldout":
+            results[name] = {"reader": by_reader[name], "champion": by_champion[name],
+                             "tesseract": score_tesseract(pages, split=split)}
     results.update({"host": platform.node(), "total_seconds": time.perf_counter() - started})
     atomic_write_json(settings.out, results)
     plot_photo_loop(results, settings.out.with_suffix(".png"))

@@ -12,6 +12,7 @@ guesses, it does not read) and Tesseract. Everything goes to one JSON and a PNG 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import platform
@@ -71,6 +72,18 @@ def unseen_layout_pages(work: Path, checkpoint: Path, count: int, data: DataConf
     return Dataset.open(photos, data), Dataset.open(heldout_unphotographed(settings, data), data)
 
 
+def _lesson_folder_suffix(options: LessonOptions) -> str:
+    """What sets ``options``' lessons apart from plain ones, for their folder's name: lessons of other settings are
+    never reused for these."""
+    defaults, suffix = {f.name: f.default for f in dataclasses.fields(LessonOptions)}, ""
+    for name in ("scrambled", "photos", "templates", "random_layouts"):
+        value = getattr(options, name)
+        if value != defaults[name]:
+            shown = "-".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}"
+            suffix += f"-{name.replace('_', '-')}-{shown}"
+    return suffix
+
+
 def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processes: int) -> Dataset:
     """The lessons at ``root``, rendered first if they are not there yet, opened (every file inspected)."""
     if not (root / "annotations.json").is_file():
@@ -118,16 +131,16 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     checkpoint = work / "checkpoints" / f"qwen2.5-vl-{size}"
     if not (checkpoint / "config.json").is_file():
         FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
+    # What the settings change in each stage's lessons: blocks and pages only (photos: pages only).
+    varied = {"scrambled": settings.scrambled, "templates": tuple(settings.templates),
+              "random_layouts": settings.random_layouts}
+    options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories,
+                                    **(varied if stage in ("blocks", "pages") else {}),
+                                    **({"photos": settings.photos} if stage == "pages" else {}))
+               for index, stage in enumerate(stages, start=1)}
     stage_data, stage_validation = {}, {}
-    scrambled = {stage: settings.scrambled if stage in ("blocks", "pages") else 0.0 for stage in stages}
-    photos = {stage: settings.photos if stage == "pages" else 0.0 for stage in stages}
-    templates = {stage: tuple(settings.templates) if stage in ("blocks", "pages") else (0,) for stage in stages}
-    relaid = {stage: settings.random_layouts if stage in ("blocks", "pages") else 0.0 for stage in stages}
     for index, stage in enumerate(stages, start=1):
-        suffix = (f"-scrambled-{scrambled[stage]:g}" if scrambled[stage] else "") + (f"-photos-{photos[stage]:g}" if photos[stage] else "") \
-            + (f"-templates-{'-'.join(map(str, templates[stage]))}" if templates[stage] != (0,) else "") \
-            + (f"-random-layouts-{relaid[stage]:g}" if relaid[stage] else "")
-        stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{suffix}"
+        stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{_lesson_folder_suffix(options[stage])}"
         # Each stage validates on lessons of its own kind from a seed no stage trains on; the pages stage on clean pages,
         # as the test pages are, but never on the test pages themselves: those are read only to be reported.
         stage_validation[stage] = work / f"validation-{stage}-{heldout}"
@@ -139,9 +152,6 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
 
     unseen_layout = unseen_layout_pages(work, checkpoint, heldout, data) \
         if settings.photos or settings.random_layouts else None
-    options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories, scrambled=scrambled[stage],
-                                    photos=photos[stage], templates=templates[stage], random_layouts=relaid[stage])
-               for index, stage in enumerate(stages, start=1)}
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
             log(f"rendering {options[stage].n} {stage} lessons" + (" in the background" if stage != stages[0] else ""))

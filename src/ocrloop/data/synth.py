@@ -284,7 +284,6 @@ def _tax_invoice(rng: random.Random, business: str) -> list[str]:
 # Other templates exist so that a test set can hold layouts its training set never saw (SynthOptions.templates).
 DOCUMENT_TEMPLATES = {"receipt": (_receipt, _register_tape, _receipt_table), "invoice": (_invoice, _invoice_list, _tax_invoice),
                       "contract": (_contract,), "tax_form": (_tax_form,)}
-DOCUMENT_CONTENT = {category: templates[0] for category, templates in DOCUMENT_TEMPLATES.items()}
 
 
 def _segments(markdown_line: str) -> tuple[str, list[tuple[str, bool]]]:
@@ -514,7 +513,7 @@ def sample_texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     categories = list(CATEGORY_BUSINESSES)
     return [
-        "\n".join(DOCUMENT_CONTENT[c](rng, rng.choice(CATEGORY_BUSINESSES[c])))
+        "\n".join(DOCUMENT_TEMPLATES[c][0](rng, rng.choice(CATEGORY_BUSINESSES[c])))
         for c in (categories[i % len(categories)] for i in range(n))
     ]
 
