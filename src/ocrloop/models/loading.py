@@ -165,18 +165,31 @@ def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, grou
     if bundle.extras.get("mode") in QUANTIZED_MODES:
         bundle.model = prepare_model_for_kbit_training(bundle.model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
-        bundle.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        bundle.model.enable_input_require_grads()
+        checkpoint_activations(bundle.model)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none", target_modules=target_modules,
                         target_parameters=target_parameters or None)
     try:
         bundle.model = get_peft_model(bundle.model, config)
     except ValueError as error:
         raise ModelError(f"cannot attach LoRA to {groups} of {bundle.family.name}: {str(error).splitlines()[0]}") from None
+    if gradient_checkpointing and bundle.extras.get("mode") not in QUANTIZED_MODES:
+        bundle.model.get_base_model().disable_input_require_grads()  # peft hooks the embeddings again
     if target_parameters and grouped_experts:
         from ocrloop.models.expert_lora import group_expert_lora
 
         group_expert_lora(bundle.model)
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Turn on non-reentrant gradient checkpointing for ``model``, without the input-embedding hooks transformers
+    adds with it.
+
+    Those hooks make every embedding output require grad. Reentrant checkpointing needs that to reach the weights
+    inside a checkpointed layer; non-reentrant checkpointing does not, and gives the same gradients without them.
+    Kept, they cost a graph break at every embedding call under torch.compile, and autograd through a frozen vision
+    tower."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()
 
 
 def vision_is_frozen(bundle: OCRModel) -> bool:
@@ -190,9 +203,9 @@ def vision_is_frozen(bundle: OCRModel) -> bool:
 def skip_frozen_vision_backward(bundle: OCRModel) -> bool:
     """Compute image features without autograd when the vision side is frozen; return whether it applies.
 
-    peft and Unsloth call ``enable_input_require_grads()`` for gradient checkpointing, which hooks the
-    input embeddings of every nested model, the vision tower's too: its outputs then require grad and
-    backward runs through SAM and the vision encoder for nothing. Wrapping each ``get_image_features``
+    Unsloth calls ``enable_input_require_grads()`` for gradient checkpointing (the hf backend takes those hooks off:
+    ``checkpoint_activations``), which hooks the input embeddings of every nested model, the vision tower's too: its
+    outputs then require grad and backward runs through SAM and the vision encoder for nothing. Wrapping each ``get_image_features``
     in ``torch.no_grad`` gives the same loss and the same LoRA gradients without that graph.
     """
     if not vision_is_frozen(bundle):

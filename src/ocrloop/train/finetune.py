@@ -43,6 +43,7 @@ from ocrloop.models.base import EncodedExample, ExampleTooLong, ModelError, OCRM
 from ocrloop.models.reading import ReadingSettings
 from ocrloop.models.loading import (
     attach_lora,
+    checkpoint_activations,
     save_model,
     skip_frozen_vision_backward,
     trainable_parameters,
@@ -193,7 +194,7 @@ class FineTuner:
         self.bundle.reading = ReadingSettings.from_training(t)  # saved with the model: it reads as it was trained
         if t.mode == "full":
             if t.gradient_checkpointing and self.bundle.backend == "hf":
-                self.bundle.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                checkpoint_activations(self.bundle.model)
         else:
             attach_lora(self.bundle, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
                         groups=list(t.lora_targets), seed=t.seed, gradient_checkpointing=t.gradient_checkpointing,
