@@ -266,7 +266,8 @@ def bench_photo_loop_command(settings: BenchPhotoLoopSettings | None = None) -> 
     readers = (("reader", "the reader"), ("champion", "the champion"), ("blind_control", "champion, blank pages"),
                ("tesseract", "Tesseract"))
     for pages, scored in (("held-out photos", results), ("the same documents unphotographed", results.get("unphotographed", {})),
-                          ("the loop's test split", results.get("test_split", {}))):
+                          ("the loop's test split", results.get("test_split", {})),
+                          ("held-out photos in the trained layouts", results.get("heldout_trained_layouts", {}))):
         for key, label in readers:
             if key in scored:
                 scores = scored[key]

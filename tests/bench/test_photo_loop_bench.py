@@ -54,6 +54,12 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     assert all(str(e.source).endswith(".png") for e in flat.examples())
     for key in ("reader", "champion", "tesseract"):
         assert results["unphotographed"][key]["pages"] == workload["heldout_pages"], key
+    # ... and held-out photos from the held-out seed in the trained layouts: read only to be reported
+    in_trained = [e.text for e in Dataset.open(next(work.glob("heldout-photos-*-templates-0-1"))).examples()]
+    assert in_trained and not set(in_trained) & set(trained)
+    assert not any("| Item | Qty |" in text for text in in_trained)
+    for key in ("reader", "champion", "tesseract"):
+        assert results["heldout_trained_layouts"][key]["pages"] == len(in_trained), key
     # Tesseract reads flat pages far better than their photos
     assert results["unphotographed"]["tesseract"]["strip_markdown"]["cer"] < results["tesseract"]["strip_markdown"]["cer"]
     assert out.with_suffix(".png").stat().st_size > 0
@@ -62,11 +68,13 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     # rendered again, in a fresh folder, from the result's workload, and read the same as in the run
     tesseract, test_tesseract = results.pop("tesseract"), results["test_split"].pop("tesseract")
     flat_tesseract = results["unphotographed"].pop("tesseract")
+    in_trained_tesseract = results["heldout_trained_layouts"].pop("tesseract")
     out.write_text(json.dumps({**results, "tesseract": {"error": "pytesseract is not installed"}}))
     run_cli("bench", "photo-loop", "--out", str(out), "--add-tesseract", "--work", str(tmp_path / "elsewhere"), check=True)
     added = json.loads(out.read_text())
     assert added["tesseract"] == tesseract and added["test_split"]["tesseract"] == test_tesseract
     assert added["unphotographed"]["tesseract"] == flat_tesseract
+    assert added["heldout_trained_layouts"]["tesseract"] == in_trained_tesseract
     unfinished = tmp_path / "unfinished.json"
     unfinished.write_text(json.dumps({"workload": workload}))
     result = run_cli("bench", "photo-loop", "--out", str(unfinished), "--add-tesseract")

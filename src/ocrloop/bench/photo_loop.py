@@ -5,8 +5,9 @@ base model; the workspace gets labelled phone photos (``data synth --style photo
 trains a challenger (LoRA by default) and promotes it only if it beats the reader on the test split. Then the reader
 and the champion read held-out photos rendered from a seed the workspace never saw, beside Tesseract and a blind
 control (the same texts on blank pages, read by the champion). The held-out photos are drawn in layouts the workspace's
-documents never use (``--heldout-templates`` against ``--train-templates``). Everything goes to one JSON and a PNG
-per category.
+documents never use (``--heldout-templates`` against ``--train-templates``); photos from the same seed in the
+workspace's own layouts are read too, as pages nothing was chosen on (the loop's gate chose on its test split).
+Everything goes to one JSON and a PNG per category.
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
     heldout_root, blank_root = heldout_photos(settings, config.data)
     heldout = Dataset.open(heldout_root, config.data)
     unphotographed = Dataset.open(heldout_unphotographed(settings, config.data), config.data)
+    in_trained_layouts = Dataset.open(heldout_photos_in_trained_layouts(settings, config.data), config.data)
     photos = Dataset.open(config.dataset_dir, config.data)
     trained_texts = {e.text for e in photos.examples()}
-    overlap = sum(e.text in trained_texts for e in heldout.examples())
+    overlap = sum(e.text in trained_texts for e in (*heldout.examples(), *in_trained_layouts.examples()))
 
     log("running the loop (train a challenger, judge it against the reader, promote it only if it is better)")
     loop = FineTuneLoop(workspace, console=console).run()
@@ -94,12 +96,15 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
         "loop": {"ran": loop.ran, "promoted": loop.promoted, "reason": loop.reason, "champion": champion.name,
                  "champion_is_the_reader": champion.key == "base", "history": history},
     }
-    log("reading the held-out photos, the same documents unphotographed and the loop's test split with the reader, the "
-        "champion and Tesseract, and the held-out photos' blank twins with the champion")
+    log("reading the held-out photos, the same documents unphotographed, the loop's test split and held-out photos in "
+        "the trained layouts with the reader, the champion and Tesseract, and the held-out photos' blank twins with the "
+        "champion")
     # Beside the held-out photos, the loop's own test split (documents never trained on, in the layouts the workspace
-    # trains on; the loop judged on these, markup counted) and the held-out documents unphotographed (what the photo
-    # costs, apart from what the unseen layout does), each read by the reader, the champion and Tesseract.
-    page_sets = {"heldout": (heldout, None), "test_split": (photos, "test"), "unphotographed": (unphotographed, None)}
+    # trains on; the loop judged on these, markup counted), held-out photos in those layouts (the same, but nothing was
+    # chosen on them) and the held-out documents unphotographed (what the photo costs, apart from what the unseen
+    # layout does), each read by the reader, the champion and Tesseract.
+    page_sets = {"heldout": (heldout, None), "test_split": (photos, "test"),
+                 "heldout_trained_layouts": (in_trained_layouts, None), "unphotographed": (unphotographed, None)}
 
     def read_every_set(model: Any) -> dict[str, Any]:
         return {name: score(model, pages, reading, settings.read_batch_size, split=split)
@@ -150,6 +155,13 @@ def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[
     return root, blank
 
 
+def heldout_photos_in_trained_layouts(settings: BenchPhotoLoopSettings, data: DataConfig) -> Path:
+    """Held-out photos from the held-out seed in the workspace's own layouts: new documents of the business, as the
+    loop's test split is, but read only to be reported."""
+    return _rendered_once(settings, "heldout-photos", settings.heldout, HELDOUT_SEED, settings.train_templates, data,
+                          split_fractions=(1.0, 0.0, 0.0))
+
+
 def heldout_unphotographed(settings: BenchPhotoLoopSettings, data: DataConfig) -> Path:
     """The held-out documents before their photo: the same texts, layouts and fonts as ``heldout_photos``' pages, as
     clean flat pages."""
@@ -161,7 +173,7 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
     """Score Tesseract into ``settings.out`` (``scoring.add_tesseract``): the held-out photos are rendered again with
     the result's workload and checked against the texts the reader read; the held-out documents unphotographed, where
     the result read them; the workspace's photos too, for the loop's test split, checked against the split's documents
-    per category."""
+    per category; and the held-out photos in the trained layouts, where the result read them."""
 
     def as_rendered(workload: dict[str, Any]) -> BenchPhotoLoopSettings:
         # results written before the workload recorded a field were rendered with its default
@@ -181,6 +193,9 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
         if "unphotographed" in results:
             flat = Dataset.open(heldout_unphotographed(rendered, DataConfig()), DataConfig())
             results["unphotographed"]["tesseract"] = score_tesseract(flat)
+        if "heldout_trained_layouts" in results:
+            pages = Dataset.open(heldout_photos_in_trained_layouts(rendered, DataConfig()), DataConfig())
+            results["heldout_trained_layouts"]["tesseract"] = score_tesseract(pages)
         root = _rendered_once(rendered, "workspace-photos", rendered.documents, TRAIN_SEED, rendered.train_templates,
                               DataConfig())
         photos = Dataset.open(root, DataConfig())
@@ -196,8 +211,8 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
 
 def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
     """Held-out CER (markup ignored) per category and overall: the reader, the loop's champion, Tesseract, and the
-    champion on blank pages; and the same readers on the held-out documents unphotographed and on the loop's test split
-    where the result has them."""
+    champion on blank pages; and the same readers on the held-out documents unphotographed, on the loop's test split
+    and on held-out photos in the trained layouts, where the result has them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,15 +223,17 @@ def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
                ("tesseract", "Tesseract"), ("blind_control", "champion, blank pages")]
     present = [(key, label) for key, label in readers if "strip_markdown" in results.get(key, {})]
     categories = sorted(results[present[0][0]]["strip_markdown"]["by_category"]) if present else []
-    test_split, flat = results.get("test_split", {}), results.get("unphotographed", {})
-    groups = ["overall", *categories] + (["the same documents\nunphotographed"] if flat else []) \
-        + (["loop's test split\n(trained layouts)"] if test_split else [])
+    others = [(results.get(key, {}), label) for key, label in (
+        ("unphotographed", "the same documents\nunphotographed"), ("test_split", "loop's test split\n(trained layouts)"),
+        ("heldout_trained_layouts", "held-out photos,\ntrained layouts"))]
+    others = [(other, label) for other, label in others if other]
+    groups = ["overall", *categories, *(label for _, label in others)]
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(1, len(present))
     for offset, (key, label) in enumerate(present):
         scores = results[key]["strip_markdown"]
         values = [scores["cer"], *(scores["by_category"].get(c, {}).get("cer", np.nan) for c in categories)]
-        values += [other.get(key, {}).get("strip_markdown", {}).get("cer", np.nan) for other in (flat, test_split) if other]
+        values += [other.get(key, {}).get("strip_markdown", {}).get("cer", np.nan) for other, _ in others]
         ax.bar(np.arange(len(groups)) + offset * width, values, width, label=label)
     ax.set_xticks(np.arange(len(groups)) + width * (len(present) - 1) / 2, groups)
     ax.set_ylabel("held-out CER (markup ignored)")
