@@ -32,6 +32,11 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     assert [s["heldout_pages_after"] is None for s in results["stages"]] == [True, True, False, False]
     for stage in results["stages"][1:]:
         assert stage["curve"] and stage["waited_for_lessons_seconds"] >= 0  # later lessons render while earlier ones train
+    # the set-up before the first step, part by part, adds up to it
+    setup = results["setup_seconds"]
+    assert list(setup) == ["random_checkpoint", "validation_and_test_pages", "unseen_layout_pages", "glyphs_lessons"]
+    assert all(seconds >= 0 for seconds in setup.values())
+    assert abs(sum(setup.values()) - results["synth_seconds"]) < 1e-6
     for stage in results["stages"][2:]:
         assert 0 <= stage["heldout_pages_after"]["cer"]
     # With photographed pages or new layouts among the lessons, the reader also reads bench photo-loop's held-out

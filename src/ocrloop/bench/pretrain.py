@@ -127,10 +127,12 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     data = DataConfig()
     log = (lambda line: console.print(line, markup=False)) if console else (lambda line: None)
 
-    synth_started = time.perf_counter()
+    # When each part of the set-up before the first step ended: where the minute before training goes.
+    marks = [("started", time.perf_counter())]
     checkpoint = work / "checkpoints" / f"qwen2.5-vl-{size}"
     if not (checkpoint / "config.json").is_file():
         FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
+    marks.append(("random_checkpoint", time.perf_counter()))
     # What the settings change in each stage's lessons: blocks and pages only (photos: pages only).
     varied = {"scrambled": settings.scrambled, "templates": tuple(settings.templates),
               "random_layouts": settings.random_layouts}
@@ -149,9 +151,10 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                                                                    **({"noise": 0.0} if stage == "pages" else {})), data)
     pages_root, blank_root = heldout_pages(work, heldout, categories, data)
     pages = Dataset.open(pages_root, data)
-
+    marks.append(("validation_and_test_pages", time.perf_counter()))
     unseen_layout = unseen_layout_pages(work, checkpoint, heldout, data) \
         if settings.photos or settings.random_layouts else None
+    marks.append(("unseen_layout_pages", time.perf_counter()))
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
             log(f"rendering {options[stage].n} {stage} lessons" + (" in the background" if stage != stages[0] else ""))
@@ -170,7 +173,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
     try:
         first_lessons = lessons_ready(stage_data[stages[0]], options[stages[0]], data, settings.render_processes)
-        synth_seconds = time.perf_counter() - synth_started
+        marks.append((f"{stages[0]}_lessons", time.perf_counter()))
+        setup_seconds = {name: at - marks[index][1] for index, (name, at) in enumerate(marks[1:])}
         for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
             stage_started = time.perf_counter()
             lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
@@ -242,7 +246,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                      "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
                      "random_layouts": settings.random_layouts,
                      "training_samples": samples_before, "normalized": NORMALIZED},
-        "host": platform.node(), "synth_seconds": synth_seconds, "total_seconds": total, "model": base,
+        "host": platform.node(), "synth_seconds": marks[-1][1] - marks[0][1], "setup_seconds": setup_seconds, "total_seconds": total, "model": base,
     })
     if settings.save_model is not None:
         copy_as_bfloat16(Path(base), settings.save_model)
