@@ -25,7 +25,7 @@ def _lora_model(preset, groups, input_grad_hooks=False):
 
 
 def _input_grad_hooks(model):
-    """Forward hooks that make a module's output require grad (``enable_input_require_grads``'), anywhere in ``model``."""
+    """The hooks of ``enable_input_require_grads`` (each makes a module's output require grad), anywhere in ``model``."""
     return [hook for module in model.modules() for hook in module._forward_hooks.values()
             if getattr(hook, "__name__", "").startswith("make_inputs_require_grad")]
 

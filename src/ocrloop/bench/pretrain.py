@@ -246,7 +246,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                      "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
                      "random_layouts": settings.random_layouts,
                      "training_samples": samples_before, "normalized": NORMALIZED},
-        "host": platform.node(), "synth_seconds": marks[-1][1] - marks[0][1], "setup_seconds": setup_seconds, "total_seconds": total, "model": base,
+        "host": platform.node(), "synth_seconds": marks[-1][1] - marks[0][1], "setup_seconds": setup_seconds,
+        "total_seconds": total, "model": base,
     })
     if settings.save_model is not None:
         copy_as_bfloat16(Path(base), settings.save_model)

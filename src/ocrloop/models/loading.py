@@ -205,8 +205,8 @@ def skip_frozen_vision_backward(bundle: OCRModel) -> bool:
 
     Unsloth calls ``enable_input_require_grads()`` for gradient checkpointing (the hf backend takes those hooks off:
     ``checkpoint_activations``), which hooks the input embeddings of every nested model, the vision tower's too: its
-    outputs then require grad and backward runs through SAM and the vision encoder for nothing. Wrapping each ``get_image_features``
-    in ``torch.no_grad`` gives the same loss and the same LoRA gradients without that graph.
+    outputs then require grad and backward runs through SAM and the vision encoder for nothing. Wrapping each
+    ``get_image_features`` in ``torch.no_grad`` gives the same loss and the same LoRA gradients without that graph.
     """
     if not vision_is_frozen(bundle):
         return False
