@@ -256,7 +256,7 @@ def bench_pretrain_command(settings: BenchPretrainSettings | None = None) -> Non
 @settings_flags(BenchPhotoLoopSettings)
 def bench_photo_loop_command(settings: BenchPhotoLoopSettings | None = None) -> None:
     """Fine-tune a reader on phone photos of one business through the loop; score it before and after on held-out photos, with Tesseract and a blind control."""
-    from ocrloop.bench.photo_loop import add_tesseract_photos, bench_photo_loop
+    from ocrloop.bench.photo_loop import OTHER_PAGE_SETS, add_tesseract_photos, bench_photo_loop
 
     if settings.add_tesseract:
         results = add_tesseract_photos(settings)
@@ -265,9 +265,8 @@ def bench_photo_loop_command(settings: BenchPhotoLoopSettings | None = None) -> 
     console.print(f"loop: {results['loop']['reason']} (champion {results['loop']['champion']})", markup=False)
     readers = (("reader", "the reader"), ("champion", "the champion"), ("blind_control", "champion, blank pages"),
                ("tesseract", "Tesseract"))
-    for pages, scored in (("held-out photos", results), ("the same documents unphotographed", results.get("unphotographed", {})),
-                          ("the loop's test split", results.get("test_split", {})),
-                          ("held-out photos in the trained layouts", results.get("heldout_trained_layouts", {}))):
+    for pages, scored in (("held-out photos", results),
+                          *((label, results.get(key, {})) for key, label in OTHER_PAGE_SETS.items())):
         for key, label in readers:
             if key in scored:
                 scores = scored[key]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,11 @@ from ocrloop.workspace import init_workspace
 
 TRAIN_SEED = 11  # the workspace's photos
 HELDOUT_SEED = 9_000  # held-out photos: a seed the workspace's documents never use
+# The pages read beside the held-out photos, by their key in the results (each read by the reader, the champion and
+# Tesseract), and what they are.
+OTHER_PAGE_SETS = {"unphotographed": "the same documents unphotographed",
+                   "test_split": "the loop's test split (trained layouts)",
+                   "heldout_trained_layouts": "held-out photos in the trained layouts"}
 
 
 def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str, Any]:
@@ -190,12 +196,10 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
 
     def other_sets(results: dict[str, Any]) -> None:
         rendered = as_rendered(results["workload"])
-        if "unphotographed" in results:
-            flat = Dataset.open(heldout_unphotographed(rendered, DataConfig()), DataConfig())
-            results["unphotographed"]["tesseract"] = score_tesseract(flat)
-        if "heldout_trained_layouts" in results:
-            pages = Dataset.open(heldout_photos_in_trained_layouts(rendered, DataConfig()), DataConfig())
-            results["heldout_trained_layouts"]["tesseract"] = score_tesseract(pages)
+        for key, render in (("unphotographed", heldout_unphotographed),
+                            ("heldout_trained_layouts", heldout_photos_in_trained_layouts)):
+            if key in results:
+                results[key]["tesseract"] = score_tesseract(Dataset.open(render(rendered, DataConfig()), DataConfig()))
         root = _rendered_once(rendered, "workspace-photos", rendered.documents, TRAIN_SEED, rendered.train_templates,
                               DataConfig())
         photos = Dataset.open(root, DataConfig())
@@ -223,10 +227,7 @@ def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
                ("tesseract", "Tesseract"), ("blind_control", "champion, blank pages")]
     present = [(key, label) for key, label in readers if "strip_markdown" in results.get(key, {})]
     categories = sorted(results[present[0][0]]["strip_markdown"]["by_category"]) if present else []
-    others = [(results.get(key, {}), label) for key, label in (
-        ("unphotographed", "the same documents\nunphotographed"), ("test_split", "loop's test split\n(trained layouts)"),
-        ("heldout_trained_layouts", "held-out photos,\ntrained layouts"))]
-    others = [(other, label) for other, label in others if other]
+    others = [(results[key], textwrap.fill(label, 24)) for key, label in OTHER_PAGE_SETS.items() if results.get(key)]
     groups = ["overall", *categories, *(label for _, label in others)]
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(1, len(present))

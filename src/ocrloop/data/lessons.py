@@ -273,7 +273,7 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
             return scramble(lines, rng) if scrambled else lines
 
         document = render_document(category, rng.choice(CATEGORY_BUSINESSES[category]), rng, page_options,
-                                   _families_of_kind(families, rng), rewrite=rewrite if scrambled or relaid else None)
+                                   _families_of_kind(families, rng), rewrite=rewrite)
         image, text = document.pages[0], document.texts[0]
         # Drawn only when asked for, as ``scrambled`` is; the page is photographed in place of scan noise.
         if options.photos > 0 and rng.random() < options.photos:

@@ -162,7 +162,8 @@ def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, grou
         return
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if bundle.extras.get("mode") in QUANTIZED_MODES:
+    quantized = bundle.extras.get("mode") in QUANTIZED_MODES
+    if quantized:
         bundle.model = prepare_model_for_kbit_training(bundle.model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         checkpoint_activations(bundle.model)
@@ -172,7 +173,7 @@ def attach_lora(bundle: OCRModel, *, rank: int, alpha: int, dropout: float, grou
         bundle.model = get_peft_model(bundle.model, config)
     except ValueError as error:
         raise ModelError(f"cannot attach LoRA to {groups} of {bundle.family.name}: {str(error).splitlines()[0]}") from None
-    if gradient_checkpointing and bundle.extras.get("mode") not in QUANTIZED_MODES:
+    if gradient_checkpointing and not quantized:
         bundle.model.get_base_model().disable_input_require_grads()  # peft hooks the embeddings again
     if target_parameters and grouped_experts:
         from ocrloop.models.expert_lora import group_expert_lora
