@@ -88,3 +88,15 @@ def test_a_stage_of_no_steps_or_a_learning_rate_out_of_range_is_refused_in_one_l
                          "--work", str(tmp_path / "w"))
         assert result.returncode != 0 and "--templates [2]" in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "w").exists()
+
+
+def test_lessons_rendered_now_are_the_dataset_that_opening_them_finds(tmp_path):
+    from ocrloop.bench.pretrain import lessons_ready
+    from ocrloop.config import DataConfig
+    from ocrloop.data.lessons import LessonOptions
+
+    rendered = lessons_ready(tmp_path / "lines", LessonOptions("lines", 24, seed=3), DataConfig(), processes=2)
+    opened = lessons_ready(tmp_path / "lines", LessonOptions("lines", 24, seed=3), DataConfig(), processes=2)
+    assert len(rendered.examples("train")) == 24 and rendered.problems == opened.problems == []
+    assert rendered.examples() == opened.examples() and rendered.files == opened.files
+

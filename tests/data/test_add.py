@@ -34,6 +34,19 @@ def test_add_copies_and_refuses_duplicates(tmp_path):
     assert [(e.source, e.text) for e in dataset.examples()] == [("train/r1.png", "**Total:** $5")]
 
 
+def test_moving_renames_the_callers_files_into_place_and_returns_what_it_inspected(tmp_path):
+    root = tmp_path / "ds"
+    staging = root / ".staging"
+    staging.mkdir(parents=True)
+    scans = [_scan(staging / f"s{index}.png", (index, 0, 0)) for index in range(3)]
+    result = add_documents(root, [IncomingDocument(p, (f"t{p.stem}",), "receipt", "ecommerce", "train") for p in scans],
+                           move=True)
+    assert not any(staging.iterdir())  # renamed, not copied
+    dataset = Dataset.open(root)
+    assert dataset.errors == [] and [r.source for r in dataset.records] == ["train/s0.png", "train/s1.png", "train/s2.png"]
+    assert result.files == dataset.files  # what adding inspected is what opening finds
+
+
 def test_a_bad_file_in_a_batch_adds_nothing(tmp_path):
     root = tmp_path / "ds"
     good = _scan(tmp_path / "good.png", "blue")
@@ -65,16 +78,18 @@ _ADDER = textwrap.dedent(
     for index in range(100000):
         path = scratch / f"doc{index}.png"
         Image.new("RGB", (32, 32), (index % 256, index // 256 % 256, 7)).save(path)
-        add_documents(root, [IncomingDocument(path, (f"text {index}",), "receipt", "ecommerce", "train")])
+        add_documents(root, [IncomingDocument(path, (f"text {index}",), "receipt", "ecommerce", "train")],
+                      move=sys.argv[3] == "move")
     """
 )
 
 
-def test_killing_an_import_at_any_moment_leaves_a_consistent_dataset(tmp_path):
+@pytest.mark.parametrize("how", ["copy", "move"])
+def test_killing_an_import_at_any_moment_leaves_a_consistent_dataset(tmp_path, how):
     root = tmp_path / "ds"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     for attempt in range(4):
-        process = subprocess.Popen([sys.executable, "-c", _ADDER, str(root), str(tmp_path / f"scratch{attempt}")],
+        process = subprocess.Popen([sys.executable, "-c", _ADDER, str(root), str(tmp_path / f"scratch{attempt}"), how],
                                    env=env, stdout=subprocess.PIPE)
         assert process.stdout.readline().strip() == b"ready"
         time.sleep(0.6 + 0.37 * attempt)

@@ -81,6 +81,20 @@ def test_presets_are_deterministic(tiny_presets, tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_each_family_builds_only_the_random_presets_it_has(tmp_path):
+    from ocrloop.models.tokenizer import build_tiny_tokenizer
+
+    qwen = FAMILIES["qwen2.5-vl"]()
+    tokenizer = build_tiny_tokenizer(qwen.special_tokens())
+    widths = {size: (qwen.random_config(size, tokenizer).vision_config.hidden_size,
+                     qwen.random_config(size, tokenizer).text_config.num_hidden_layers) for size in ("tiny", "small", "medium")}
+    assert widths["tiny"] < widths["small"] < widths["medium"]  # wider vision and deeper decoder, size by size
+    # A DeepSeek family has no small reader: asking for one is refused in one line, not built as the tiny one.
+    with pytest.raises(ModelError, match="deepseek-ocr-2 has no 'small' preset; use tiny, full"):
+        FAMILIES["deepseek-ocr-2"]().build_random(tmp_path / "small", size="small")
+    assert not (tmp_path / "small").exists()
+
+
 @pytest.mark.parametrize(
     ("preset", "groups", "must_train", "must_not_train"),
     [

@@ -85,10 +85,12 @@ def _lesson_folder_suffix(options: LessonOptions) -> str:
 
 
 def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processes: int) -> Dataset:
-    """The lessons at ``root``, rendered first if they are not there yet, opened (every file inspected)."""
-    if not (root / "annotations.json").is_file():
-        synthesize_lessons(root, options, data, processes)
-    return Dataset.open(root, data)
+    """The lessons at ``root``: found there, opened with every file inspected; otherwise rendered, with the
+    inspection that adding them did (a second pass over 180,000 lines would keep training waiting)."""
+    if (root / "annotations.json").is_file():
+        return Dataset.open(root, data)
+    added = synthesize_lessons(root, options, data, processes)
+    return Dataset(root, data, added.added, added.files, [])
 
 
 def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_tokens: int, *, resolution: str,
@@ -196,6 +198,10 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             try:
                 tuner.setup()
                 card = tuner.run().card
+                # Saved before the final reads, so that a run stopped during them still leaves its reader.
+                if stage == stages[-1] and settings.save_model is not None:
+                    copy_as_bfloat16(output, settings.save_model)
+                    results["saved_model"] = str(settings.save_model)
                 # Neither a glyph nor a line reader writes a page (lines read pages at 96.7–98.2 % in runs 7 to 9b):
                 # reading 64 pages to the token limit after them would only cost time.
                 after = score(tuner.bundle, pages, reading, batch_size=64) if stage not in ("glyphs", "lines") else None
@@ -249,25 +255,27 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         "host": platform.node(), "synth_seconds": marks[-1][1] - marks[0][1], "setup_seconds": setup_seconds,
         "total_seconds": total, "model": base,
     })
-    if settings.save_model is not None:
-        copy_as_bfloat16(Path(base), settings.save_model)
-        results["saved_model"] = str(settings.save_model)
     atomic_write_json(out, results)
     plot_pretrain(results, out.with_suffix(".png"))
     return results
 
 
 def copy_as_bfloat16(model: Path, destination: Path) -> None:
-    """Copy a saved model with its float weights in bfloat16 (half the bytes; how it is read on a GPU anyway)."""
+    """Copy a saved model with its float weights in bfloat16 (half the bytes; how it is read on a GPU anyway).
+    The copy is written beside ``destination`` and renamed into place: a run stopped meanwhile leaves no half model."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    if destination.exists():
-        shutil.rmtree(destination)
-    shutil.copytree(model, destination, ignore=shutil.ignore_patterns("checkpoints", FEATURE_CACHE_FOLDER, "*.safetensors"))
+    partial = destination.with_name(f".{destination.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    shutil.copytree(model, partial, ignore=shutil.ignore_patterns("checkpoints", FEATURE_CACHE_FOLDER, "*.safetensors"))
     for weights in model.glob("*.safetensors"):
         tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
-        save_file(tensors, str(destination / weights.name), metadata={"format": "pt"})
+        save_file(tensors, str(partial / weights.name), metadata={"format": "pt"})
+    if destination.exists():
+        shutil.rmtree(destination)
+    partial.rename(destination)
 
 
 def add_tesseract_pages(out: Path, work: Path = Path("/tmp/ocrloop-pretrain")) -> dict[str, Any]:

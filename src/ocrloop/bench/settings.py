@@ -15,6 +15,7 @@ Category = Literal[DOCUMENT_CATEGORIES]
 Business = Literal[BUSINESS_TYPES]
 Count = Annotated[int, Field(ge=1, le=10_000_000)]
 LearningRate = Annotated[float, Field(gt=0, lt=1)]
+ReaderSize = Literal["small", "medium", "tiny"]  # Qwen2.5-VL presets trained from scratch (models.qwen2_5_vl)
 
 
 class _Bench(BaseModel):
@@ -99,7 +100,7 @@ class BenchSoakSettings(_Bench):
 
 class BenchLinesSettings(_Bench):
     out: Path = Field(description="JSON file to write.")
-    size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset size: small (17.6 M parameters) or tiny.")
+    size: ReaderSize = Field("small", description="Qwen2.5-VL preset: small (17.6 M parameters), medium or tiny.")
     lines: int = Field(20_000, ge=1, le=10_000_000, description="Distinct single-line images (rendered once into --work).")
     batch_size: int = Field(256, ge=1, le=65_536, description="Images per step.")
     steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps.")
@@ -133,7 +134,8 @@ class BenchLearnSettings(_Bench):
 
 class BenchPretrainSettings(_Bench):
     out: Path = Field(description="JSON file to write (the plot goes beside it as .png).")
-    size: Literal["small", "tiny"] = Field("small", description="Qwen2.5-VL preset trained from scratch: small or tiny.")
+    size: ReaderSize = Field("small", description="Qwen2.5-VL preset trained from scratch: small (17.6 M parameters), "
+                                                   "medium or tiny.")
     lessons: list[Count] = Field([30_000, 60_000, 12_000, 6_000], min_length=4, max_length=4,
                                  description="Distinct lessons per stage: glyphs, lines, blocks, pages.")
     steps: list[Count] = Field([840, 1400, 300, 600], min_length=4, max_length=4,

@@ -9,6 +9,7 @@ and temporary files it did leave are named by the journal and removed by the nex
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from ocrloop.data.dataset import Dataset, map_in_threads
 from ocrloop.data.files import inspect_file
 from ocrloop.data.formats import (ANNOTATIONS_JSON, ANNOTATIONS_JSONL, encoding_problem, find_annotation_files,
                                   read_records, record_to_entry)
-from ocrloop.data.records import DocumentRecord
+from ocrloop.data.records import DocumentRecord, FileInfo
 from ocrloop.errors import DatasetError
 from ocrloop.locking import file_lock
 
@@ -47,9 +48,10 @@ class AddResult:
     added: list[DocumentRecord]
     refused: list[str]
     cleaned: list[str] = field(default_factory=list)  # files an interrupted earlier add left, now removed
+    files: dict[str, FileInfo] = field(default_factory=dict)  # what inspecting each added file found, by source
 
 
-def _check_incoming(document: IncomingDocument, data: DataConfig) -> tuple[str | None, str | None]:
+def _check_incoming(document: IncomingDocument, data: DataConfig) -> tuple[FileInfo | None, str | None]:
     if document.split is not None and document.split not in SPLITS:
         return None, f"unknown split {document.split!r}; expected one of {', '.join(SPLITS)}"
     for label, value in (("category", document.category), ("business", document.business)):
@@ -67,15 +69,17 @@ def _check_incoming(document: IncomingDocument, data: DataConfig) -> tuple[str |
         return None, reason
     if info.pages != len(document.texts):
         return None, f"has {info.pages} page(s) but {len(document.texts)} text(s) were given"
-    return info.content_hash, None
+    return info, None
 
 
-def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfig | None = None) -> AddResult:
+def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfig | None = None,
+                  move: bool = False) -> AddResult:
     """Copy ``documents`` into the dataset at ``root`` and record them in its annotation file.
 
     Documents whose content is already in the dataset (in any split) are refused, as are
     duplicates within ``documents``. A document that fails the file checks raises
-    ``DatasetError`` before anything is written.
+    ``DatasetError`` before anything is written. With ``move``, the files are the caller's own
+    (rendered into a temporary folder under ``root``) and are renamed into place instead of copied.
     """
     data = data or DataConfig()
     root.mkdir(parents=True, exist_ok=True)
@@ -89,30 +93,51 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
         known = {info.content_hash for info in existing.files.values()} if existing else set()
         used_names = {r.source for r in existing.records} if existing else set()
 
-        checked: list[tuple[IncomingDocument, str]] = []
+        checked: list[tuple[IncomingDocument, FileInfo]] = []
         refused: list[str] = []
         workers = min(8, os.cpu_count() or 1)  # checking decodes every file: threads (decoding releases the GIL)
-        for document, (digest, reason) in zip(documents, map_in_threads(lambda d: _check_incoming(d, data), documents, workers)):
+        for document, (info, reason) in zip(documents, map_in_threads(lambda d: _check_incoming(d, data), documents, workers)):
             if reason:
                 raise DatasetError(f"{document.path}: {reason}")
-            if digest in known:
+            if info.content_hash in known:
                 refused.append(f"{document.path}: already in the dataset (same content)")
                 continue
-            known.add(digest)
-            checked.append((replace(document, split=document.split or split_by_content(digest, data)), digest))
+            known.add(info.content_hash)
+            checked.append((replace(document, split=document.split or split_by_content(info.content_hash, data)), info))
 
         added: list[DocumentRecord] = []
-        for document, digest in checked:
-            source = _destination_name(root, document, digest, used_names)
+        for document, info in checked:
+            source = _destination_name(root, document, info.content_hash, used_names)
             used_names.add(source)
             added.append(DocumentRecord(source, document.texts, document.split, document.category.strip().lower(), document.business.strip().lower(), source))
         if added:
             atomic_write_json(root / JOURNAL_NAME, [record.source for record in added])
-            for _ in map_in_threads(lambda pair: atomic_copy(pair[0][0].path, root / pair[1].source), list(zip(checked, added)), workers):
-                pass
+            pairs = [(document.path, root / record.source) for (document, _), record in zip(checked, added)]
+            if move:
+                _move_into_place(pairs)
+            else:
+                for _ in map_in_threads(lambda pair: atomic_copy(*pair), pairs, workers):
+                    pass
             _append_entries(annotation_path, [record_to_entry(r) for r in added])
             (root / JOURNAL_NAME).unlink()
-        return AddResult(added, refused, cleaned)
+        return AddResult(added, refused, cleaned, {record.source: info for (_, info), record in zip(checked, added)})
+
+
+def _move_into_place(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each source to its destination (atomic within one filesystem; a copy across two), then flush once.
+
+    A copy writes every byte again and fsyncs each file and its folder: for 180,000 rendered lessons that is 360,000
+    fsyncs. One ``os.sync`` before the annotation file names the files keeps the order that survives a power cut."""
+    for folder in {destination.parent for _, destination in pairs}:
+        folder.mkdir(parents=True, exist_ok=True)
+    for source, destination in pairs:
+        try:
+            os.replace(source, destination)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            atomic_copy(source, destination)
+    os.sync()
 
 
 def split_by_content(content_hash: str, data: DataConfig) -> str:

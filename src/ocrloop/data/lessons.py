@@ -314,7 +314,7 @@ def synthesize_lessons(root: Path, options: LessonOptions, data: DataConfig | No
             incoming = _render_and_write(options, staging)
         else:
             incoming = render_in_processes(_render_and_write, options, staging, workers)
-        return add_documents(root, incoming, data)
+        return add_documents(root, incoming, data, move=True)
 
 
 def blank_copy(root: Path, dataset_root: Path, data: DataConfig | None = None) -> AddResult:
@@ -335,4 +335,4 @@ def blank_copy(root: Path, dataset_root: Path, data: DataConfig | None = None) -
             image.putpixel((index % width, (index // width) % height), (254, 254, 254))
             image.save(path, "PNG")
             incoming.append(IncomingDocument(path, (example.text,), example.category, example.business, example.split))
-        return add_documents(root, incoming, data)
+        return add_documents(root, incoming, data, move=True)

@@ -610,14 +610,15 @@ def synthesize_dataset(root: Path, options: SynthOptions, data: DataConfig | Non
             # Each process planned splits for its own share; the whole set gets the one plan of ``options.n``
             # (so ``split_fractions`` (1, 0, 0) still means exactly n - 2 training documents).
             plan = _split_plan(options.n, options.split_fractions, random.Random(options.seed))
-            return add_documents(root, [replace(document, split=split) for document, split in zip(incoming, plan)], data)
+            return add_documents(root, [replace(document, split=split) for document, split in zip(incoming, plan)], data,
+                                 move=True)
         incoming = []
         for count, document in enumerate(generate_documents(options), start=1):
             path = write_document(document, Path(staging))
             incoming.append(IncomingDocument(path, tuple(document.texts), document.category, document.business, document.split))
             if progress:
                 progress(count)
-        return add_documents(root, incoming, data)
+        return add_documents(root, incoming, data, move=True)
 
 
 LINE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -671,7 +672,7 @@ def synthesize_lines(root: Path, options: LineOptions, data: DataConfig | None =
             incoming.append(IncomingDocument(path, (text,), "line", "synthetic", splits[index]))
             if progress:
                 progress(index + 1)
-        return add_documents(root, incoming, data)
+        return add_documents(root, incoming, data, move=True)
 
 
 @dataclass

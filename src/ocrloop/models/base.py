@@ -287,6 +287,7 @@ class OCRFamily:
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # config.json "model_type" values this family loads
     image_token: ClassVar[str] = "<image>"  # the placeholder token its prompts expand per image feature
+    random_sizes: ClassVar[tuple[str, ...]] = ("tiny", "full")  # the presets build_random writes
     pixel_keys: ClassVar[tuple[str, ...]] = ("pixel_values",)
     # Batch keys that get_image_features takes (pixels and their layout); empty: no such method.
     feature_input_keys: ClassVar[tuple[str, ...]] = ()
@@ -439,12 +440,12 @@ class OCRFamily:
         """Write a randomly initialized checkpoint of ``size`` with a project-built tokenizer to ``path``.
 
         Random weights measure speed and memory honestly and say nothing about accuracy. ``full``
-        is built on the GPU in bf16 when one is present; ``tiny`` and ``small`` always in fp32 on the CPU.
+        is built on the GPU in bf16 when one is present; every other size always in fp32 on the CPU.
         """
         from ocrloop.models.tokenizer import build_tiny_tokenizer
 
-        if size not in ("tiny", "small", "full"):
-            raise ModelError(f"unknown size {size!r}; use tiny, small or full")
+        if size not in self.random_sizes:
+            raise ModelError(f"{self.name} has no {size!r} preset; use {', '.join(self.random_sizes)}")
         tokenizer = build_tiny_tokenizer(self.special_tokens(), seed=seed)
         config = self.random_config(size, tokenizer)
         torch.manual_seed(seed)

@@ -141,6 +141,7 @@ def _inner_model(model: Any) -> Any:
 class Qwen25VLFamily(OCRFamily):
     name = "qwen2.5-vl"
     image_token = "<|image_pad|>"
+    random_sizes = ("tiny", "small", "medium", "full")
     model_types = ("qwen2_5_vl",)
     pixel_keys = ("pixel_values",)
     feature_input_keys = ("pixel_values", "image_grid_thw")
@@ -283,7 +284,13 @@ class Qwen25VLFamily(OCRFamily):
             text = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                     "num_attention_heads": 28, "num_key_value_heads": 4, "max_position_embeddings": 128000,
                     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}
-        elif size == "small":  # about 25 M parameters: trained from scratch on synthetic pages (bench learn)
+        elif size == "medium":  # 43.6 M parameters: a wider and deeper reader to train from scratch (bench pretrain)
+            vision = {"depth": 8, "hidden_size": 384, "intermediate_size": 1152, "num_heads": 6, "out_hidden_size": 512,
+                      "fullatt_block_indexes": [1, 3, 5, 7], "window_size": 112}
+            text = {"vocab_size": len(tokenizer), "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
+                    "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 8192,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}}
+        elif size == "small":  # 17.6 M parameters: trained from scratch on synthetic pages (bench learn, bench pretrain)
             vision = {"depth": 6, "hidden_size": 256, "intermediate_size": 768, "num_heads": 4, "out_hidden_size": 384,
                       "fullatt_block_indexes": [1, 3, 5], "window_size": 112}
             text = {"vocab_size": len(tokenizer), "hidden_size": 384, "intermediate_size": 1152, "num_hidden_layers": 6,
