@@ -111,23 +111,25 @@ def settings_flags(model: type[BaseModel]) -> Callable[[Callable], Callable]:
     """Give a typer command one flag per field of ``model`` (a bench's workload, ...); the command receives
     ``settings``, a validated ``model`` instance. A value out of its field's bounds is one error line."""
     fields = list(model.model_fields)
-    prefix = model.__name__
-
-    def collect(given: dict) -> BaseModel:
-        values = {name.split(_SEPARATOR, 1)[1]: _value(model, name.split(_SEPARATOR, 1)[1], raw)
-                  for name, raw in given.items() if raw is not None}
-        try:
-            return model.model_validate(values)
-        except ValidationError as error:
-            first = error.errors()[0]
-            flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "flags"
-            raise OcrloopError(f"{flag}: {first['msg']}") from None
 
     def decorate(command: Callable) -> Callable:
-        return _rewrapped(command, _generated(model, prefix, fields, None, lambda f: "", show_defaults=True), "settings",
-                          collect)
+        return _rewrapped(command, _generated(model, model.__name__, fields, None, lambda f: "", show_defaults=True),
+                          "settings", functools.partial(settings_from_flags, model))
 
     return decorate
+
+
+def settings_from_flags(model: type[BaseModel], given: dict[str, Any]) -> BaseModel:
+    """The validated ``model`` of the flags ``settings_flags`` generated for it, as click parsed them (named
+    ``Model__field``; flags left out are None). A value out of its field's bounds is one error line."""
+    values = {name.split(_SEPARATOR, 1)[1]: _value(model, name.split(_SEPARATOR, 1)[1], raw)
+              for name, raw in given.items() if raw is not None}
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "flags"
+        raise OcrloopError(f"{flag}: {first['msg']}") from None
 
 
 def settings_argv(settings: BaseModel) -> list[str]:

@@ -10,6 +10,7 @@ and temporary files it did leave are named by the journal and removed by the nex
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -41,6 +42,8 @@ class IncomingDocument:
     business: str
     split: str | None = None  # None: chosen from the content hash (``split_by_content``)
     name: str | None = None  # file name to use inside the dataset; defaults to the source's
+    # What ``inspect_file`` found, where the caller wrote the file (a rendering process): not decoded again here.
+    inspected: FileInfo | None = None
 
 
 @dataclass
@@ -64,7 +67,7 @@ def _check_incoming(document: IncomingDocument, data: DataConfig) -> tuple[FileI
     for text in document.texts:
         if reason := encoding_problem(text):
             return None, f"text {reason}"
-    info, reason = inspect_file(document.path, data)
+    info, reason = (document.inspected, None) if document.inspected is not None else inspect_file(document.path, data)
     if reason:
         return None, reason
     if info.pages != len(document.texts):
@@ -79,7 +82,9 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
     Documents whose content is already in the dataset (in any split) are refused, as are
     duplicates within ``documents``. A document that fails the file checks raises
     ``DatasetError`` before anything is written. With ``move``, the files are the caller's own
-    (rendered into a temporary folder under ``root``) and are renamed into place instead of copied.
+    (rendered into a temporary folder under ``root``) and are renamed into place instead of copied;
+    a document that carries ``inspected`` (what ``inspect_file`` found where it was rendered) is not
+    decoded again.
     """
     data = data or DataConfig()
     root.mkdir(parents=True, exist_ok=True)
@@ -96,7 +101,11 @@ def add_documents(root: Path, documents: list[IncomingDocument], data: DataConfi
         checked: list[tuple[IncomingDocument, FileInfo]] = []
         refused: list[str] = []
         workers = min(8, os.cpu_count() or 1)  # checking decodes every file: threads (decoding releases the GIL)
-        for document, (info, reason) in zip(documents, map_in_threads(lambda d: _check_incoming(d, data), documents, workers)):
+        check = functools.partial(_check_incoming, data=data)
+        # Nothing left to decode: a thread per document would cost more than its check.
+        inspected = all(d.inspected is not None for d in documents)
+        for document, (info, reason) in zip(documents, map(check, documents) if inspected else
+                                            map_in_threads(check, documents, workers)):
             if reason:
                 raise DatasetError(f"{document.path}: {reason}")
             if info.content_hash in known:

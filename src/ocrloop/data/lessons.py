@@ -308,12 +308,13 @@ def synthesize_lessons(root: Path, options: LessonOptions, data: DataConfig | No
     """Render ``options.n`` lessons into the dataset at ``root``, all in the train split.
 
     With ``workers`` > 1, that many processes each render their share from seed ``options.seed * 1000 + worker``."""
+    data = data or DataConfig()
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".lessons-", dir=root) as staging:
         if min(options.n, workers) == 1:  # one share: rendered here, from the seed itself
             incoming = _render_and_write(options, staging)
         else:
-            incoming = render_in_processes(_render_and_write, options, staging, workers)
+            incoming = render_in_processes(_render_and_write, options, staging, workers, data)
         return add_documents(root, incoming, data, move=True)
 
 
