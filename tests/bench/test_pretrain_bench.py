@@ -32,6 +32,11 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     assert [s["heldout_pages_after"] is None for s in results["stages"]] == [True, True, False, False]
     for stage in results["stages"][1:]:
         assert stage["curve"] and stage["waited_for_lessons_seconds"] >= 0  # later lessons render while earlier ones train
+    # One background process renders the later stages in order, each ready before its stage trains.
+    ready = [s["lessons_ready_seconds"] for s in results["stages"]]
+    assert ready[1:] == sorted(ready[1:]) and min(ready) > 0
+    assert all(s["lessons_ready_seconds"] <= s["stage_started_seconds"] + s["waited_for_lessons_seconds"] + 1e-6
+               for s in results["stages"])
     # the set-up before the first step, part by part, adds up to it
     setup = results["setup_seconds"]
     assert list(setup) == ["random_checkpoint", "validation_and_test_pages", "unseen_layout_pages", "glyphs_lessons"]

@@ -170,16 +170,23 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     rendered = {stage: background.submit(lessons_ready, stage_data[stage], options[stage], data, settings.render_processes)
                 for stage in stages[1:]}
     background.shutdown(wait=False)
+    # When each stage's lessons were ready: the slack between that and the stage's start says how many more lessons
+    # the background could have rendered without keeping the GPU waiting.
+    ready_at: dict[str, float] = {}
+    for stage, future in rendered.items():
+        future.add_done_callback(lambda _, stage=stage: ready_at.setdefault(stage, time.perf_counter()))
     base, samples_before, carried = str(checkpoint), 0, 0
     results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
     try:
         first_lessons = lessons_ready(stage_data[stages[0]], options[stages[0]], data, settings.render_processes)
         marks.append((f"{stages[0]}_lessons", time.perf_counter()))
+        ready_at[stages[0]] = marks[-1][1]
         setup_seconds = {name: at - marks[index][1] for index, (name, at) in enumerate(marks[1:])}
         for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
             stage_started = time.perf_counter()
             lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
+            ready_at.setdefault(stage, time.perf_counter())  # result() may return before the done callback has run
             waited = time.perf_counter() - stage_started
             validation = Dataset.open(stage_validation[stage], data)
             stage_steps += carried
@@ -228,6 +235,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 "page_check_seconds": speed["prepare_seconds"], "train_seconds": speed["train_seconds"],
                 "steady_samples_per_second": speed.get("steady_samples_per_second"),
                 "stage_seconds": time.perf_counter() - stage_started, "waited_for_lessons_seconds": waited,
+                "lessons_ready_seconds": ready_at[stage] - started, "stage_started_seconds": stage_started - started,
                 "heldout_pages_after": after and {"cer": after["strip_markdown"]["cer"], "plain_cer": after["plain"]["cer"]},
             })
             log(f"stage {stage}: validation {stage} CER {validations[-1]['cer']:.2%}"
