@@ -181,12 +181,13 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     try:
         first_lessons = lessons_ready(stage_data[stages[0]], options[stages[0]], data, settings.render_processes)
         marks.append((f"{stages[0]}_lessons", time.perf_counter()))
-        ready_at[stages[0]] = marks[-1][1]
         setup_seconds = {name: at - marks[index][1] for index, (name, at) in enumerate(marks[1:])}
         for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
             stage_started = time.perf_counter()
             lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
-            ready_at.setdefault(stage, time.perf_counter())  # result() may return before the done callback has run
+            # The first stage's lessons were rendered here just now; a later stage's result() may return before its
+            # done callback has run.
+            ready_at.setdefault(stage, time.perf_counter())
             waited = time.perf_counter() - stage_started
             validation = Dataset.open(stage_validation[stage], data)
             stage_steps += carried
