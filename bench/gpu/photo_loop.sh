@@ -1,8 +1,11 @@
-# The photo loop (issue 21, item 4) from the reader pretrain_lines180k.sh saved: call it within 30 s of that one,
-# on the same machine (build/base-reader lives there only). LIMIT: seconds it may run (default 575).
+# The photo loop (issue 21, item 4) from the reader a pretrain script saved (pretrain_pages25k.sh; run 18's was
+# pretrain_lines180k.sh): call it within 30 s of that one, on the same machine (build/base-reader lives there only).
+# NAME: the result's name (default pages25k); LIMIT: seconds it may run (default 575).
+# --render-processes 8: the workspace's photos of every loop but run 18's (documents rendered in processes depend on
+# their number; the held-out photos are rendered by 8 whatever it says).
 source bench/gpu/setup.sh
-[ -d build/base-reader ] || { echo "no build/base-reader on this machine: run pretrain_lines180k.sh first" | tee "$OUT/photo_loop.log"; exit 1; }
-timeout "${LIMIT:-575}" python3 -m ocrloop bench photo-loop --out "$OUT/bench_photo_loop_lines180k_h200.json" \
-  --reader build/base-reader --backend hf --workers 12 --render-processes 12 --steps 800 --learning-rate 5e-4 \
+[ -d build/base-reader ] || { echo "no build/base-reader on this machine: run a pretrain script first" | tee "$OUT/photo_loop.log"; exit 1; }
+timeout "${LIMIT:-575}" python3 -m ocrloop bench photo-loop --out "$OUT/bench_photo_loop_${NAME:-pages25k}_h200.json" \
+  --reader build/base-reader --backend hf --workers 12 --render-processes 8 --steps 800 --learning-rate 5e-4 \
   --evals 1 > "$OUT/photo_loop.log" 2>&1
 echo "rc=$?" >> "$OUT/photo_loop.log"

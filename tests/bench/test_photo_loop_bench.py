@@ -4,7 +4,9 @@ the workspace never saw."""
 
 import json
 
-from ocrloop.config import load_config
+from ocrloop.bench.photo_loop import HELDOUT_RENDER_PROCESSES, heldout_photos
+from ocrloop.bench.settings import BenchPhotoLoopSettings
+from ocrloop.config import DataConfig, load_config
 from ocrloop.data.dataset import Dataset
 from ocrloop.loop.history import loop_history
 from tests.conftest import run_cli
@@ -33,6 +35,12 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
     heldout = [e.text for e in Dataset.open(next(work.glob("heldout-photos-*-templates-2"))).examples()]
     assert trained and heldout
     assert all("| Item | Qty |" in text for text in heldout) and not any("| Item | Qty |" in text for text in trained)
+    # The held-out photos do not depend on --render-processes: every run (and bench pretrain's read of the unseen
+    # layout) reads the same pages.
+    other = BenchPhotoLoopSettings(out=out, reader="tiny-qwen2.5-vl", heldout=3, scale=0.35, render_processes=3,
+                                   work=tmp_path / "other")
+    assert [e.text for e in Dataset.open(heldout_photos(other, DataConfig())[0]).examples()] == heldout
+    assert workload["render_processes"] == 2 and workload["heldout_render_processes"] == HELDOUT_RENDER_PROCESSES
     assert workload["reading"] == {"resolution": "tiny", "prompt": "markdown", "max_new_tokens": 8}
     history = loop_history(work / "workspace" / "ocrloop.db")
     assert len(history) == 1 and results["loop"]["ran"] and results["loop"]["history"][0]["run_id"] == history[0]["run_id"]

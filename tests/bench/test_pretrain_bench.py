@@ -32,6 +32,10 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     assert [s["heldout_pages_after"] is None for s in results["stages"]] == [True, True, False, False]
     for stage in results["stages"][1:]:
         assert stage["curve"] and stage["waited_for_lessons_seconds"] >= 0  # later lessons render while earlier ones train
+    # what the validation reads of each stage cost, apart from its training steps
+    assert all(s["validation_seconds"] > 0 for s in results["stages"])
+    assert all(point["read_characters"] >= 0 and point["reference_characters"] > 0
+               for s in results["stages"] for point in s["curve"])
     # One background process renders the later stages in order, each ready before its stage trains.
     ready = [s["lessons_ready_seconds"] for s in results["stages"]]
     assert ready[1:] == sorted(ready[1:]) and min(ready) > 0

@@ -40,6 +40,9 @@ from ocrloop.workspace import init_workspace
 
 TRAIN_SEED = 11  # the workspace's photos
 HELDOUT_SEED = 9_000  # held-out photos: a seed the workspace's documents never use
+# Processes rendering the held-out pages, whatever --render-processes says: documents rendered in processes depend on
+# their number (``synth.render_in_processes``), and every run must read the same held-out pages (runs 1-16 used 8).
+HELDOUT_RENDER_PROCESSES = 8
 # The pages read beside the held-out photos, by their key in the results (each read by the reader, the champion and
 # Tesseract), and what they are.
 OTHER_PAGE_SETS = {"unphotographed": "the same documents unphotographed",
@@ -97,6 +100,7 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
                      "heldout_seed": HELDOUT_SEED, "heldout_texts_also_in_training": overlap,
                      "train_templates": list(settings.train_templates), "heldout_templates": list(settings.heldout_templates),
                      "scale": settings.scale, "render_processes": settings.render_processes,
+                     "heldout_render_processes": HELDOUT_RENDER_PROCESSES,
                      "reading": dataclasses.asdict(reading),
                      "normalized": NORMALIZED},
         "loop": {"ran": loop.ran, "promoted": loop.promoted, "reason": loop.reason, "champion": champion.name,
@@ -141,38 +145,42 @@ def _photos(settings: BenchPhotoLoopSettings, n: int, seed: int, templates: list
 
 
 def _rendered_once(settings: BenchPhotoLoopSettings, kind: str, n: int, seed: int, templates: list[int],
-                   data: DataConfig, **options) -> Path:
-    """``n`` photographed documents (``_photos``) rendered under ``settings.work`` in a folder named for everything
-    that decides them, once: later runs with the same settings reuse them."""
+                   data: DataConfig, processes: int, **options) -> Path:
+    """``n`` photographed documents (``_photos``) rendered by ``processes`` under ``settings.work`` in a folder named
+    for everything that decides them, once: later runs with the same settings reuse them."""
     root = settings.work / (f"{kind}-{settings.business}-{'-'.join(settings.categories)}-{settings.scale}-{n}"
-                            f"-rendered-by-{settings.render_processes}-templates-{'-'.join(map(str, templates))}")
+                            f"-rendered-by-{processes}-templates-{'-'.join(map(str, templates))}")
     if not (root / "annotations.json").is_file():
-        synthesize_dataset(root, _photos(settings, n, seed, templates, **options), data, workers=settings.render_processes)
+        synthesize_dataset(root, _photos(settings, n, seed, templates, **options), data, workers=processes)
     return root
 
 
-def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig) -> tuple[Path, Path]:
-    """The held-out photos (a seed and layouts the workspace never sees) and their blank twins."""
+def heldout_photos(settings: BenchPhotoLoopSettings, data: DataConfig,
+                   processes: int = HELDOUT_RENDER_PROCESSES) -> tuple[Path, Path]:
+    """The held-out photos (a seed and layouts the workspace never sees) and their blank twins; ``processes``: only to
+    render again those of a result made when they were rendered by another number."""
     root = _rendered_once(settings, "heldout-photos", settings.heldout, HELDOUT_SEED, settings.heldout_templates, data,
-                          split_fractions=(1.0, 0.0, 0.0))
+                          processes, split_fractions=(1.0, 0.0, 0.0))
     blank = root.with_name(f"{root.name}-blank")
     if not (blank / "annotations.json").is_file():
         blank_copy(blank, root, data)
     return root, blank
 
 
-def heldout_photos_in_trained_layouts(settings: BenchPhotoLoopSettings, data: DataConfig) -> Path:
+def heldout_photos_in_trained_layouts(settings: BenchPhotoLoopSettings, data: DataConfig,
+                                      processes: int = HELDOUT_RENDER_PROCESSES) -> Path:
     """Held-out photos from the held-out seed in the workspace's own layouts: new documents of the business, as the
     loop's test split is, but read only to be reported."""
     return _rendered_once(settings, "heldout-photos", settings.heldout, HELDOUT_SEED, settings.train_templates, data,
-                          split_fractions=(1.0, 0.0, 0.0))
+                          processes, split_fractions=(1.0, 0.0, 0.0))
 
 
-def heldout_unphotographed(settings: BenchPhotoLoopSettings, data: DataConfig) -> Path:
+def heldout_unphotographed(settings: BenchPhotoLoopSettings, data: DataConfig,
+                           processes: int = HELDOUT_RENDER_PROCESSES) -> Path:
     """The held-out documents before their photo: the same texts, layouts and fonts as ``heldout_photos``' pages, as
     clean flat pages."""
     return _rendered_once(settings, "heldout-unphotographed", settings.heldout, HELDOUT_SEED, settings.heldout_templates,
-                          data, split_fractions=(1.0, 0.0, 0.0), photographed=False)
+                          data, processes, split_fractions=(1.0, 0.0, 0.0), photographed=False)
 
 
 def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
@@ -190,8 +198,12 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
             "scale": workload.get("scale", settings.scale),
             "render_processes": workload.get("render_processes", settings.render_processes)})
 
+    def heldout_processes(workload: dict[str, Any]) -> int:
+        # results made before the held-out pages had their own number were rendered by --render-processes (default 8)
+        return workload.get("heldout_render_processes", workload.get("render_processes", HELDOUT_RENDER_PROCESSES))
+
     def heldout(workload: dict[str, Any]) -> Dataset:
-        root, _ = heldout_photos(as_rendered(workload), DataConfig())
+        root, _ = heldout_photos(as_rendered(workload), DataConfig(), heldout_processes(workload))
         return Dataset.open(root, DataConfig())
 
     def other_sets(results: dict[str, Any]) -> None:
@@ -199,9 +211,10 @@ def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
         for key, render in (("unphotographed", heldout_unphotographed),
                             ("heldout_trained_layouts", heldout_photos_in_trained_layouts)):
             if key in results:
-                results[key]["tesseract"] = score_tesseract(Dataset.open(render(rendered, DataConfig()), DataConfig()))
+                results[key]["tesseract"] = score_tesseract(Dataset.open(
+                    render(rendered, DataConfig(), heldout_processes(results["workload"])), DataConfig()))
         root = _rendered_once(rendered, "workspace-photos", rendered.documents, TRAIN_SEED, rendered.train_templates,
-                              DataConfig())
+                              DataConfig(), rendered.render_processes)
         photos = Dataset.open(root, DataConfig())
         mix = sorted((entry["category"], entry["pages"]) for entry in results["loop"]["history"][0]["mix"]
                      if entry["split"] == "test")

@@ -211,8 +211,9 @@ class BenchPhotoLoopSettings(_Bench):
     evals: int = Field(4, ge=1, le=1000, description="Validation reads during the challenger's training (the "
                                                      "workspace's default, one per epoch, would read every 17 steps "
                                                      "for 270 training photos in steps of 16).")
-    render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the photos (the same number "
-                                                               "gives the same photos).")
+    render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the workspace's photos (the same "
+                                                               "number gives the same photos; the held-out photos are "
+                                                               "always rendered by 8, so every run reads the same).")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes of the challenger's training "
                                                       "(training.dataloader_workers): photos are large JPEGs to decode.")
     min_test_pages: int = Field(10, ge=1, le=10**6, description="loop.min_test_pages of the workspace.")

@@ -398,6 +398,7 @@ class FineTuner:
     def _validate(self, label: str) -> dict[str, float] | None:
         if not self.val_examples or not is_main_process():  # one process reads; the others wait at the next step
             return None
+        started = time.perf_counter()
         with tqdm(total=len(self.val_examples), unit="page", desc=f"validation {label}", file=sys.stderr, leave=False,
                   dynamic_ncols=True) as bar:
             evaluation = evaluate_model(self.bundle, self.val_dataset, self.val_examples,
@@ -405,7 +406,11 @@ class FineTuner:
                                         cache=self.feature_cache, progress=lambda done: bar.update(done - bar.n))
         metrics = {"cer": evaluation.report.overall.cer, "wer": evaluation.report.overall.wer,
                    "by_category": {k: v.cer for k, v in evaluation.report.by_category.items()},
-                   "wer_by_category": {k: v.wer for k, v in evaluation.report.by_category.items()}}
+                   "wer_by_category": {k: v.wer for k, v in evaluation.report.by_category.items()},
+                   "seconds": time.perf_counter() - started,
+                   # a read far longer than its pages' texts (a page read to the token limit) holds its whole batch
+                   "read_characters": sum(len(text) for text in evaluation.predictions),
+                   "reference_characters": sum(len(example.text) for example in evaluation.examples)}
         self.console.print(f"validation CER {label}: {metrics['cer']:.2%}  WER {metrics['wer']:.2%}", markup=False)
         return metrics
 
