@@ -226,6 +226,12 @@ def bench_learn_command(settings: BenchLearnSettings | None = None) -> None:
                   f"{results['final_strip_markdown']['cer']:.2%}", markup=False)
 
 
+def _pooled_cer(scores: dict) -> str:
+    """A bench's pooled CER with its bootstrap interval, where the result has one (results before it did not)."""
+    interval = scores.get("cer_interval_95")
+    return f"{scores['cer']:.2%}" + (f" (95% interval {interval[0]:.2%}-{interval[1]:.2%})" if interval else "")
+
+
 @bench_app.command("pretrain")
 @settings_flags(BenchPretrainSettings)
 def bench_pretrain_command(settings: BenchPretrainSettings | None = None) -> None:
@@ -241,9 +247,9 @@ def bench_pretrain_command(settings: BenchPretrainSettings | None = None) -> Non
         console.print(f"{stage['stage']}: {stage['steps']} steps, held-out {stage['stage']} CER {stage['curve'][-1]['cer']:.2%}"
                       + (f", held-out pages {after['cer']:.2%}" if after else ""), markup=False)
     pages, blind, tesseract = (results[k] for k in ("heldout_pages", "blind_control", "tesseract"))
-    line = (f"held-out pages, markup ignored: CER {pages['strip_markdown']['cer']:.2%} (median page "
-            f"{pages['strip_markdown']['median_page_cer']:.2%}); blank images {blind['strip_markdown']['cer']:.2%}")
-    line += f"; {tesseract['engine']} {tesseract['strip_markdown']['cer']:.2%}" if "engine" in tesseract else \
+    line = (f"held-out pages, markup ignored: CER {_pooled_cer(pages['strip_markdown'])}, median page "
+            f"{pages['strip_markdown']['median_page_cer']:.2%}; blank images {blind['strip_markdown']['cer']:.2%}")
+    line += f"; {tesseract['engine']} {_pooled_cer(tesseract['strip_markdown'])}" if "engine" in tesseract else \
         f"; Tesseract not scored ({tesseract['error']})"
     console.print(line + f"; {results['total_seconds'] / 60:.1f} min", markup=False)
     for key, pages_read in (("heldout_photos", "phone photos"), ("heldout_unseen_layout", "clean pages")):
@@ -270,7 +276,7 @@ def bench_photo_loop_command(settings: BenchPhotoLoopSettings | None = None) -> 
         for key, label in readers:
             if key in scored:
                 scores = scored[key]
-                console.print(f"{pages}, {label}: " + (f"CER {scores['strip_markdown']['cer']:.2%} (markup ignored)"
+                console.print(f"{pages}, {label}: " + (f"CER {_pooled_cer(scores['strip_markdown'])}, markup ignored"
                                                        if "strip_markdown" in scores else f"not scored ({scores['error']})"),
                               markup=False)
 

@@ -66,6 +66,9 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
         scored = results[key]
         assert scored["pages"] == 4
         assert {"cer", "mean_page_cer", "median_page_cer", "normalized_edit_distance"} <= set(scored["strip_markdown"])
+        # each page's CER, and how far the pooled CER could move on other pages of the kind
+        low, high = scored["strip_markdown"]["cer_interval_95"]
+        assert low <= scored["strip_markdown"]["cer"] <= high and len(scored["strip_markdown"]["page_cers"]) == 4
     assert results["tesseract"]["pages"] == 4 and results["tesseract"]["strip_markdown"]["cer"] < 0.2
     assert out.with_suffix(".png").stat().st_size > 0
     reader = load_model(str(model), backend="hf")

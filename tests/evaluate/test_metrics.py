@@ -89,3 +89,23 @@ def test_median_page_cer_and_normalized_edit_distance_bounded_by_one():
     assert score_page("ab", "ab" + "x" * 8).normalized_edit_distance <= 1.0
     assert set(overall.to_json()) >= {"median_cer", "normalized_edit_distance"}
     assert GroupMetrics().median_cer == 0.0
+
+
+def test_the_bootstrap_interval_holds_the_pooled_cer_and_narrows_with_more_pages():
+    def group(pairs):
+        metrics = GroupMetrics()
+        for reference, hypothesis in pairs:
+            metrics.add(score_page(reference, hypothesis))
+        return metrics
+
+    # most pages read exactly, one in eight badly: which pages are drawn moves the pooled CER
+    pages = [("receipt total 12.50", "receipt total 12.50")] * 7 + [("invoice due 2026-12-01", "invoice")]
+    few, many = group(pages), group(pages * 16)
+    low, high = few.cer_interval()
+    assert low < few.cer < high and low >= 0
+    assert few.cer_interval() == (low, high)  # the same seed, the same interval
+    many_low, many_high = many.cer_interval()
+    assert many.cer == pytest.approx(few.cer) and many_high - many_low < (high - low) / 2
+    # pages that all read alike leave nothing to move; no pages, no interval
+    assert group([("abc", "abd")] * 5).cer_interval() == pytest.approx((1 / 3, 1 / 3))
+    assert GroupMetrics().cer_interval() == (0.0, 0.0)

@@ -41,7 +41,8 @@ from ocrloop.workspace import init_workspace
 TRAIN_SEED = 11  # the workspace's photos
 HELDOUT_SEED = 9_000  # held-out photos: a seed the workspace's documents never use
 # Processes rendering the held-out pages, whatever --render-processes says: documents rendered in processes depend on
-# their number (``synth.render_in_processes``), and every run must read the same held-out pages (runs 1-16 used 8).
+# their number (``synth.render_in_processes``), and every run must read the same held-out pages (every loop before
+# run 18's used 8).
 HELDOUT_RENDER_PROCESSES = 8
 # The pages read beside the held-out photos, by their key in the results (each read by the reader, the champion and
 # Tesseract), and what they are.

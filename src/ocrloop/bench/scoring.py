@@ -15,9 +15,10 @@ from ocrloop.evaluate.metrics import EvaluationReport, Normalization, ScoredPair
 NORMALIZATIONS = {"plain": Normalization(), "strip_markdown": Normalization(strip_markdown=True)}
 
 
-def _group_scores(group) -> dict[str, float]:
-    return {"cer": group.cer, "mean_page_cer": group.macro_cer, "median_page_cer": group.median_cer,
-            "normalized_edit_distance": group.normalized_edit_distance, "wer": group.wer}
+def _group_scores(group) -> dict[str, Any]:
+    return {"cer": group.cer, "cer_interval_95": list(group.cer_interval()), "mean_page_cer": group.macro_cer,
+            "median_page_cer": group.median_cer, "normalized_edit_distance": group.normalized_edit_distance,
+            "wer": group.wer, "page_cers": group.page_cers}
 
 
 def report_scores(report: EvaluationReport) -> dict[str, Any]:

@@ -9,7 +9,8 @@ so an empty hypothesis scores 0 and anything else scores its length. Accuracy is
 *Micro* aggregates divide total edits by total reference length (long pages weigh more);
 *macro* aggregates average the per-page rates (every page weighs the same); the median page's CER
 and the normalized edit distance (edits over the longer text, bounded by 1, averaged over pages,
-as OmniDocBench reports it) are given beside them.
+as OmniDocBench reports it) are given beside them. ``GroupMetrics.cer_interval`` says how far the pooled CER of a
+few dozen pages could move on other pages of the same kind (a bootstrap over the pages).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class GroupMetrics:
     _wer_sum: float = 0.0
     _ned_sum: float = 0.0
     page_cers: list[float] = field(default_factory=list)
+    page_edits: list[tuple[int, int]] = field(default_factory=list)  # (character edits, reference characters)
 
     def add(self, score: PageScore) -> None:
         self.pages += 1
@@ -119,6 +121,7 @@ class GroupMetrics:
         self._wer_sum += score.word_error_rate
         self._ned_sum += score.normalized_edit_distance
         self.page_cers.append(score.character_error_rate)
+        self.page_edits.append((score.char_edits, score.char_reference))
 
     @property
     def cer(self) -> float:
@@ -143,6 +146,21 @@ class GroupMetrics:
         ordered = sorted(self.page_cers)
         middle = len(ordered) // 2
         return 0.0 if not ordered else ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+    def cer_interval(self, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """The percentile bootstrap interval of the pooled CER: the pages drawn again with replacement ``resamples``
+        times (the same ``seed``, the same interval). Two readings whose intervals overlap widely may differ only in
+        which pages they were scored on."""
+        import numpy as np
+
+        if not self.page_edits:
+            return 0.0, 0.0
+        edits, references = np.array(self.page_edits, dtype=np.float64).T
+        draws = np.random.default_rng(seed).integers(0, len(edits), size=(resamples, len(edits)))
+        pooled = edits[draws].sum(axis=1) / np.maximum(references[draws].sum(axis=1), 1)
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile(pooled, [tail, 100 - tail])
+        return float(low), float(high)
 
     @property
     def normalized_edit_distance(self) -> float:
