@@ -231,11 +231,11 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 "learning_rate": rate,
                 "samples_before": samples_before,
                 "curve": [{"step": v["step"], "samples": samples_before + v["step"] * batch, "cer": v["cer"],
-                           **{key: v[key] for key in ("seconds", "read_characters", "reference_characters") if key in v}}
+                           **{key: v[key] for key in ("seconds", "read_characters", "reference_characters")}}
                           for v in validations],
                 "loss_by_step": card["metrics"]["loss_by_step"],
                 "page_check_seconds": speed["prepare_seconds"], "train_seconds": speed["train_seconds"],
-                "validation_seconds": sum(v["seconds"] for v in validations if "seconds" in v),
+                "validation_seconds": sum(v["seconds"] for v in validations),
                 "steady_samples_per_second": speed.get("steady_samples_per_second"),
                 "stage_seconds": time.perf_counter() - stage_started, "waited_for_lessons_seconds": waited,
                 "lessons_ready_seconds": ready_at[stage] - started, "stage_started_seconds": stage_started - started,

@@ -108,8 +108,7 @@ class GroupMetrics:
     _cer_sum: float = 0.0
     _wer_sum: float = 0.0
     _ned_sum: float = 0.0
-    page_cers: list[float] = field(default_factory=list)
-    page_edits: list[tuple[int, int]] = field(default_factory=list)  # (character edits, reference characters)
+    page_scores: list[PageScore] = field(default_factory=list)
 
     def add(self, score: PageScore) -> None:
         self.pages += 1
@@ -120,8 +119,12 @@ class GroupMetrics:
         self._cer_sum += score.character_error_rate
         self._wer_sum += score.word_error_rate
         self._ned_sum += score.normalized_edit_distance
-        self.page_cers.append(score.character_error_rate)
-        self.page_edits.append((score.char_edits, score.char_reference))
+        self.page_scores.append(score)
+
+    @property
+    def page_cers(self) -> list[float]:
+        """Each page's CER, in the order the pages were added."""
+        return [score.character_error_rate for score in self.page_scores]
 
     @property
     def cer(self) -> float:
@@ -153,9 +156,9 @@ class GroupMetrics:
         which pages they were scored on."""
         import numpy as np
 
-        if not self.page_edits:
+        if not self.page_scores:
             return 0.0, 0.0
-        edits, references = np.array(self.page_edits, dtype=np.float64).T
+        edits, references = np.array([(s.char_edits, s.char_reference) for s in self.page_scores], dtype=np.float64).T
         draws = np.random.default_rng(seed).integers(0, len(edits), size=(resamples, len(edits)))
         pooled = edits[draws].sum(axis=1) / np.maximum(references[draws].sum(axis=1), 1)
         tail = (1 - confidence) / 2 * 100
