@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ocrloop.errors import OcrloopError
 from ocrloop.models.reading import ReadingSettings
@@ -26,6 +27,10 @@ from ocrloop.models.reading import ReadingSettings
 IGNORE_INDEX = -100
 # Prompts are padded to a multiple of this under fast decoding: pages of nearby lengths share compiled shapes.
 FAST_DECODE_LENGTH_STEP = 64
+# Attention kernels without cuDNN's: it plans every attention call on the CPU, and each new key length anew. Reads
+# always use these, since every decoded token is a new length (on an H200, 64 blocks read within training, without
+# it, in 1.8 s; read right after training, with it, in 10.5 s). Training does unless training.cudnn_attention.
+WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # The plan's prompt templates (DeepSeek-OCR wording); families adapt the image placeholder.
 PROMPT_TEMPLATES = {
@@ -197,7 +202,7 @@ class OCRModel:
         was_training = self.model.training
         self._inference_mode(True)
         try:
-            with self.active(), self.family.bounded_vision_memory(self.model):
+            with self.active(), self.family.bounded_vision_memory(self.model), sdpa_kernel(WITHOUT_CUDNN):
                 output = self.model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from rich.console import Console
 from tqdm.auto import tqdm
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
@@ -39,7 +39,7 @@ from ocrloop.data.records import PageExample
 from ocrloop.errors import DatasetError, OcrloopError
 from ocrloop.evaluate.evaluator import evaluate_model
 from ocrloop.models import MODEL_CARD, load_model
-from ocrloop.models.base import EncodedExample, ExampleTooLong, ModelError, OCRModel, collate
+from ocrloop.models.base import WITHOUT_CUDNN, EncodedExample, ExampleTooLong, ModelError, OCRModel, collate
 from ocrloop.models.reading import ReadingSettings
 from ocrloop.models.loading import (
     attach_lora,
@@ -61,8 +61,6 @@ PREPARE_THREADS = 8  # threads preparing pages before training; beyond this the 
 # threads prepare the next chunk while the GPU computes this one.
 FEATURE_PASS_CHUNK = 16
 SPOT_CHECKED = 8  # pages per split encoded for real when lengths are counted from page sizes
-# Attention kernels while training.cudnn_attention is off: cuDNN plans every attention call on the CPU.
-WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class PageDataset(torch.utils.data.Dataset):
