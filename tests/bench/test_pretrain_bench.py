@@ -2,6 +2,11 @@
 the final reader is scored on held-out pages beside the blind control and Tesseract, and it is saved readable."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 from ocrloop.data.dataset import Dataset
 from ocrloop.models import load_model
@@ -86,6 +91,34 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     partial.write_text(json.dumps({"stages": results["stages"][:2], "complete": False}))
     refused = run_cli("bench", "pretrain", "--out", str(partial), "--add-tesseract", "--work", str(tmp_path / "work"))
     assert refused.returncode != 0 and "did not finish" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_run_stopped_within_a_stage_says_which_stage_and_how_long_it_waited_for_its_lessons(tmp_path):
+    """What a run stopped by its time limit leaves: the stages it finished, and the one it was in (run 20 on the H200
+    was stopped in its pages stage, and its result said nothing of it)."""
+    out = tmp_path / "pretrain.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, "-m", "ocrloop", "bench", "pretrain", "--out", str(out), "--size", "tiny",
+                                "--lessons", "32,32,16,8", "--steps", "2,400,2,2", "--batch-sizes", "8,8,4,4",
+                                "--heldout", "4", "--workers", "0", "--render-processes", "2", "--max-new-tokens", "8,8,16,16",
+                                "--evals-per-stage", "1", "--glyphs-read-at", "0", "--work", str(tmp_path / "work")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def running() -> str | None:
+        return json.loads(out.read_text()).get("running", {}).get("stage") if out.is_file() else None
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and running() != "lines" and process.poll() is None:
+        time.sleep(0.05)
+    assert running() == "lines" and process.poll() is None, process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False and [s["stage"] for s in partial["stages"]] == ["glyphs"]
+    stage = partial["running"]
+    assert stage["waited_for_lessons_seconds"] >= 0
+    assert stage["stage_started_seconds"] >= partial["stages"][0]["stage_started_seconds"]
+    assert 0 < stage["lessons_ready_seconds"] <= stage["stage_started_seconds"] + stage["waited_for_lessons_seconds"] + 1e-6
 
 
 def test_a_stage_of_no_steps_or_a_learning_rate_out_of_range_is_refused_in_one_line(tmp_path):

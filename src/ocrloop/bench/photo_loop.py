@@ -241,9 +241,9 @@ def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
                ("tesseract", "Tesseract"), ("blind_control", "champion, blank pages")]
     present = [(key, label) for key, label in readers if "strip_markdown" in results.get(key, {})]
     categories = sorted(results[present[0][0]]["strip_markdown"]["by_category"]) if present else []
-    others = [(results[key], textwrap.fill(label, 24)) for key, label in OTHER_PAGE_SETS.items() if results.get(key)]
+    others = [(results[key], textwrap.fill(label, 18)) for key, label in OTHER_PAGE_SETS.items() if results.get(key)]
     groups = ["overall", *categories, *(label for _, label in others)]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.4))
     width = 0.8 / max(1, len(present))
     for offset, (key, label) in enumerate(present):
         scores = results[key]["strip_markdown"]
@@ -253,7 +253,7 @@ def plot_photo_loop(results: dict[str, Any], png: Path) -> Path:
     ax.set_xticks(np.arange(len(groups)) + width * (len(present) - 1) / 2, groups)
     ax.set_ylabel("held-out CER (markup ignored)")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     workload = results["workload"]
     ax.set_title(f"{workload['documents']} photographed {workload['business']} documents through the loop: "
                  f"{workload['heldout_pages']} held-out photos", fontsize=10)

@@ -178,6 +178,10 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     base, samples_before, carried = str(checkpoint), 0, 0
     results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
+
+    def write_partial(extra: dict[str, Any] | None = None) -> None:
+        atomic_write_json(out, {**results, **(extra or {}), "complete": False,
+                                "seconds_so_far": time.perf_counter() - started})
     try:
         first_lessons = lessons_ready(stage_data[stages[0]], options[stages[0]], data, settings.render_processes)
         marks.append((f"{stages[0]}_lessons", time.perf_counter()))
@@ -189,6 +193,11 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             # done callback has run.
             ready_at.setdefault(stage, time.perf_counter())
             waited = time.perf_counter() - stage_started
+            # Written now, not only when the stage ends: a run stopped within the stage still says when it began and
+            # how long it waited for its lessons.
+            write_partial({"running": {"stage": stage, "stage_started_seconds": stage_started - started,
+                                       "waited_for_lessons_seconds": waited,
+                                       "lessons_ready_seconds": ready_at[stage] - started}})
             validation = Dataset.open(stage_validation[stage], data)
             stage_steps += carried
             # The glyph stage reads its validation glyphs often enough to end soon after it leaves its plateau.
@@ -250,7 +259,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             base = str(output)
             results["parameters"] = card["parameters"]["total"]
             results["device"], results["versions"] = card["device"], card["versions"]
-            atomic_write_json(out, {**results, "complete": False, "seconds_so_far": time.perf_counter() - started})
+            write_partial()
     except BaseException:  # the later stages' lessons are not needed any more
         background.shutdown(wait=False, cancel_futures=True)
         raise
