@@ -28,8 +28,8 @@ IGNORE_INDEX = -100
 # Prompts are padded to a multiple of this under fast decoding: pages of nearby lengths share compiled shapes.
 FAST_DECODE_LENGTH_STEP = 64
 # Attention kernels without cuDNN's: it plans every attention call on the CPU, and each new key length anew. Reads
-# always use these, since every decoded token is a new length (on an H200, 64 blocks read within training, without
-# it, in 1.8 s; read right after training, with it, in 10.5 s). Training does unless training.cudnn_attention.
+# always use these, since every decoded token is a new length (on an H200, 64 blocks read right after training took
+# 10.5 s with it and 2.0 s without). Training does unless training.cudnn_attention.
 WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # The plan's prompt templates (DeepSeek-OCR wording); families adapt the image placeholder.
