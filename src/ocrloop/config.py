@@ -97,8 +97,8 @@ class TrainingConfig(_Section):
     cudnn_attention: bool = Field(
         False, description="Let PyTorch choose cuDNN's attention kernel. Off: flash or memory-efficient attention instead; "
                            "on an H100 cuDNN spent about 3 ms of CPU per attention call planning (more than its kernel "
-                           "took) and seconds for each new sequence length (docs/performance-notes.md). Reads never "
-                           "use it, whatever this says: every decoded token is a new length."
+                           "took) and seconds for each new sequence length (docs/performance-notes.md). Reads with a "
+                           "dynamic cache never use it, whatever this says: every decoded token is a new length."
     )
     skip_frozen_vision_backward: bool = Field(
         True, description="Compute image features without autograd when no vision parameter is trained."

@@ -27,9 +27,9 @@ from ocrloop.models.reading import ReadingSettings
 IGNORE_INDEX = -100
 # Prompts are padded to a multiple of this under fast decoding: pages of nearby lengths share compiled shapes.
 FAST_DECODE_LENGTH_STEP = 64
-# Attention kernels without cuDNN's: it plans every attention call on the CPU, and each new key length anew. Reads
-# always use these, since every decoded token is a new length (on an H200, 64 blocks read right after training took
-# 10.5 s with it and 2.0 s without). Training does unless training.cudnn_attention.
+# Attention kernels without cuDNN's: it plans every attention call on the CPU, and each new key length anew. Reads with
+# a dynamic cache use these, since every decoded token is a new length (on an H200, 64 blocks read right after
+# training took 10.5 s with it and 2.0 s without). Training does unless training.cudnn_attention.
 WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # The plan's prompt templates (DeepSeek-OCR wording); families adapt the image placeholder.
@@ -202,7 +202,9 @@ class OCRModel:
         was_training = self.model.training
         self._inference_mode(True)
         try:
-            with self.active(), self.family.bounded_vision_memory(self.model), sdpa_kernel(WITHOUT_CUDNN):
+            # A static cache keeps one key length, planned once; its speeds were measured with PyTorch's own choice.
+            kernels = nullcontext() if cache_implementation == "static" else sdpa_kernel(WITHOUT_CUDNN)
+            with self.active(), self.family.bounded_vision_memory(self.model), kernels:
                 output = self.model.generate(
                     **batch,
                     max_new_tokens=max_new_tokens,
