@@ -74,6 +74,10 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
         # each page's CER, and how far the pooled CER could move on other pages of the kind
         low, high = scored["strip_markdown"]["cer_interval_95"]
         assert low <= scored["strip_markdown"]["cer"] <= high and len(scored["strip_markdown"]["page_cers"]) == 4
+        # the pages that weigh most on it, worst first, each with what it should have read and what it read
+        worst = scored["worst"]
+        assert [w["cer"] for w in worst] == sorted(scored["strip_markdown"]["page_cers"], reverse=True)[:3]
+        assert all(w["reference"] and "read" in w for w in worst)
     assert results["tesseract"]["pages"] == 4 and results["tesseract"]["strip_markdown"]["cer"] < 0.2
     assert out.with_suffix(".png").stat().st_size > 0
     reader = load_model(str(model), backend="hf")

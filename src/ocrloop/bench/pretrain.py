@@ -41,12 +41,17 @@ NORMALIZED = "runs of whitespace count as one space and text is NFKC-normalized;
 
 def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int, split: str | None = None) -> dict[str, Any]:
     """Read every page of ``dataset`` (of ``split``, if given); pooled CER, mean and median page CER and NED, overall
-    and per category, under each normalization."""
+    and per category, under each normalization. Keeps the first three reads (``examples``) and the three that read
+    worst with markup ignored (``worst``: a few pages decide a pooled CER over 64)."""
     started = time.perf_counter()
     evaluation = evaluate_model(bundle, dataset, dataset.examples(split), reading, batch_size=batch_size)
     results = scored(evaluation.examples, evaluation.predictions)
     results["seconds"] = time.perf_counter() - started
-    results["examples"] = [{"reference": e.text, "read": text} for e, text in list(zip(evaluation.examples, evaluation.predictions))[:3]]
+    reads = [{"reference": e.text, "read": text} for e, text in zip(evaluation.examples, evaluation.predictions)]
+    results["examples"] = reads[:3]
+    page_cers = results["strip_markdown"]["page_cers"]
+    results["worst"] = [{"page": page, "cer": page_cers[page], **reads[page]}
+                        for page in sorted(range(len(reads)), key=lambda page: -page_cers[page])[:3]]
     return results
 
 
