@@ -200,9 +200,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             waited = time.perf_counter() - stage_started
             # Written now, not only when the stage ends: a run stopped within the stage still says when it began and
             # how long it waited for its lessons.
-            write_partial({"running": {"stage": stage, "stage_started_seconds": stage_started - started,
-                                       "waited_for_lessons_seconds": waited,
-                                       "lessons_ready_seconds": ready_at[stage] - started}})
+            timing = {"waited_for_lessons_seconds": waited, "lessons_ready_seconds": ready_at[stage] - started,
+                      "stage_started_seconds": stage_started - started}
+            write_partial({"running": {"stage": stage, **timing}})
             validation = Dataset.open(stage_validation[stage], data)
             stage_steps += carried
             # The glyph stage reads its validation glyphs often enough to end soon after it leaves its plateau.
@@ -251,8 +251,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 "page_check_seconds": speed["prepare_seconds"], "train_seconds": speed["train_seconds"],
                 "validation_seconds": sum(v["seconds"] for v in validations),
                 "steady_samples_per_second": speed.get("steady_samples_per_second"),
-                "stage_seconds": time.perf_counter() - stage_started, "waited_for_lessons_seconds": waited,
-                "lessons_ready_seconds": ready_at[stage] - started, "stage_started_seconds": stage_started - started,
+                "stage_seconds": time.perf_counter() - stage_started, **timing,
                 "heldout_pages_after": after and {"cer": after["strip_markdown"]["cer"], "plain_cer": after["plain"]["cer"]},
             })
             log(f"stage {stage}: validation {stage} CER {validations[-1]['cer']:.2%}"
