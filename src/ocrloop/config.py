@@ -81,6 +81,11 @@ class TrainingConfig(_Section):
     stop_at_validation_cer: float | None = Field(
         None, ge=0, le=100, description="End training at the first validation (every eval_steps) whose CER is at most "
                                         "this, e.g. 0.02 (None: train every step).")
+    max_train_seconds: float | None = Field(
+        None, gt=0, le=10**8, description="Wall-clock seconds the training steps may take, the validation reads between "
+                                          "them included. Once a tenth of the steps have run, and every twentieth after, "
+                                          "the steps left are cut to what fits at the speed so far, and the learning "
+                                          "rate decays to zero at that new end (None: every planned step).")
     max_seq_length: int = Field(8192, ge=64, le=2**20, description="Longest example (image + prompt + answer tokens) allowed.")
     seed: int = Field(3407, ge=0, le=2**32 - 1, description="Seed of weights, data order and dropout.")
     backend: Literal["auto", "unsloth", "hf"] = Field("auto", description="auto: Unsloth on CUDA when installed, else hf.")

@@ -19,7 +19,7 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
             "--batch-sizes", "8,8,4,4", "--heldout", "4", "--workers", "0", "--render-processes", "2",
             "--max-new-tokens", "8,8,16,16", "--evals-per-stage", "1", "--work", str(tmp_path / "work"),
             "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--templates", "0,1", "--random-layouts", "0.5",
-            "--glyphs-read-at", "100", check=True)
+            "--glyphs-read-at", "100", "--time-budget", "1", "--time-reserve", "0", check=True)
     results = json.loads(out.read_text())
     assert [s["stage"] for s in results["stages"]] == ["glyphs", "lines", "blocks", "pages"]
     # Scrambled lessons are rendered apart from plain ones (a later plain run must not reuse them).
@@ -29,8 +29,11 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
         "pages-8-scrambled-0.5-photos-0.5-templates-0-1-random-layouts-0.5"]
     assert results["workload"]["templates"] == [0, 1] and results["workload"]["random_layouts"] == 0.5
     # Any CER of 8 new tokens is at most 100: the glyph stage ends at its first read (after step 1 of 3), and the
-    # lines stage gets the two steps it left.
-    assert [(s["steps"], s["max_steps"]) for s in results["stages"]] == [(1, 3), (5, 5), (3, 3), (3, 3)]
+    # lines stage gets the two steps it left. The 1 s budget is spent before the pages stage begins: it is cut at its
+    # first check (step 2 of 3), and still read, scored and saved; the stages before it are never cut.
+    assert [(s["steps"], s["max_steps"]) for s in results["stages"]] == [(1, 3), (5, 5), (3, 3), (2, 3)]
+    assert results["stages"][-1]["time_budget"]["cuts"] == [{"at_step": 2, "end": 2}]
+    assert [s["time_budget"] for s in results["stages"][:-1]] == [None, None, None]
     samples = [s["samples_before"] for s in results["stages"]]
     assert samples == [0, 8, 48, 60]  # steps x batch of the stages before
     # glyph and line readers are not asked to write pages
@@ -63,7 +66,7 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     assert results["stages"][-1]["heldout_pages_after"]["cer"] == results["heldout_pages"]["strip_markdown"]["cer"]
     # Every stage's curve reads its own validation lessons; the pages stage's are clean pages other than the held-out
     # test pages, which are read only to be reported (nothing is chosen on them).
-    assert [p["step"] for p in results["stages"][-1]["curve"]] == [3]
+    assert [p["step"] for p in results["stages"][-1]["curve"]] == [2]
     validation = {e.text for e in Dataset.open(tmp_path / "work" / "validation-pages-4").examples()}
     test_pages = {e.text for e in Dataset.open(tmp_path / "work" / "heldout-pages-4").examples()}
     assert len(validation) == len(test_pages) == 4 and not validation & test_pages

@@ -152,3 +152,14 @@ def test_a_validation_that_ends_training_ends_it_in_every_process(tiny_presets, 
                         batch_size=2, extra=("--eval-steps", "2", "--stop-at-validation-cer", "100", "--max-new-tokens", "8")))
     card = json.loads((root / "models" / "stopped" / "run_card.json").read_text())
     assert card["speed"]["steps"] == 2 and card["metrics"]["validation"][0]["step"] == 2
+
+
+def test_a_time_budget_ends_training_at_the_same_step_in_every_process(workspace):
+    """Rank 0 times the steps and decides where to end; the other process must end at that step too, or one waits in
+    an all-reduce the other never joins. 1 ms is spent before the first cut (step 4 of 40, a tenth), on any machine."""
+    output = workspace / "models" / "budget"
+    _finished(_torchrun(workspace, "--nproc-per-node", "2", "--master-port", str(_free_port()), output=str(output),
+                        batch_size=2, extra=("--max-steps", "40", "--max-train-seconds", "0.001")))
+    card = json.loads((output / "run_card.json").read_text())
+    assert card["speed"]["steps"] == 4 and card["speed"]["processes"] == 2
+    assert card["speed"]["time_budget"]["cuts"] == [{"at_step": 4, "end": 4}]

@@ -117,6 +117,17 @@ def test_training_ends_at_the_first_validation_that_reads_well_enough(tiny_prese
     assert [v["step"] for v in full.card["metrics"]["validation"]] == [2, 4, 6]  # 6: the read after the last step
 
 
+def test_a_time_budget_ends_training_early_and_the_run_card_says_where(tiny_presets, receipts, tmp_path):
+    # A budget of 10 ms is spent before the first cut (at a tenth of the 200 steps), whatever the machine's speed.
+    result = train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=200, max_train_seconds=0.01, logging_steps=10),
+                   tmp_path / "run")
+    speed = result.card["speed"]
+    assert speed["steps"] == 20
+    assert speed["time_budget"] == {"seconds": 0.01, "planned_steps": 200, "cuts": [{"at_step": 20, "end": 20}]}
+    assert result.card["metrics"]["final_validation"] is not None  # the model was still read and saved
+    assert (tmp_path / "run" / "ocrloop_model.json").is_file()
+
+
 def test_merged_weights_read_like_the_adapter(tiny_presets, receipts, tmp_path):
     result = train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=3, merge=True), tmp_path / "run")
     metrics = result.card["metrics"]

@@ -173,6 +173,15 @@ class BenchPretrainSettings(_Bench):
                                                                 "headings, fields and items are written, date format).")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the lessons.")
+    time_budget: float | None = Field(
+        None, gt=0, le=10**7, description="Seconds the whole bench may take. The last stage's steps are cut to what "
+                                          "fits in what is left, less --time-reserve (training.max_train_seconds): a "
+                                          "slower machine trains fewer page steps but still saves and reads its reader. "
+                                          "None: every step of --steps.")
+    time_reserve: float = Field(
+        45.0, ge=0, le=10**6, description="Seconds kept back from --time-budget for what the last stage does around its "
+                                          "training steps: checking its lessons, the final validation, saving and "
+                                          "the held-out reads (about 25 s on an H200 in run 22).")
     save_model: Path | None = Field(None, description="Also copy the final reader here, weights in bfloat16.")
     work: Path = Field(Path("/tmp/ocrloop-pretrain"), description="Scratch folder for lessons, checkpoint and runs.")
     add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "

@@ -52,7 +52,8 @@ from ocrloop.models.loading import (
 from ocrloop.models.feature_cache import FOLDER as FEATURE_CACHE_FOLDER
 from ocrloop.models.feature_cache import FeatureCache, image_feature_owner
 from ocrloop.profiling import compiled_since, dynamo_counts, step_profiler
-from ocrloop.train.trainer import OCRTrainer, ParkVisionTower, StepTimer, TrainingProgress, ValidationCER
+from ocrloop.train.trainer import (OCRTrainer, ParkVisionTower, StepPlan, StepTimer, TimeBudget, TrainingProgress,
+                                   ValidationCER)
 from ocrloop.registry import Registry
 
 RUN_CARD = "run_card.json"
@@ -478,18 +479,22 @@ class FineTuner:
         first_profiled = max(3, total_steps // 2)
         profiled = min(t.profile_steps, total_steps - first_profiled)
         profiler = step_profiler(first_profiled, profiled) if profiled > 0 else None
+        arguments = self._training_arguments()
+        plan = StepPlan(total_steps, arguments.get_warmup_steps(total_steps)) if t.max_train_seconds else None
+        budget = TimeBudget(t.max_train_seconds, plan) if plan else None
         trainer = OCRTrainer(
             model=self.bundle.model,
-            args=self._training_arguments(),
+            args=arguments,
             train_dataset=PageDataset(self.dataset, self.train_examples, self.bundle, t.prompt, t.resolution, cache),
             data_collator=PageCollator(self.bundle, cache),
             callbacks=[TrainingProgress(), StepTimer(self.device_is_cuda, self.history.setdefault("step_seconds", []),
                                  self.history.setdefault("epoch_seconds", [])),
                        ValidationCER(self._validate, t.eval_steps or steps_per_epoch, self.history["validation"],
                                      stop_at=t.stop_at_validation_cer),
-                       park, *([profiler] if profiler else []), *self.extra_callbacks],
+                       park, *([profiler] if profiler else []), *([budget] if budget else []), *self.extra_callbacks],
             bundle=self.bundle,
             cache=cache,
+            step_plan=plan,
         )
         trainer.remove_callback(ProgressCallback)  # TrainingProgress instead: a bar on stderr, no printed dicts
         if self.device_is_cuda:
@@ -520,6 +525,7 @@ class FineTuner:
         card["speed"]["compile"] = compiled  # where the compiled step broke its graph (None: not compiled)
         if profiler is not None:
             card["speed"]["profile"] = profiler.summary()
+        card["speed"]["time_budget"] = budget.summary() if budget else None
         if is_main_process():  # the model and its card are written once, by rank 0
             save_model(self.bundle, self.output_dir, base_model=self.base_model_ref, mark_complete=False)
             card["metrics"]["merged_validation"] = self._save_merged(final) if t.merge else None

@@ -9,21 +9,25 @@ A step (``OCRTrainer.compute_loss``, called by the Hugging Face ``Trainer`` for 
 3. On the hf backend the output head runs on labelled positions only (``train/loss.py``): the loss is the
    mean cross-entropy of the answer tokens over the whole accumulated batch. Unsloth fuses its own loss.
 4. The Trainer does the rest as configured (``FineTuner._training_arguments``): backward, gradient
-   accumulation, clipping to ``max_grad_norm``, the AdamW step, the linear schedule, checkpoints.
+   accumulation, clipping to ``max_grad_norm``, the AdamW step, the linear schedule, checkpoints. Under a time
+   budget (``training.max_train_seconds``) the schedule is ``StepPlan``'s, whose end ``TimeBudget`` may move closer.
 5. Under mixed precision, peft's LoRA layers hand their inputs to autocast as they are
    (``OCRTrainer.training_step``), rather than casting them to the adapters' float32 first.
 
 Callbacks: ``TrainingProgress`` (one bar on stderr with the loss, instead of the Trainer's printed dicts),
 ``StepTimer`` (step and epoch wall time), ``ValidationCER`` (CER on generated text every N steps),
-``ParkVisionTower`` (the tower leaves the GPU when every page is cached). Pass more with
+``ParkVisionTower`` (the tower leaves the GPU when every page is cached), ``TimeBudget`` (the steps that fit in
+``training.max_train_seconds``). Pass more with
 ``FineTuner(callbacks=[...])``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -41,9 +45,10 @@ class OCRTrainer(Trainer):
     """A ``Trainer`` whose step answers image features from the cache and, on the hf backend, computes
     the loss on labelled positions only; it resumes LoRA checkpoints through ``load_adapter_weights``."""
 
-    def __init__(self, *args, bundle: OCRModel, cache: FeatureCache | None = None, **kwargs):
+    def __init__(self, *args, bundle: OCRModel, cache: FeatureCache | None = None, step_plan: "StepPlan | None" = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.bundle, self.cache = bundle, cache
+        self.bundle, self.cache, self.step_plan = bundle, cache, step_plan
         if bundle.backend == "hf":
             # labelled_token_loss divides by the accumulated batch's token count itself: no second division.
             self.model_accepts_loss_kwargs = True
@@ -67,6 +72,14 @@ class OCRTrainer(Trainer):
                     loss = loss * self.accelerator.num_processes
                 return loss
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.step_plan is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        plan = self.step_plan
+        # A lambda, not the bound method: LambdaLR saves the state of callable objects in checkpoints, not of functions.
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lambda step: plan.factor(step))
+        return self.lr_scheduler
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         weights = Path(resume_from_checkpoint) / "adapter_model.safetensors"
@@ -113,6 +126,9 @@ class TrainingProgress(TrainerCallback):
                         dynamic_ncols=True)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.bar.total != state.max_steps:  # a time budget moved the end closer
+            self.bar.total = state.max_steps
+            self.bar.refresh()
         self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -184,6 +200,78 @@ class ValidationCER(TrainerCallback):
                 elif distributed.world_size() > 1:
                     read = bool(distributed.receive_from_main())
                 control.should_training_stop = control.should_training_stop or read
+
+
+@dataclass
+class StepPlan:
+    """The learning-rate factor of each step: linear warm-up over ``warmup_steps``, then linear decay to zero at
+    ``total_steps`` (the Trainer's "linear" schedule). ``end_at`` moves the end closer while training runs: from that
+    step on, the factor falls from where it was to zero at the new end, without a jump."""
+
+    total_steps: int
+    warmup_steps: int
+    anchor_step: int = 0
+    anchor_factor: float | None = None  # None: the schedule as planned
+
+    def factor(self, step: int) -> float:
+        if self.anchor_factor is not None and step >= self.anchor_step:
+            return self.anchor_factor * max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.anchor_step))
+        if step < self.warmup_steps:
+            return step / max(1, self.warmup_steps)
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+
+    def end_at(self, total_steps: int, step: int) -> None:
+        """End at ``total_steps`` (not after ``self.total_steps``), decaying from ``step``, the current one."""
+        self.anchor_factor, self.anchor_step = self.factor(step), step
+        self.total_steps = total_steps
+
+
+class TimeBudget(TrainerCallback):
+    """Ends training within ``seconds`` of its first step: from a twentieth of the planned steps on, the steps are
+    timed (the first ones compile and warm up); at a tenth, and every twentieth after, the steps left are cut to what
+    fits at the mean speed so far, validation reads included, and ``plan``'s learning rate decays to zero at the new
+    end. The end only moves closer. Rank 0 decides and sends its decision to every process, so all stop together."""
+
+    def __init__(self, seconds: float, plan: StepPlan, clock: Callable[[], float] = time.perf_counter):
+        self.seconds, self.plan, self.clock = seconds, plan, clock
+        self.planned_steps = plan.total_steps
+        self.every = max(1, plan.total_steps // 20)
+        self.cuts: list[dict[str, int]] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = self.clock()
+        self.timed_from: tuple[int, float] | None = None
+
+    def _now(self) -> float:
+        if torch.cuda.is_available():  # the steps queued on the GPU count as done only when they are
+            torch.cuda.synchronize()
+        return self.clock()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if step % self.every or step >= state.max_steps:
+            return
+        if self.timed_from is None:
+            self.timed_from = (step, self._now())
+            return
+        end = state.max_steps
+        if distributed.is_main_process():
+            now = self._now()
+            per_step = max((now - self.timed_from[1]) / (step - self.timed_from[0]), 1e-9)
+            left = self.seconds - (now - self.started)
+            end = min(end, step + max(0, math.floor(left / per_step)))
+        if distributed.world_size() > 1 and distributed.is_main_process():
+            distributed.send_to_all(end)
+        elif distributed.world_size() > 1:
+            end = int(distributed.receive_from_main())
+        if end < state.max_steps:
+            self.cuts.append({"at_step": step, "end": end})
+            self.plan.end_at(end, step)
+            state.max_steps = end
+            control.should_training_stop = control.should_training_stop or step >= end
+
+    def summary(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "planned_steps": self.planned_steps, "cuts": self.cuts}
 
 
 class ParkVisionTower(TrainerCallback):
