@@ -128,6 +128,19 @@ def test_a_run_stopped_within_a_stage_says_which_stage_and_how_long_it_waited_fo
     assert 0 < stage["lessons_ready_seconds"] <= stage["stage_started_seconds"] + stage["waited_for_lessons_seconds"] + 1e-6
 
 
+def test_the_last_stage_can_be_profiled_and_without_a_budget_no_stage_is_cut(tmp_path):
+    out = tmp_path / "pretrain.json"
+    run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "16,16,8,8", "--steps", "1,1,1,4",
+            "--batch-sizes", "8,8,4,4", "--heldout", "2", "--workers", "0", "--render-processes", "2",
+            "--max-new-tokens", "4,4,8,8", "--evals-per-stage", "1", "--glyphs-read-at", "0", "--profile-steps", "1",
+            "--work", str(tmp_path / "work"), check=True)
+    stages = json.loads(out.read_text())["stages"]
+    assert [s["steps"] for s in stages] == [1, 1, 1, 4] and [s["time_budget"] for s in stages] == [None] * 4
+    assert [s["profile"] for s in stages[:-1]] == [None] * 3
+    profile = stages[-1]["profile"]  # step 3 of 4, from the middle of the pages stage
+    assert profile["steps"] == 1 and profile["seconds_per_step"] > 0 and "aten::" in profile["top_by_cpu_time"]
+
+
 def test_a_stage_of_no_steps_or_a_learning_rate_out_of_range_is_refused_in_one_line(tmp_path):
     for flag, value in (("--steps", "840,0,300,300"), ("--learning-rates", "3e-4,3e-4,-1,3e-4")):
         result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), flag, value, "--work", str(tmp_path / "w"))

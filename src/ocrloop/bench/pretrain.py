@@ -100,10 +100,11 @@ def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processe
 
 def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_tokens: int, *, resolution: str,
                    eval_steps: int, heldout: int, workers: int, logging_steps: int,
-                   stop_at: float | None = None, max_seconds: float | None = None) -> TrainingConfig:
+                   stop_at: float | None = None, max_seconds: float | None = None,
+                   profile_steps: int = 0) -> TrainingConfig:
     """How one stage of the curriculum trains: every weight in float32 on the hf backend, warm-up then linear decay,
     reading up to ``heldout`` validation lessons every ``eval_steps`` (ending at the first at or below ``stop_at``), its
-    steps cut to what fits in ``max_seconds``."""
+    steps cut to what fits in ``max_seconds``, ``profile_steps`` from its middle profiled."""
     import torch
 
     return TrainingConfig(mode="full", max_steps=steps, batch_size=batch_size, gradient_accumulation_steps=1,
@@ -113,7 +114,7 @@ def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_to
                           logging_steps=logging_steps, backend="hf",
                           optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
                           gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
-                          float32_weights=True, max_train_seconds=max_seconds)
+                          float32_weights=True, max_train_seconds=max_seconds, profile_steps=profile_steps)
 
 
 def _yield_the_cpu() -> None:
@@ -218,7 +219,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 log(f"stage {stage}: {left:.0f} s of the {settings.time_budget:.0f} s budget left for its steps")
             training = stage_training(stage_steps, batch, rate, new_tokens, resolution=resolution,
                                       eval_steps=max(1, stage_steps // evals), heldout=heldout, workers=workers,
-                                      logging_steps=max(1, stage_steps // 20), stop_at=stop_at, max_seconds=max_seconds)
+                                      logging_steps=max(1, stage_steps // 20), stop_at=stop_at, max_seconds=max_seconds,
+                                      profile_steps=settings.profile_steps if stage == stages[-1] else 0)
             config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
                                    models_dir=work / "models", training=training, data=data)
             output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
@@ -259,7 +261,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 "page_check_seconds": speed["prepare_seconds"], "train_seconds": speed["train_seconds"],
                 "validation_seconds": sum(v["seconds"] for v in validations),
                 "steady_samples_per_second": speed.get("steady_samples_per_second"),
-                "time_budget": speed.get("time_budget"),
+                "time_budget": speed.get("time_budget"), "profile": speed.get("profile"),
                 "stage_seconds": time.perf_counter() - stage_started, **timing,
                 "heldout_pages_after": after and {"cer": after["strip_markdown"]["cer"], "plain_cer": after["plain"]["cer"]},
             })

@@ -182,6 +182,10 @@ class BenchPretrainSettings(_Bench):
         45.0, ge=0, le=10**6, description="Seconds kept back from --time-budget for what the last stage does around its "
                                           "training steps: checking its lessons, the final validation, saving and "
                                           "the held-out reads (about 25 s on an H200 in run 22).")
+    profile_steps: int = Field(
+        0, ge=0, le=100, description="Steps from the middle of the last stage to profile (training.profile_steps): the "
+                                     "share of their time the GPU was busy, kernels per step and the costliest "
+                                     "operations, in that stage's profile. Summarizing them takes seconds of the run.")
     save_model: Path | None = Field(None, description="Also copy the final reader here, weights in bfloat16.")
     work: Path = Field(Path("/tmp/ocrloop-pretrain"), description="Scratch folder for lessons, checkpoint and runs.")
     add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "
