@@ -81,6 +81,10 @@ class TrainingConfig(_Section):
     stop_at_validation_cer: float | None = Field(
         None, ge=0, le=100, description="End training at the first validation (every eval_steps) whose CER is at most "
                                         "this, e.g. 0.02 (None: train every step).")
+    group_by_length: bool = Field(
+        False, description="Batch training pages of about the same token length together, in random groups of 50 "
+                           "batches, the batches in random order: a batch pads less where pages differ in size (in "
+                           "bench pretrain's page lessons, 42 % of a random batch of 64 was padding, 14 % sorted).")
     max_train_seconds: float | None = Field(
         None, gt=0, le=10**8, description="Wall-clock seconds the training steps may take, the validation reads between "
                                           "them included. Once a tenth of the steps have run, and every twentieth after, "

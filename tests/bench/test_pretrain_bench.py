@@ -128,13 +128,15 @@ def test_a_run_stopped_within_a_stage_says_which_stage_and_how_long_it_waited_fo
     assert 0 < stage["lessons_ready_seconds"] <= stage["stage_started_seconds"] + stage["waited_for_lessons_seconds"] + 1e-6
 
 
-def test_the_last_stage_can_be_profiled_and_without_a_budget_no_stage_is_cut(tmp_path):
+def test_the_last_stage_can_be_profiled_lessons_grouped_by_length_and_without_a_budget_no_stage_is_cut(tmp_path):
     out = tmp_path / "pretrain.json"
     run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "16,16,8,8", "--steps", "1,1,1,4",
             "--batch-sizes", "8,8,4,4", "--heldout", "2", "--workers", "0", "--render-processes", "2",
             "--max-new-tokens", "4,4,8,8", "--evals-per-stage", "1", "--glyphs-read-at", "0", "--profile-steps", "1",
-            "--work", str(tmp_path / "work"), check=True)
-    stages = json.loads(out.read_text())["stages"]
+            "--group-by-length", "--work", str(tmp_path / "work"), check=True)
+    results = json.loads(out.read_text())
+    assert results["workload"]["group_by_length"] is True
+    stages = results["stages"]
     assert [s["steps"] for s in stages] == [1, 1, 1, 4] and [s["time_budget"] for s in stages] == [None] * 4
     assert [s["profile"] for s in stages[:-1]] == [None] * 3
     profile = stages[-1]["profile"]  # step 3 of 4, from the middle of the pages stage

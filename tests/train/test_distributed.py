@@ -163,3 +163,14 @@ def test_a_time_budget_ends_training_at_the_same_step_in_every_process(workspace
     card = json.loads((output / "run_card.json").read_text())
     assert card["speed"]["steps"] == 4 and card["speed"]["processes"] == 2
     assert card["speed"]["time_budget"]["cuts"] == [{"at_step": 4, "end": 4}]
+
+
+def test_batches_grouped_by_length_train_under_torchrun(workspace):
+    """Every process draws the same length-grouped order (seed and epoch alone decide it) and accelerate hands each its
+    share of the batches: were the orders different, pages would be seen twice or never, silently; this run is the
+    check that the sampler goes through accelerate's sharding and epochs at all."""
+    output = workspace / "models" / "grouped"
+    _finished(_torchrun(workspace, "--nproc-per-node", "2", "--master-port", str(_free_port()), output=str(output),
+                        batch_size=2, extra=("--group-by-length", "--max-steps", "6")))
+    card = json.loads((output / "run_card.json").read_text())
+    assert card["speed"]["steps"] == 6 and card["config"]["training"]["group_by_length"] is True

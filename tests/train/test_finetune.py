@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from transformers import TrainerCallback
 
 from ocrloop.config import OcrloopConfig, apply_overrides
 from ocrloop.data.synth import SynthOptions, synthesize_dataset
@@ -14,6 +15,7 @@ from ocrloop.models import load_model
 from ocrloop.models.base import ExampleTooLong
 from ocrloop.registry import Registry
 from ocrloop.train.finetune import train
+from ocrloop.train.trainer import LengthGroupedSampler
 from tests.conftest import FAST_RESOLUTION, SMALL_PAGES
 
 
@@ -126,6 +128,24 @@ def test_a_time_budget_ends_training_early_and_the_run_card_says_where(tiny_pres
     assert speed["time_budget"] == {"seconds": 0.01, "planned_steps": 200, "cuts": [{"at_step": 20, "end": 20}]}
     assert result.card["metrics"]["final_validation"] is not None  # the model was still read and saved
     assert (tmp_path / "run" / "ocrloop_model.json").is_file()
+
+
+class SamplerSeen(TrainerCallback):
+    """Keeps the sampler behind the training data loader the Trainer built (accelerate wraps the loader, not it)."""
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.sampler = train_dataloader.batch_sampler.sampler
+        self.batches = [list(batch) for batch in train_dataloader.batch_sampler]
+
+
+def test_pages_of_about_one_length_are_batched_together_when_asked(tiny_presets, receipts, tmp_path):
+    grouped, plain = SamplerSeen(), SamplerSeen()
+    result = train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=2, group_by_length=True), tmp_path / "grouped",
+                   callbacks=[grouped])
+    train(_config(receipts, tmp_path, "tiny-qwen2.5-vl", max_steps=2), tmp_path / "plain", callbacks=[plain])
+    assert isinstance(grouped.sampler, LengthGroupedSampler) and not isinstance(plain.sampler, LengthGroupedSampler)
+    assert sorted(i for batch in grouped.batches for i in batch) == list(range(len(grouped.sampler)))
+    assert result.card["speed"]["steps"] == 2
 
 
 def test_merged_weights_read_like_the_adapter(tiny_presets, receipts, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState, get_linear_schedule_with_warmup
 
-from ocrloop.train.trainer import StepPlan, TimeBudget
+from ocrloop.train.trainer import LengthGroupedSampler, StepPlan, TimeBudget
 
 
 def test_a_plan_that_is_not_moved_is_the_trainers_linear_schedule():
@@ -83,3 +83,28 @@ def test_a_budget_already_spent_stops_at_the_first_cut():
     budget = TimeBudget(10.0, StepPlan(200, 0), clock=clock)
     assert run_steps(budget, clock, 200).global_step == 20
     assert budget.cuts == [{"at_step": 20, "end": 20}]
+
+
+def padded_share(order: list[int], lengths: list[int], batch_size: int) -> float:
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return 1 - sum(lengths[i] for i in order) / sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+
+def test_length_grouped_batches_pad_less_and_hold_every_page_once_in_an_order_of_seed_and_epoch():
+    generator = torch.Generator().manual_seed(0)
+    # two kinds of page, as receipts and invoices differ: short and long token sequences, mixed
+    lengths = [int(x) for x in torch.cat([torch.randint(300, 400, (700,)), torch.randint(900, 1200, (301,))])[
+        torch.randperm(1001, generator=generator)]]
+    sampler = LengthGroupedSampler(lengths, batch_size=16, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(1001)) and len(sampler) == 1001
+    shuffled = torch.randperm(1001, generator=generator).tolist()
+    assert padded_share(order, lengths, 16) < padded_share(shuffled, lengths, 16) / 3
+    # the batches come in random order, not from the longest pages to the shortest
+    maxima = [max(lengths[i] for i in order[s:s + 16]) for s in range(0, 1000 - 16 + 1, 16)]
+    assert maxima != sorted(maxima, reverse=True) and maxima != sorted(maxima)
+    # the one partial batch (1001 = 62 x 16 + 9) is last, so every full batch stays one group
+    assert len(order[62 * 16:]) == 9
+    assert list(LengthGroupedSampler(lengths, 16, seed=3)) == order  # every process draws the same
+    sampler.set_epoch(1)
+    assert list(sampler) != order and sorted(sampler) == list(range(1001))

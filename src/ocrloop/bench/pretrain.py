@@ -101,10 +101,11 @@ def lessons_ready(root: Path, options: LessonOptions, data: DataConfig, processe
 def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_tokens: int, *, resolution: str,
                    eval_steps: int, heldout: int, workers: int, logging_steps: int,
                    stop_at: float | None = None, max_seconds: float | None = None,
-                   profile_steps: int = 0) -> TrainingConfig:
+                   profile_steps: int = 0, group_by_length: bool = False) -> TrainingConfig:
     """How one stage of the curriculum trains: every weight in float32 on the hf backend, warm-up then linear decay,
     reading up to ``heldout`` validation lessons every ``eval_steps`` (ending at the first at or below ``stop_at``), its
-    steps cut to what fits in ``max_seconds``, ``profile_steps`` from its middle profiled."""
+    steps cut to what fits in ``max_seconds``, ``profile_steps`` from its middle profiled, its batches grouped by
+    length when asked."""
     import torch
 
     return TrainingConfig(mode="full", max_steps=steps, batch_size=batch_size, gradient_accumulation_steps=1,
@@ -114,7 +115,8 @@ def stage_training(steps: int, batch_size: int, learning_rate: float, max_new_to
                           logging_steps=logging_steps, backend="hf",
                           optimizer="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
                           gradient_checkpointing=False, feature_cache=False, dataloader_workers=workers,
-                          float32_weights=True, max_train_seconds=max_seconds, profile_steps=profile_steps)
+                          float32_weights=True, max_train_seconds=max_seconds, profile_steps=profile_steps,
+                          group_by_length=group_by_length)
 
 
 def _yield_the_cpu() -> None:
@@ -220,7 +222,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             training = stage_training(stage_steps, batch, rate, new_tokens, resolution=resolution,
                                       eval_steps=max(1, stage_steps // evals), heldout=heldout, workers=workers,
                                       logging_steps=max(1, stage_steps // 20), stop_at=stop_at, max_seconds=max_seconds,
-                                      profile_steps=settings.profile_steps if stage == stages[-1] else 0)
+                                      profile_steps=settings.profile_steps if stage == stages[-1] else 0,
+                                      group_by_length=settings.group_by_length)
             config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
                                    models_dir=work / "models", training=training, data=data)
             output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
@@ -285,7 +288,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
                      "categories": list(categories), "heldout_pages": heldout, "heldout_seed": HELDOUT_SEED,
                      "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
-                     "random_layouts": settings.random_layouts,
+                     "random_layouts": settings.random_layouts, "group_by_length": settings.group_by_length,
                      "training_samples": samples_before, "normalized": NORMALIZED},
         "host": platform.node(), "synth_seconds": marks[-1][1] - marks[0][1], "setup_seconds": setup_seconds,
         "total_seconds": total, "model": base,

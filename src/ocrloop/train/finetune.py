@@ -495,6 +495,7 @@ class FineTuner:
             bundle=self.bundle,
             cache=cache,
             step_plan=plan,
+            train_lengths=self.lengths if t.group_by_length else None,
         )
         trainer.remove_callback(ProgressCallback)  # TrainingProgress instead: a bar on stderr, no printed dicts
         if self.device_is_cuda:

@@ -3,7 +3,8 @@
 A step (``OCRTrainer.compute_loss``, called by the Hugging Face ``Trainer`` for each micro-batch):
 
 1. The batch holds token ids, labels (-100 on the prompt and image positions) and, per page, either the
-   pixels or a ``feature_keys`` entry naming features the vision tower computed once before training.
+   pixels or a ``feature_keys`` entry naming features the vision tower computed once before training. Its pages
+   are drawn at random, or, with ``training.group_by_length``, by ``LengthGroupedSampler``.
 2. While the model runs, ``cache.serving(keys)`` answers ``get_image_features`` from the cache for those
    pages, so the frozen tower does no work (``models/feature_cache.py``).
 3. On the hf backend the output head runs on labelled positions only (``train/loss.py``): the loss is the
@@ -46,9 +47,9 @@ class OCRTrainer(Trainer):
     the loss on labelled positions only; it resumes LoRA checkpoints through ``load_adapter_weights``."""
 
     def __init__(self, *args, bundle: OCRModel, cache: FeatureCache | None = None, step_plan: "StepPlan | None" = None,
-                 **kwargs):
+                 train_lengths: list[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.bundle, self.cache, self.step_plan = bundle, cache, step_plan
+        self.bundle, self.cache, self.step_plan, self.train_lengths = bundle, cache, step_plan, train_lengths
         if bundle.backend == "hf":
             # labelled_token_loss divides by the accumulated batch's token count itself: no second division.
             self.model_accepts_loss_kwargs = True
@@ -73,6 +74,12 @@ class OCRTrainer(Trainer):
                 return loss
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
+    def _get_train_sampler(self, train_dataset=None):
+        if self.train_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(self.train_lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    seed=self.args.seed)
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.step_plan is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
@@ -87,6 +94,33 @@ class OCRTrainer(Trainer):
             load_adapter_weights(model or self.model, weights, what="the model being trained")
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Training pages in batches of about the same token length, so that a batch pads less: transformers'
+    ``get_length_grouped_indices`` (random groups of 50 batches, each sorted by length), then the full batches in
+    random order, so that consecutive steps do not run from the longest pages to the shortest; a last, partial batch
+    stays last. The order depends on ``seed`` and the epoch alone, so every process draws the same one (accelerate
+    then hands each its share of the batches)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+        full = len(order) // self.batch_size
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(full)]
+        shuffled = [index for b in torch.randperm(full, generator=generator).tolist() for index in batches[b]]
+        return iter(shuffled + order[full * self.batch_size:])
 
 
 def lora_layers(model: torch.nn.Module) -> list[Any]:
