@@ -181,7 +181,7 @@ class BenchPretrainSettings(_Bench):
     time_reserve: float = Field(
         45.0, ge=0, le=10**6, description="Seconds kept back from --time-budget for what the last stage does around its "
                                           "training steps: checking its lessons, the final validation, saving and "
-                                          "the held-out reads (about 25 s on an H200 in run 22).")
+                                          "the held-out reads (17 s on an H200 in run 22).")
     group_by_length: bool = Field(False, description="Batch lessons of about the same token length together in every "
                                                      "stage (training.group_by_length).")
     profile_steps: int = Field(
