@@ -109,6 +109,18 @@ def receive_from_main() -> object:
     return box[0]
 
 
+def main_decides(value: object) -> object:
+    """Rank 0's ``value`` in every process (``value`` itself in a single process): for a decision only rank 0 can make
+    (it alone validates, it keeps the clock) that every process must follow, or one waits in a collective the others
+    never join. What the other processes pass is replaced."""
+    if world_size() == 1:
+        return value
+    if is_main_process():
+        send_to_all(value)
+        return value
+    return receive_from_main()
+
+
 def slowest(seconds: float) -> float:
     """The largest of every process's ``seconds`` (``seconds`` itself in a single process)."""
     import torch

@@ -197,6 +197,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         setup_seconds = {name: at - marks[index][1] for index, (name, at) in enumerate(marks[1:])}
         for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
             stage_started = time.perf_counter()
+            last = stage == stages[-1]
             lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
             # The first stage's lessons were rendered here just now; a later stage's result() may return before its
             # done callback has run.
@@ -215,14 +216,14 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             # The last stage trains in what the budget leaves; the ones before are not cut (their readers are only
             # steps on the way, and time they take is time the pages stage loses).
             max_seconds = None
-            if settings.time_budget is not None and stage == stages[-1]:
+            if settings.time_budget is not None and last:
                 left = settings.time_budget - (time.perf_counter() - started) - settings.time_reserve
                 max_seconds = max(left, 0.001)  # nothing left: it stops at its first cut, a tenth of its steps
                 log(f"stage {stage}: {left:.0f} s of the {settings.time_budget:.0f} s budget left for its steps")
             training = stage_training(stage_steps, batch, rate, new_tokens, resolution=resolution,
                                       eval_steps=max(1, stage_steps // evals), heldout=heldout, workers=workers,
                                       logging_steps=max(1, stage_steps // 20), stop_at=stop_at, max_seconds=max_seconds,
-                                      profile_steps=settings.profile_steps if stage == stages[-1] else 0,
+                                      profile_steps=settings.profile_steps if last else 0,
                                       group_by_length=settings.group_by_length)
             config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
                                    models_dir=work / "models", training=training, data=data)
@@ -234,13 +235,13 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 tuner.setup()
                 card = tuner.run().card
                 # Saved before the final reads, so that a run stopped during them still leaves its reader.
-                if stage == stages[-1] and settings.save_model is not None:
+                if last and settings.save_model is not None:
                     copy_as_bfloat16(output, settings.save_model)
                     results["saved_model"] = str(settings.save_model)
                 # Neither a glyph nor a line reader writes a page (lines read pages at 96.7–98.2 % in runs 7 to 9b):
                 # reading 64 pages to the token limit after them would only cost time.
                 after = score(tuner.bundle, pages, reading, batch_size=64) if stage not in ("glyphs", "lines") else None
-                if stage == stages[-1]:
+                if last:
                     results["heldout_pages"] = after
                     results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
                     if unseen_layout is not None:

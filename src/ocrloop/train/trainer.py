@@ -227,13 +227,9 @@ class ValidationCER(TrainerCallback):
             if metrics:
                 self.history.append({"step": state.global_step, **metrics})
             if self.stop_at is not None:
-                read = metrics is not None and metrics["cer"] <= self.stop_at
                 # Only rank 0 validates: the others must stop at the same step, or they wait in the next all-reduce.
-                if distributed.world_size() > 1 and distributed.is_main_process():
-                    distributed.send_to_all(read)
-                elif distributed.world_size() > 1:
-                    read = bool(distributed.receive_from_main())
-                control.should_training_stop = control.should_training_stop or read
+                read = distributed.main_decides(metrics is not None and metrics["cer"] <= self.stop_at)
+                control.should_training_stop = control.should_training_stop or bool(read)
 
 
 @dataclass
@@ -244,15 +240,15 @@ class StepPlan:
 
     total_steps: int
     warmup_steps: int
-    anchor_step: int = 0
-    anchor_factor: float | None = None  # None: the schedule as planned
+
+    def __post_init__(self):
+        # The decay runs from (anchor_step, anchor_factor) to zero at total_steps: as planned, from the warm-up's end.
+        self.anchor_step, self.anchor_factor = self.warmup_steps, 1.0
 
     def factor(self, step: int) -> float:
-        if self.anchor_factor is not None and step >= self.anchor_step:
-            return self.anchor_factor * max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.anchor_step))
-        if step < self.warmup_steps:
+        if step < self.anchor_step:
             return step / max(1, self.warmup_steps)
-        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+        return self.anchor_factor * max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.anchor_step))
 
     def end_at(self, total_steps: int, step: int) -> None:
         """End at ``total_steps`` (not after ``self.total_steps``), decaying from ``step``, the current one."""
@@ -294,10 +290,7 @@ class TimeBudget(TrainerCallback):
             per_step = max((now - self.timed_from[1]) / (step - self.timed_from[0]), 1e-9)
             left = self.seconds - (now - self.started)
             end = min(end, step + max(0, math.floor(left / per_step)))
-        if distributed.world_size() > 1 and distributed.is_main_process():
-            distributed.send_to_all(end)
-        elif distributed.world_size() > 1:
-            end = int(distributed.receive_from_main())
+        end = int(distributed.main_decides(end))
         if end < state.max_steps:
             self.cuts.append({"at_step": step, "end": end})
             self.plan.end_at(end, step)
