@@ -247,8 +247,12 @@ def bench_pretrain_command(settings: BenchPretrainSettings | None = None) -> Non
         console.print(f"{stage['stage']}: {stage['steps']} steps, held-out {stage['stage']} CER {stage['curve'][-1]['cer']:.2%}"
                       + (f", held-out pages {after['cer']:.2%}" if after else ""), markup=False)
     pages, blind, tesseract = (results[k] for k in ("heldout_pages", "blind_control", "tesseract"))
-    line = (f"held-out pages, markup ignored: CER {_pooled_cer(pages['strip_markdown'])}, median page "
-            f"{pages['strip_markdown']['median_page_cer']:.2%}; blank images {blind['strip_markdown']['cer']:.2%}")
+    line = (f"{pages['pages']} held-out pages, markup ignored: CER {_pooled_cer(pages['strip_markdown'])}, median page "
+            f"{pages['strip_markdown']['median_page_cer']:.2%}")
+    if "first_pages" in pages:
+        first = pages["first_pages"]
+        line += f" (the first {first['pages']}: {_pooled_cer(first['strip_markdown'])})"
+    line += f"; blank images {blind['strip_markdown']['cer']:.2%}"
     line += f"; {tesseract['engine']} {_pooled_cer(tesseract['strip_markdown'])}" if "engine" in tesseract else \
         f"; Tesseract not scored ({tesseract['error']})"
     console.print(line + f"; {results['total_seconds'] / 60:.1f} min", markup=False)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from ocrloop.bench.pretrain import heldout_pages
+from ocrloop.config import DataConfig
 from ocrloop.data.dataset import Dataset
 from ocrloop.models import load_model
 from tests.conftest import run_cli
@@ -128,14 +130,30 @@ def test_a_run_stopped_within_a_stage_says_which_stage_and_how_long_it_waited_fo
     assert 0 < stage["lessons_ready_seconds"] <= stage["stage_started_seconds"] + stage["waited_for_lessons_seconds"] + 1e-6
 
 
-def test_the_last_stage_can_be_profiled_lessons_grouped_by_length_and_without_a_budget_no_stage_is_cut(tmp_path):
+def test_the_last_stage_can_be_profiled_its_page_lessons_grouped_more_test_pages_read_and_no_stage_cut_without_a_budget(tmp_path):
     out = tmp_path / "pretrain.json"
-    run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "16,16,8,8", "--steps", "1,1,1,4",
-            "--batch-sizes", "8,8,4,4", "--heldout", "2", "--workers", "0", "--render-processes", "2",
-            "--max-new-tokens", "4,4,8,8", "--evals-per-stage", "1", "--glyphs-read-at", "0", "--profile-steps", "1",
-            "--group-by-length", "--work", str(tmp_path / "work"), check=True)
+    result = run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "16,16,8,8", "--steps",
+                     "1,1,1,4", "--batch-sizes", "8,8,4,4", "--heldout", "2", "--workers", "0", "--render-processes", "2",
+                     "--max-new-tokens", "4,4,8,8", "--evals-per-stage", "1", "--glyphs-read-at", "0",
+                     "--profile-steps", "1", "--group-by-length", "--test-pages", "5", "--work", str(tmp_path / "work"),
+                     check=True)
     results = json.loads(out.read_text())
     assert results["workload"]["group_by_length"] is True
+    # Five test pages, their blank twins, and the first two (--heldout) scored apart: the pages a run with the default
+    # read, the same reads.
+    pages = results["heldout_pages"]
+    assert pages["pages"] == results["blind_control"]["pages"] == results["workload"]["heldout_pages"] == 5
+    assert pages["first_pages"]["pages"] == 2
+    assert pages["first_pages"]["strip_markdown"]["page_cers"] == pages["strip_markdown"]["page_cers"][:2]
+    assert "5 held-out pages" in result.stdout and "(the first 2: " in result.stdout
+    five, two = (Dataset.open(heldout_pages(tmp_path / "other", n, ("receipt", "invoice"), DataConfig())[0],
+                              DataConfig()).examples() for n in (5, 2))
+    assert [e.text for e in five[:2]] == [e.text for e in two]
+    # Only the pages stage groups (with all four grouped, run 25's glyph stage never left its plateau).
+    cards = {run.name.rsplit("-", 1)[1]: json.loads((run / "run_card.json").read_text())
+             for run in (tmp_path / "work" / "runs").iterdir()}
+    assert {stage: card["config"]["training"]["group_by_length"] for stage, card in cards.items()} == {
+        "glyphs": False, "lines": False, "blocks": False, "pages": True}
     stages = results["stages"]
     assert [s["steps"] for s in stages] == [1, 1, 1, 4] and [s["time_budget"] for s in stages] == [None] * 4
     assert [s["profile"] for s in stages[:-1]] == [None] * 3

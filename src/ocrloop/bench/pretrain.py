@@ -39,13 +39,17 @@ NORMALIZED = "runs of whitespace count as one space and text is NFKC-normalized;
              "(**, #, list dashes, table bars and rules); case is kept"
 
 
-def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int, split: str | None = None) -> dict[str, Any]:
-    """Read every page of ``dataset`` (of ``split``, if given); pooled CER, mean and median page CER and NED, overall
-    and per category, under each normalization. Keeps the first three reads (``examples``) and the three that read
-    worst with markup ignored (``worst``: a few pages decide a pooled CER over 64)."""
+def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int, split: str | None = None,
+          limit: int | None = None, first: int | None = None) -> dict[str, Any]:
+    """Read every page of ``dataset`` (of ``split``, if given; the first ``limit`` alone, if given); pooled CER, mean
+    and median page CER and NED, overall and per category, under each normalization, and the same for the ``first``
+    pages alone (``first_pages``) where fewer than all. Keeps the first three reads (``examples``) and the three that
+    read worst with markup ignored (``worst``: a few pages decide a pooled CER over 64)."""
     started = time.perf_counter()
-    evaluation = evaluate_model(bundle, dataset, dataset.examples(split), reading, batch_size=batch_size)
+    evaluation = evaluate_model(bundle, dataset, dataset.examples(split)[:limit], reading, batch_size=batch_size)
     results = scored(evaluation.examples, evaluation.predictions)
+    if first is not None and first < len(evaluation.examples):
+        results["first_pages"] = scored(evaluation.examples[:first], evaluation.predictions[:first])
     results["seconds"] = time.perf_counter() - started
     reads = [{"reference": e.text, "read": text} for e, text in zip(evaluation.examples, evaluation.predictions)]
     results["examples"] = reads[:3]
@@ -132,6 +136,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     started = time.perf_counter()
     stages = LESSONS
     out, size, work, heldout, resolution = settings.out, settings.size, settings.work, settings.heldout, settings.resolution
+    test_pages = settings.test_pages or heldout
     lessons, steps, batch_sizes = settings.lessons, settings.steps, settings.batch_sizes
     learning_rates, max_new_tokens, workers = settings.learning_rates, settings.max_new_tokens, settings.workers
     categories = tuple(settings.categories)
@@ -160,7 +165,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         if not (stage_validation[stage] / "annotations.json").is_file():
             synthesize_lessons(stage_validation[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories,
                                                                    **({"noise": 0.0} if stage == "pages" else {})), data)
-    pages_root, blank_root = heldout_pages(work, heldout, categories, data)
+    pages_root, blank_root = heldout_pages(work, test_pages, categories, data)
     pages = Dataset.open(pages_root, data)
     marks.append(("validation_and_test_pages", time.perf_counter()))
     unseen_layout = unseen_layout_pages(work, checkpoint, heldout, data) \
@@ -224,7 +229,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                                       eval_steps=max(1, stage_steps // evals), heldout=heldout, workers=workers,
                                       logging_steps=max(1, stage_steps // 20), stop_at=stop_at, max_seconds=max_seconds,
                                       profile_steps=settings.profile_steps if last else 0,
-                                      group_by_length=settings.group_by_length)
+                                      group_by_length=settings.group_by_length and stage == "pages")
             config = OcrloopConfig(base_model=base, dataset_dir=stage_data[stage], registry_path=work / "ocrloop.db",
                                    models_dir=work / "models", training=training, data=data)
             output = work / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
@@ -239,8 +244,11 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                     copy_as_bfloat16(output, settings.save_model)
                     results["saved_model"] = str(settings.save_model)
                 # Neither a glyph nor a line reader writes a page (lines read pages at 96.7–98.2 % in runs 7 to 9b):
-                # reading 64 pages to the token limit after them would only cost time.
-                after = score(tuner.bundle, pages, reading, batch_size=64) if stage not in ("glyphs", "lines") else None
+                # reading 64 pages to the token limit after them would only cost time. After blocks, the first
+                # --heldout test pages alone (its reader writes long); at the end, every test page, and the first
+                # --heldout apart: the pages that runs with fewer test pages read.
+                after = None if stage in ("glyphs", "lines") else \
+                    score(tuner.bundle, pages, reading, batch_size=64, limit=None if last else heldout, first=heldout)
                 if last:
                     results["heldout_pages"] = after
                     results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
@@ -287,7 +295,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     total = time.perf_counter() - started
     results.update({
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
-                     "categories": list(categories), "heldout_pages": heldout, "heldout_seed": HELDOUT_SEED,
+                     "categories": list(categories), "heldout_pages": test_pages, "heldout_seed": HELDOUT_SEED,
                      "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
                      "random_layouts": settings.random_layouts, "group_by_length": settings.group_by_length,
                      "training_samples": samples_before, "normalized": NORMALIZED},
