@@ -145,6 +145,7 @@ def test_the_last_stage_can_be_profiled_its_page_lessons_grouped_more_test_pages
     assert pages["pages"] == results["blind_control"]["pages"] == results["workload"]["heldout_pages"] == 5
     assert pages["first_pages"]["pages"] == 2
     assert pages["first_pages"]["strip_markdown"]["page_cers"] == pages["strip_markdown"]["page_cers"][:2]
+    assert len(pages["reads"]) == 5 and pages["reads"][:3] == pages["examples"]
     assert "5 held-out pages" in result.stdout and "(the first 2: " in result.stdout
     five, two = (Dataset.open(heldout_pages(tmp_path / "other", n, ("receipt", "invoice"), DataConfig())[0],
                               DataConfig()).examples() for n in (5, 2))

@@ -40,11 +40,12 @@ NORMALIZED = "runs of whitespace count as one space and text is NFKC-normalized;
 
 
 def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int, split: str | None = None,
-          limit: int | None = None, first: int | None = None) -> dict[str, Any]:
+          limit: int | None = None, first: int | None = None, every_read: bool = False) -> dict[str, Any]:
     """Read every page of ``dataset`` (of ``split``, if given; the first ``limit`` alone, if given); pooled CER, mean
     and median page CER and NED, overall and per category, under each normalization, and the same for the ``first``
-    pages alone (``first_pages``) where fewer than all. Keeps the first three reads (``examples``) and the three that
-    read worst with markup ignored (``worst``: a few pages decide a pooled CER over 64)."""
+    pages alone (``first_pages``) where fewer than all. Keeps the first three reads (``examples``), the three that
+    read worst with markup ignored (``worst``: a few pages decide a pooled CER over 64) and, with ``every_read``, all
+    of them in page order (``reads``: what went wrong where, without a GPU)."""
     started = time.perf_counter()
     evaluation = evaluate_model(bundle, dataset, dataset.examples(split)[:limit], reading, batch_size=batch_size)
     results = scored(evaluation.examples, evaluation.predictions)
@@ -56,6 +57,8 @@ def score(bundle, dataset: Dataset, reading: ReadingSettings, batch_size: int, s
     page_cers = results["strip_markdown"]["page_cers"]
     results["worst"] = [{"page": page, "cer": page_cers[page], **reads[page]}
                         for page in sorted(range(len(reads)), key=lambda page: -page_cers[page])[:3]]
+    if every_read:
+        results["reads"] = reads
     return results
 
 
@@ -248,7 +251,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 # --heldout test pages alone (its reader writes long); at the end, every test page, and the first
                 # --heldout apart: the pages that runs with fewer test pages read.
                 after = None if stage in ("glyphs", "lines") else \
-                    score(tuner.bundle, pages, reading, batch_size=64, limit=None if last else heldout, first=heldout)
+                    score(tuner.bundle, pages, reading, batch_size=64, limit=None if last else heldout, first=heldout,
+                          every_read=last)
                 if last:
                     results["heldout_pages"] = after
                     results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
