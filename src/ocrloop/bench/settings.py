@@ -156,7 +156,8 @@ class BenchPretrainSettings(_Bench):
         None, ge=1, le=100_000, description="Held-out test pages (clean, seed 7000), read at the end with their blank "
                                             "twins (and by Tesseract). None: --heldout. The first --heldout of them "
                                             "are the pages runs with fewer read, scored apart (first_pages), and the "
-                                            "only ones read after the blocks stage.")
+                                            "only ones read after the blocks stage. Under --time-budget, their reads "
+                                            "need a larger --time-reserve (64 pages read in 4 s on an H200).")
     categories: list[Category] = Field(["receipt", "invoice"], description="Document categories of blocks and pages.")
     resolution: Resolution = Field("base", description="Resolution mode of every stage (base: no page is resized).")
     evals_per_stage: int = Field(2, ge=1, le=1000, description="Held-out reads per stage (the curve's points).")
