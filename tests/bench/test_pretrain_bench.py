@@ -21,15 +21,17 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
             "--batch-sizes", "8,8,4,4", "--heldout", "4", "--workers", "0", "--render-processes", "2",
             "--max-new-tokens", "8,8,16,16", "--evals-per-stage", "1", "--work", str(tmp_path / "work"),
             "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--templates", "0,1", "--random-layouts", "0.5",
+            "--mixed-names", "0.5",
             "--glyphs-read-at", "100", "--time-budget", "1", "--time-reserve", "0", check=True)
     results = json.loads(out.read_text())
     assert [s["stage"] for s in results["stages"]] == ["glyphs", "lines", "blocks", "pages"]
     # Scrambled lessons are rendered apart from plain ones (a later plain run must not reuse them).
     assert results["workload"]["scrambled"] == 0.5
     assert sorted(p.name for p in (tmp_path / "work").glob("*-scrambled-0.5*")) == [
-        "blocks-16-scrambled-0.5-templates-0-1-random-layouts-0.5",
-        "pages-8-scrambled-0.5-photos-0.5-templates-0-1-random-layouts-0.5"]
+        "blocks-16-scrambled-0.5-templates-0-1-random-layouts-0.5-mixed-names-0.5",
+        "pages-8-scrambled-0.5-photos-0.5-templates-0-1-random-layouts-0.5-mixed-names-0.5"]
     assert results["workload"]["templates"] == [0, 1] and results["workload"]["random_layouts"] == 0.5
+    assert results["workload"]["mixed_names"] == 0.5
     # Any CER of 8 new tokens is at most 100: the glyph stage ends at its first read (after step 1 of 3), and the
     # lines stage gets the two steps it left. The 1 s budget is spent before the pages stage begins: it is cut at its
     # first check (step 2 of 3), and still read, scored and saved; the stages before it are never cut.

@@ -173,6 +173,50 @@ def test_page_and_block_lessons_are_drawn_in_the_layouts_asked_for():
         LessonOptions("pages", 1, templates=(3,))
 
 
+def test_swapped_names_keep_quantities_and_prices_and_stay_one_for_one():
+    from ocrloop.data.lessons import swap_names
+    from ocrloop.data.synth import COMPANY_NAMES, ITEM_NAMES
+
+    lines = ["# INVOICE #5832", "**From:** Northwind Media", "| Podcast mic | 5 | $89.00 | $445.00 |",
+             "| Stock photo license | 5 | $29.00 | $145.00 |", "- Podcast mic x2: $178.00", "**Amount:** $590.00"]
+    swapped = swap_names(lines, random.Random(3))
+    assert swapped[0] == lines[0] and swapped[-1] == lines[-1]
+    seller = swapped[1].removeprefix("**From:** ")
+    first, second = (line.split(" | ")[0].removeprefix("| ") for line in swapped[2:4])
+    assert seller in COMPANY_NAMES and first in ITEM_NAMES and second in ITEM_NAMES and first != second
+    assert swapped[2].endswith(" | 5 | $89.00 | $445.00 |") and swapped[4] == f"- {first} x2: $178.00"
+    # "Pro plan (monthly)" is not "plan" inside another name: the longest name is matched first
+    assert swap_names(["| Pro plan (monthly) | 1 |"], random.Random(0))[0].removesuffix(" | 1 |")[2:] in ITEM_NAMES
+    # Over many documents, sellers and items come from every business, not the seller's own
+    sellers = {swap_names(lines, random.Random(seed))[1] for seed in range(200)}
+    assert len(sellers) == len(COMPANY_NAMES)
+
+
+def test_a_mixed_names_share_of_page_lessons_names_other_businesses_items():
+    from ocrloop.data.synth import _ITEMS
+
+    families = font_families()
+    own = {name for items in _ITEMS.values() for name, _ in items}
+    business_of = {name: business for business, items in _ITEMS.items() for name, _ in items}
+
+    def businesses_per_page(mixed: float) -> list[int]:
+        rng, options = random.Random(11), LessonOptions("pages", 1, categories=("invoice",), mixed_names=mixed)
+        counts = []
+        for _ in range(12):
+            text = render_lesson("pages", rng, families, options)[1]
+            named = [cell.strip() for line in text.splitlines() if line.startswith("| ")
+                     for cell in line.strip("|").split("|")[:1] if cell.strip() in own]
+            counts.append(len({business_of[name] for name in named}))
+        return counts
+
+    assert max(businesses_per_page(0.0)) == 1  # a plain invoice's items are all of one business ...
+    assert max(businesses_per_page(1.0)) > 1  # ... a mixed one's of several
+    plain = render_lesson("pages", random.Random(5), families, LessonOptions("pages", 1))[1]
+    assert render_lesson("pages", random.Random(5), families, LessonOptions("pages", 1, mixed_names=0.0))[1] == plain
+    with pytest.raises(ValueError, match="mixed_names"):
+        LessonOptions("pages", 1, mixed_names=1.5)
+
+
 def test_scrambled_must_be_a_share():
     with pytest.raises(ValueError, match="scrambled"):
         LessonOptions("pages", 1, scrambled=1.5)

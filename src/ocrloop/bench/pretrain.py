@@ -88,7 +88,7 @@ def _lesson_folder_suffix(options: LessonOptions) -> str:
     """What sets ``options``' lessons apart from plain ones, for their folder's name: lessons of other settings are
     never reused for these."""
     defaults, suffix = {f.name: f.default for f in dataclasses.fields(LessonOptions)}, ""
-    for name in ("scrambled", "photos", "templates", "random_layouts"):
+    for name in ("scrambled", "photos", "templates", "random_layouts", "mixed_names"):
         value = getattr(options, name)
         if value != defaults[name]:
             shown = "-".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}"
@@ -154,7 +154,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     marks.append(("random_checkpoint", time.perf_counter()))
     # What the settings change in each stage's lessons: blocks and pages only (photos: pages only).
     varied = {"scrambled": settings.scrambled, "templates": tuple(settings.templates),
-              "random_layouts": settings.random_layouts}
+              "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names}
     options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories,
                                     **(varied if stage in ("blocks", "pages") else {}),
                                     **({"photos": settings.photos} if stage == "pages" else {}))
@@ -301,7 +301,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",
                      "categories": list(categories), "heldout_pages": test_pages, "heldout_seed": HELDOUT_SEED,
                      "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
-                     "random_layouts": settings.random_layouts, "group_by_length": settings.group_by_length,
+                     "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names,
+                     "group_by_length": settings.group_by_length,
                      "training_samples": samples_before, "normalized": NORMALIZED},
         "host": platform.node(), "synth_seconds": marks[-1][1] - marks[0][1], "setup_seconds": setup_seconds,
         "total_seconds": total, "model": base,

@@ -177,6 +177,9 @@ class BenchPretrainSettings(_Bench):
     random_layouts: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose document keeps "
                                                                 "its words but is laid out anew (field order, how "
                                                                 "headings, fields and items are written, date format).")
+    mixed_names: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose seller and items are "
+                                                             "named at random from every business's, quantities and "
+                                                             "prices kept: the seller no longer predicts the items.")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the lessons.")
     time_budget: float | None = Field(

@@ -13,7 +13,9 @@ With ``scrambled`` above 0, that share of blocks and pages keeps its document's 
 word and number replaced by random letters and digits of the same shape: a model that writes the document it
 expects, without looking, gets those wrong, so looking keeps paying after the glyphs. With ``random_layouts`` above
 0, that share keeps its document's words but is laid out anew (``relayout``): a model that recalls a layout instead
-of reading one gets those wrong.
+of reading one gets those wrong. With ``mixed_names`` above 0, that share names its seller and items at random from
+every business's (``swap_names``): a model that reads the seller and writes that business's items and prices gets
+those wrong.
 
 Blocks and pages draw their families from every family on the machine (``data.fonts``) and get light scan
 noise (with ``photos`` above 0, that share of pages is a phone photo instead: ``data.synth.photograph``); their
@@ -40,8 +42,9 @@ from PIL import Image, ImageDraw
 from ocrloop.config import DataConfig
 from ocrloop.data.add import AddResult, IncomingDocument, add_documents
 from ocrloop.data.fonts import MONOSPACED, FontFamily, font_families
-from ocrloop.data.synth import (CATEGORY_BUSINESSES, DOCUMENT_TEMPLATES, PageRenderer, SynthOptions, add_scan_noise,
-                                photograph, pick_template, render_document, render_in_processes)
+from ocrloop.data.synth import (CATEGORY_BUSINESSES, COMPANY_NAMES, DOCUMENT_TEMPLATES, ITEM_NAMES, PageRenderer,
+                                SynthOptions, add_scan_noise, photograph, pick_template, render_document,
+                                render_in_processes)
 
 LESSONS = ("glyphs", "lines", "blocks", "pages")
 LINE_SIZE = (448, 112)
@@ -64,6 +67,7 @@ class LessonOptions:
     photos: float = 0.0  # share of pages drawn as phone photos (``data.synth.photograph``), in colour, JPEG-degraded
     templates: tuple[int, ...] = (0,)  # layouts of blocks and pages, by index into ``data.synth.DOCUMENT_TEMPLATES``
     random_layouts: float = 0.0  # share of blocks and pages whose document is laid out anew (see ``relayout``)
+    mixed_names: float = 0.0  # share of blocks and pages whose seller and items are named at random (``swap_names``)
 
     def __post_init__(self) -> None:
         if self.kind not in LESSONS:
@@ -76,6 +80,8 @@ class LessonOptions:
             raise ValueError("photos must be between 0 and 1")
         if not 0 <= self.random_layouts <= 1:
             raise ValueError("random_layouts must be between 0 and 1")
+        if not 0 <= self.mixed_names <= 1:
+            raise ValueError("mixed_names must be between 0 and 1")
         if not self.templates or any(t not in range(len(DOCUMENT_TEMPLATES[c])) for t in self.templates for c in self.categories):
             raise ValueError(f"templates {list(self.templates)}: not a layout of every category of {list(self.categories)}")
         unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
@@ -96,6 +102,26 @@ def scramble(lines: list[str], rng: random.Random) -> list[str]:
                        for c in match.group())
 
     return [_WORD.sub(random_like, line) for line in lines]
+
+
+# Longest first, so that a name inside a longer one is never matched alone.
+_NAMES = re.compile("|".join(re.escape(name) for name in sorted(COMPANY_NAMES + ITEM_NAMES, key=len, reverse=True)))
+
+
+def swap_names(lines: list[str], rng: random.Random) -> list[str]:
+    """``lines`` with every seller's and item's name replaced by another drawn from every business's (one for one:
+    a name is replaced alike wherever it comes, and two names never become one); quantities, prices and totals are
+    kept. On such a page the seller no longer tells which items follow, nor an item its price: they must be read."""
+    swapped: dict[str, str] = {}
+
+    def other(match: re.Match) -> str:
+        name = match.group()
+        if name not in swapped:
+            names = COMPANY_NAMES if name in COMPANY_NAMES else ITEM_NAMES
+            swapped[name] = rng.choice([n for n in names if n not in swapped.values()])
+        return swapped[name]
+
+    return [_NAMES.sub(other, line) for line in lines]
 
 
 # How a document's parts are written when it is laid out anew; one choice of each per document.
@@ -228,11 +254,15 @@ def _pad_to_windows(image: Image.Image) -> Image.Image:
 
 def render_block_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
                         scale: tuple[float, float], scrambled: bool = False,
-                        templates: tuple[int, ...] = (0,), relaid: bool = False) -> tuple[Image.Image, str, str]:
+                        templates: tuple[int, ...] = (0,), relaid: bool = False,
+                        mixed: bool = False) -> tuple[Image.Image, str, str]:
     """Two to six consecutive markdown lines of a receipt or invoice, drawn as on the page, cut to their content;
     with the document's category. ``scrambled``: their words and numbers random (``scramble``); ``relaid``: the
-    document laid out anew first (``relayout``)."""
+    document laid out anew first (``relayout``); ``mixed``: its seller and items named at random first
+    (``swap_names``)."""
     category, lines = _document_lines(rng, categories, templates)
+    if mixed:
+        lines = swap_names(lines, rng)
     if relaid:
         lines = relayout(lines, rng)
     count = rng.randint(2, 6)
@@ -256,19 +286,21 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
     noise_seed = rng.randrange(2**32)
     if kind in ("glyphs", "lines"):
         return (*render_line_lesson(rng, families, options.categories, glyphs=kind == "glyphs"), kind)
-    # Drawn only when asked for, so that lessons without scrambling or new layouts stay those of earlier versions, seed
-    # for seed.
+    # Drawn only when asked for, so that lessons without scrambling, new layouts or mixed names stay those of earlier
+    # versions, seed for seed.
     scrambled = options.scrambled > 0 and rng.random() < options.scrambled
     relaid = options.random_layouts > 0 and rng.random() < options.random_layouts
+    mixed = options.mixed_names > 0 and rng.random() < options.mixed_names
     if kind == "blocks":
         image, text, category = render_block_lesson(rng, families, options.categories, options.scale, scrambled,
-                                                    options.templates, relaid)
+                                                    options.templates, relaid, mixed)
     else:
         category = rng.choice(options.categories)
         page_options = SynthOptions(n=1, categories=(category,), scale=rng.uniform(*options.scale), fit_to_content=True,
                                     noise=0.0, templates=options.templates)
 
         def rewrite(lines: list[str]) -> list[str]:
+            lines = swap_names(lines, rng) if mixed else lines
             lines = relayout(lines, rng) if relaid else lines
             return scramble(lines, rng) if scrambled else lines
 

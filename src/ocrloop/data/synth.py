@@ -56,6 +56,9 @@ _ITEMS = {
     "accounting": [("Bookkeeping (monthly)", 320.0), ("Payroll run", 85.0), ("Tax filing", 450.0), ("Audit preparation", 1200.0)],
     "legal": [("Contract review", 400.0), ("Consultation hour", 275.0), ("Filing fee", 95.0)],
 }
+# Every seller's and item's name, of every business: what a lesson may swap a document's own names for.
+COMPANY_NAMES = tuple(sorted({name for names in _COMPANIES.values() for name in names}))
+ITEM_NAMES = tuple(sorted({name for items in _ITEMS.values() for name, _ in items}))
 _CLAUSES = [
     ("Services", "The Provider shall deliver the services described in Schedule A with reasonable skill and care, "
                  "and shall keep the Client informed of progress at agreed intervals."),
