@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
 from ocrloop.atomic import atomic_write_json
 from ocrloop.bench.scoring import scored
-from ocrloop.data.synth import COMPANY_NAMES
+from ocrloop.data.synth import COMPANY_NAMES, names_pattern
 
-_SELLER = re.compile("|".join(re.escape(name) for name in sorted(COMPANY_NAMES, key=len, reverse=True)))
+_SELLER = names_pattern(COMPANY_NAMES)
 
 
 def seller(text: str) -> str | None:

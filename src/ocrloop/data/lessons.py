@@ -43,8 +43,8 @@ from ocrloop.config import DataConfig
 from ocrloop.data.add import AddResult, IncomingDocument, add_documents
 from ocrloop.data.fonts import MONOSPACED, FontFamily, font_families
 from ocrloop.data.synth import (CATEGORY_BUSINESSES, COMPANY_NAMES, DOCUMENT_TEMPLATES, ITEM_NAMES, PageRenderer,
-                                SynthOptions, add_scan_noise, photograph, pick_template, render_document,
-                                render_in_processes)
+                                SynthOptions, add_scan_noise, names_pattern, photograph, pick_template,
+                                render_document, render_in_processes)
 
 LESSONS = ("glyphs", "lines", "blocks", "pages")
 LINE_SIZE = (448, 112)
@@ -104,8 +104,7 @@ def scramble(lines: list[str], rng: random.Random) -> list[str]:
     return [_WORD.sub(random_like, line) for line in lines]
 
 
-# Longest first, so that a name inside a longer one is never matched alone.
-_NAMES = re.compile("|".join(re.escape(name) for name in sorted(COMPANY_NAMES + ITEM_NAMES, key=len, reverse=True)))
+_NAMES = names_pattern(COMPANY_NAMES + ITEM_NAMES)
 
 
 def swap_names(lines: list[str], rng: random.Random) -> list[str]:

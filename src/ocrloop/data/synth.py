@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -59,6 +60,13 @@ _ITEMS = {
 # Every seller's and item's name, of every business: what a lesson may swap a document's own names for.
 COMPANY_NAMES = tuple(sorted({name for names in _COMPANIES.values() for name in names}))
 ITEM_NAMES = tuple(sorted({name for items in _ITEMS.values() for name, _ in items}))
+
+
+def names_pattern(names: tuple[str, ...]) -> re.Pattern:
+    """A pattern that finds any of ``names``, the longest first: a name inside a longer one is never found alone."""
+    return re.compile("|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)))
+
+
 _CLAUSES = [
     ("Services", "The Provider shall deliver the services described in Schedule A with reasonable skill and care, "
                  "and shall keep the Client informed of progress at agreed intervals."),

@@ -46,7 +46,7 @@ class OCRTrainer(Trainer):
     """A ``Trainer`` whose step answers image features from the cache and, on the hf backend, computes
     the loss on labelled positions only; it resumes LoRA checkpoints through ``load_adapter_weights``."""
 
-    def __init__(self, *args, bundle: OCRModel, cache: FeatureCache | None = None, step_plan: "StepPlan | None" = None,
+    def __init__(self, *args, bundle: OCRModel, cache: FeatureCache | None = None, step_plan: StepPlan | None = None,
                  train_lengths: list[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.bundle, self.cache, self.step_plan, self.train_lengths = bundle, cache, step_plan, train_lengths
