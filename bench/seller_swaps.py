@@ -13,13 +13,9 @@ of the others alone.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
-from ocrloop.atomic import atomic_write_json
-from ocrloop.bench.scoring import scored
+from ocrloop.bench.scoring import kept_reads, kept_reads_command, scored
 from ocrloop.data.synth import COMPANY_NAMES, names_pattern
 
 _SELLER = names_pattern(COMPANY_NAMES)
@@ -34,10 +30,7 @@ def seller(text: str) -> str | None:
 def seller_swaps(results: dict) -> dict:
     """The test pages of ``results`` whose seller was misread, with the pooled CER (markup ignored) of all pages and
     of the others."""
-    reads = results.get("heldout_pages", {}).get("reads")
-    if not reads:
-        raise SystemExit("error: this result kept no reads (heldout_pages.reads): it was made before the nineteenth "
-                         "session; only its three worst pages were kept")
+    reads = kept_reads(results)
     swapped = [page for page, r in enumerate(reads) if seller(r["reference"]) != seller(r["read"])]
 
     def pooled(pages: list[int]) -> float | None:
@@ -53,22 +46,11 @@ def seller_swaps(results: dict) -> dict:
                          for p in swapped[:10]]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", type=Path, help="bench pretrain results (JSON)")
-    parser.add_argument("--out", type=Path, help="also write the counts here (JSON)")
-    args = parser.parse_args()
-    counts = {}
-    for path in args.results:
-        if not path.is_file():
-            raise SystemExit(f"error: {path}: no such results file")
-        counts[path.name] = found = seller_swaps(json.loads(path.read_text()))
-        without = "no page left" if found["cer_without_them"] is None else f"{found['cer_without_them']:.2%}"
-        print(f"{path.name}: {len(found['misread_seller'])} of {found['pages']} pages with a misread seller; "
-              f"CER {found['cer']:.2%}, without them {without}")
-    if args.out:
-        atomic_write_json(args.out, counts)
+def show(name: str, found: dict) -> None:
+    without = "no page left" if found["cer_without_them"] is None else f"{found['cer_without_them']:.2%}"
+    print(f"{name}: {len(found['misread_seller'])} of {found['pages']} pages with a misread seller; "
+          f"CER {found['cer']:.2%}, without them {without}")
 
 
 if __name__ == "__main__":
-    main()
+    kept_reads_command(__doc__.split("\n\n")[0], seller_swaps, show, "counts")

@@ -26,3 +26,4 @@ def test_bench_lines_writes_its_speed(tiny_presets, tmp_path):
     assert results["workload"]["steps"] == 6 and results["workload"]["batch_size"] == 8
     assert results["samples_per_second"] > 0 and results["page_check_seconds"] > 0
     assert results["profile"] == {}  # profiling is off unless asked
+    assert results["workload"]["compile"] is False and results["compile"] is None  # so is compiling

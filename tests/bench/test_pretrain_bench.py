@@ -51,11 +51,14 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     # One background process renders the later stages in order, each ready before its stage trains.
     ready = [s["lessons_ready_seconds"] for s in results["stages"]]
     assert ready[1:] == sorted(ready[1:]) and min(ready) > 0
+    # then the test pages and the unseen layout, first read after the blocks stage
+    assert ready[-1] <= results["test_sets_ready_seconds"] <= results["stages"][2]["stage_started_seconds"] + \
+        results["stages"][2]["stage_seconds"]
     assert all(s["lessons_ready_seconds"] <= s["stage_started_seconds"] + s["waited_for_lessons_seconds"] + 1e-6
                for s in results["stages"])
     # the set-up before the first step, part by part, adds up to it
     setup = results["setup_seconds"]
-    assert list(setup) == ["random_checkpoint", "validation_and_test_pages", "unseen_layout_pages", "glyphs_lessons"]
+    assert list(setup) == ["random_checkpoint", "validation_lessons", "glyphs_lessons"]
     assert all(seconds >= 0 for seconds in setup.values())
     assert abs(sum(setup.values()) - results["synth_seconds"]) < 1e-6
     for stage in results["stages"][2:]:

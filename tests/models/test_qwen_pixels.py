@@ -84,12 +84,13 @@ def test_grouped_decode_attention_equals_transformers_sdpa(qwen, rows, query_len
 @pytest.mark.parametrize("size", [(448, 112), (300, 200), (1000, 700), (3000, 2000), (50, 40), (28, 4000)])
 @pytest.mark.parametrize("resolution", ["tiny", "base"])
 def test_length_counted_from_the_page_size_equals_the_encoded_length(qwen, size, resolution):
-    """The page check counts tokens from page sizes without decoding (``encoded_length``); it must agree with
-    ``encode`` for pages that are resized down, up, or not at all."""
+    """The page check counts tokens from page sizes without decoding (``encoded_lengths``); it must agree with
+    ``encode`` for pages that are resized down, up, or not at all, and for each page of a batch of targets."""
     (image,) = _images([size])
-    encoded = qwen.encode(image, "ocr", "Total: $12.50\n**Date:** 2025-01-01", resolution)
-    counted = qwen.family.encoded_length(qwen, *size, "ocr", "Total: $12.50\n**Date:** 2025-01-01", resolution)
-    assert counted == (len(encoded), encoded.image_tokens)
+    targets = ["Total: $12.50\n**Date:** 2025-01-01", "", "x" * 40]
+    encoded = [qwen.encode(image, "ocr", target, resolution) for target in targets]
+    counted = qwen.family.encoded_lengths(qwen, [size, size, size], "ocr", targets, resolution)
+    assert counted == [(len(e), e.image_tokens) for e in encoded]
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])

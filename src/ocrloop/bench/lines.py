@@ -26,7 +26,7 @@ from ocrloop.models import FAMILIES
 
 def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_size: int = 256, steps: int = 300,
                 learning_rate: float = 1e-3, workers: int = 8, optimizer: str = "auto", profile_steps: int = 0,
-                work: Path = Path("/tmp/ocrloop-lines"), console=None) -> dict[str, Any]:
+                compile: bool = False, work: Path = Path("/tmp/ocrloop-lines"), console=None) -> dict[str, Any]:
     """Train ``size`` on ``lines`` single-line images for ``steps`` steps of ``batch_size``; write ``out`` (JSON).
 
     With ``profile_steps``, that many steady steps from the middle of the run are profiled (the profiler slows
@@ -48,7 +48,7 @@ def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_si
                               learning_rate=learning_rate, warmup_steps=min(100, steps // 10), weight_decay=0.01,
                               resolution="tiny", prompt="ocr", max_new_tokens=16, save_steps=10**9, logging_steps=50,
                               backend="hf", optimizer=optimizer, gradient_checkpointing=False, feature_cache=False,
-                              dataloader_workers=workers, profile_steps=profile_steps)
+                              dataloader_workers=workers, profile_steps=profile_steps, compile=compile)
     config = OcrloopConfig(base_model=str(checkpoint), dataset_dir=root, registry_path=work / "ocrloop.db",
                            models_dir=work / "models", training=training, data=data)
     tuner = FineTuner(config, work / "runs" / time.strftime("%Y%m%d-%H%M%S"), console=console)
@@ -63,7 +63,8 @@ def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_si
         "command": "ocrloop bench lines " + " ".join(sys.argv[3:]),
         "workload": {"family": "qwen2.5-vl", "size": size, "parameters": card["parameters"]["total"], "lines": lines,
                      "batch_size": batch_size, "steps": steps, "mode": "full", "resolution": "tiny", "prompt": "ocr",
-                     "optimizer": optimizer, "dataloader_workers": workers, "tokens_per_sample": speed.get("tokens_per_second")
+                     "optimizer": optimizer, "dataloader_workers": workers, "compile": compile,
+                     "tokens_per_sample": speed.get("tokens_per_second")
                      and speed["tokens_per_second"] * speed["train_seconds"] / samples},
         "device": card["device"], "host": platform.node(), "cpus": torch.get_num_threads(), "versions": card["versions"],
         "synth_seconds": synth_seconds,
@@ -76,6 +77,7 @@ def bench_lines(out: Path, *, size: str = "small", lines: int = 20_000, batch_si
         "loss_by_epoch": card["metrics"]["train_loss_by_epoch"],
         "peak_vram_allocated_bytes": card["memory"]["peak_vram_allocated_bytes"],
         "profile": speed.get("profile", {}),
+        "compile": speed.get("compile"),
     }
     atomic_write_json(out, results)
     return results

@@ -5,9 +5,10 @@ A ``small`` Qwen2.5-VL (random weights, the project's own tokenizer) learns from
 fine-tuning run (``train.finetune.FineTuner``) that starts from the stage before. Every stage is scored on
 validation lessons of its kind while it trains (the pages stage on clean pages), and the blocks and pages stages end
 with a read of the held-out test pages: clean receipts and invoices from another seed never trained on, read only to
-be reported. The later stages' lessons are rendered in the background while the earlier stages train. Beside the
-final read stand two controls on the same pages: the same texts on blank images (a model that scores well there
-guesses, it does not read) and Tesseract. Everything goes to one JSON and a PNG of the curves.
+be reported. The later stages' lessons, then the test pages, are rendered in the background while the earlier
+stages train. Beside the final read stand two controls on the same pages: the same texts on blank images (a model
+that scores well there guesses, it does not read) and Tesseract. Everything goes to one JSON and a PNG of the
+curves.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def heldout_pages(work: Path, pages: int, categories: tuple[str, ...], data: Dat
     return root, blank
 
 
-def unseen_layout_pages(work: Path, checkpoint: Path, count: int, data: DataConfig) -> tuple[Dataset, Dataset]:
+def unseen_layout_pages(work: Path, checkpoint: Path, count: int, data: DataConfig) -> tuple[Path, Path]:
     """``count`` of ``bench photo-loop``'s held-out documents, at its defaults otherwise (an ``ecommerce`` business in
     a layout no lesson uses, a seed no lesson uses), rendered under ``work``, as phone photos and as clean flat pages:
     at 64, the very pages its reader, champion and Tesseract are scored on."""
@@ -81,7 +82,15 @@ def unseen_layout_pages(work: Path, checkpoint: Path, count: int, data: DataConf
 
     settings = BenchPhotoLoopSettings(out=work / "unused.json", reader=str(checkpoint), heldout=count, work=work)
     photos, _ = heldout_photos(settings, data)
-    return Dataset.open(photos, data), Dataset.open(heldout_unphotographed(settings, data), data)
+    return photos, heldout_unphotographed(settings, data)
+
+
+def test_sets(work: Path, checkpoint: Path, test_pages: int, heldout: int, categories: tuple[str, ...], data: DataConfig,
+              unseen_layout: bool) -> tuple[tuple[Path, Path], tuple[Path, Path] | None]:
+    """Render what is read only to be reported: the test pages with their blank twins (``heldout_pages``) and, where
+    asked, ``heldout`` of the unseen layout's documents as photos and as clean pages (``unseen_layout_pages``)."""
+    return (heldout_pages(work, test_pages, categories, data),
+            unseen_layout_pages(work, checkpoint, heldout, data) if unseen_layout else None)
 
 
 def _lesson_folder_suffix(options: LessonOptions) -> str:
@@ -168,12 +177,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         if not (stage_validation[stage] / "annotations.json").is_file():
             synthesize_lessons(stage_validation[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories,
                                                                    **({"noise": 0.0} if stage == "pages" else {})), data)
-    pages_root, blank_root = heldout_pages(work, test_pages, categories, data)
-    pages = Dataset.open(pages_root, data)
-    marks.append(("validation_and_test_pages", time.perf_counter()))
-    unseen_layout = unseen_layout_pages(work, checkpoint, heldout, data) \
-        if settings.photos or settings.random_layouts else None
-    marks.append(("unseen_layout_pages", time.perf_counter()))
+    marks.append(("validation_lessons", time.perf_counter()))
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
             log(f"rendering {options[stage].n} {stage} lessons" + (" in the background" if stage != stages[0] else ""))
@@ -186,12 +190,29 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                                      initializer=_yield_the_cpu)
     rendered = {stage: background.submit(lessons_ready, stage_data[stage], options[stage], data, settings.render_processes)
                 for stage in stages[1:]}
+    # The test pages and the unseen layout are read only after the blocks stage: rendered last, in the background,
+    # they take nothing from the training's time (17 s before the first step in run 27).
+    tests_rendered = background.submit(test_sets, work, checkpoint, test_pages, heldout, categories, data,
+                                       bool(settings.photos or settings.random_layouts))
     background.shutdown(wait=False)
     # When each stage's lessons were ready: the slack between that and the stage's start says how many more lessons
     # the background could have rendered without keeping the GPU waiting.
     ready_at: dict[str, float] = {}
-    for stage, future in rendered.items():
+    for stage, future in [*rendered.items(), ("test_sets", tests_rendered)]:
         future.add_done_callback(lambda _, stage=stage: ready_at.setdefault(stage, time.perf_counter()))
+    pages: Dataset | None = None  # the test pages, opened when first read
+    blank_root: Path | None = None
+    unseen_layout: tuple[Dataset, Dataset] | None = None
+
+    def open_test_sets() -> None:
+        nonlocal pages, blank_root, unseen_layout
+        if pages is not None:
+            return
+        (pages_root, blank_root), unseen = tests_rendered.result()  # raises what rendering raised
+        ready_at.setdefault("test_sets", time.perf_counter())
+        results["test_sets_ready_seconds"] = ready_at["test_sets"] - started
+        pages = Dataset.open(pages_root, data)
+        unseen_layout = unseen and (Dataset.open(unseen[0], data), Dataset.open(unseen[1], data))
     base, samples_before, carried = str(checkpoint), 0, 0
     results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
@@ -250,9 +271,11 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 # reading 64 pages to the token limit after them would only cost time. After blocks, the first
                 # --heldout test pages alone (its reader writes long); at the end, every test page, and the first
                 # --heldout apart: the pages that runs with fewer test pages read.
-                after = None if stage in ("glyphs", "lines") else \
-                    score(tuner.bundle, pages, reading, batch_size=64, limit=None if last else heldout, first=heldout,
-                          every_read=last)
+                after = None
+                if stage not in ("glyphs", "lines"):
+                    open_test_sets()
+                    after = score(tuner.bundle, pages, reading, batch_size=64, limit=None if last else heldout,
+                                  first=heldout, every_read=last)
                 if last:
                     results["heldout_pages"] = after
                     results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)

@@ -34,6 +34,40 @@ def scored(examples: list, texts: list[str]) -> dict[str, Any]:
                                     for name, normalization in NORMALIZATIONS.items()}}
 
 
+def kept_reads(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Every test page's reference and read that a ``bench pretrain`` result kept (``heldout_pages.reads``, from the
+    nineteenth session on), in page order."""
+    reads = results.get("heldout_pages", {}).get("reads")
+    if not reads:
+        raise OcrloopError("this result kept no reads (heldout_pages.reads): it was made before the nineteenth session; "
+                           "only its three worst pages were kept")
+    return reads
+
+
+def kept_reads_command(description: str, analyse: Callable[[dict[str, Any]], dict[str, Any]],
+                       show: Callable[[str, dict[str, Any]], None], written: str) -> None:
+    """The command line of a script that analyses the kept reads of ``bench pretrain`` results: each RESULTS.json
+    given is ``analyse``d and ``show``n (its file name, what ``analyse`` returned); with ``--out``, everything is also
+    written there (``written``: what, for the help). A missing file or one without reads ends it in one line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("results", nargs="+", type=Path, help="bench pretrain results (JSON)")
+    parser.add_argument("--out", type=Path, help=f"also write the {written} here (JSON)")
+    args = parser.parse_args()
+    found = {}
+    for path in args.results:
+        if not path.is_file():
+            raise SystemExit(f"error: {path}: no such results file")
+        try:
+            found[path.name] = analyse(json.loads(path.read_text()))
+        except OcrloopError as error:
+            raise SystemExit(f"error: {path}: {error}")
+        show(path.name, found[path.name])
+    if args.out:
+        atomic_write_json(args.out, found)
+
+
 def score_tesseract(dataset: Dataset, split: str | None = None) -> dict[str, Any]:
     """Tesseract on every page of ``dataset`` (of ``split``, if given; ``scored``); ``{"error": ...}`` where it is
     not installed."""

@@ -354,13 +354,13 @@ class FineTuner:
         t, family, bundle = self.training, self.bundle.family, self.bundle
         lengths: dict[str, list[int]] = {"train": [], "val": []}
         for split, dataset, examples in (("train", self.dataset, self.train_examples), ("val", self.val_dataset, self.val_examples)):
-            for index, example in enumerate(examples):
-                if example.kind != "image":
-                    return False
-                width, height = dataset.files[example.source].page_sizes[example.page]
-                counted = family.encoded_length(bundle, width, height, t.prompt, example.text, t.resolution)
-                if counted is None:
-                    return False
+            if any(example.kind != "image" for example in examples):
+                return False
+            sizes = [dataset.files[example.source].page_sizes[example.page] for example in examples]
+            counts = family.encoded_lengths(bundle, sizes, t.prompt, [example.text for example in examples], t.resolution)
+            if counts is None:
+                return False
+            for index, (example, counted) in enumerate(zip(examples, counts)):
                 if index < SPOT_CHECKED:
                     encoded = bundle.encode(dataset.load_image(example), t.prompt, example.text, t.resolution)
                     if (len(encoded), encoded.image_tokens) != counted:
