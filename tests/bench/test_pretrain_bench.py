@@ -21,7 +21,7 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
             "--batch-sizes", "8,8,4,4", "--heldout", "4", "--workers", "0", "--render-processes", "2",
             "--max-new-tokens", "8,8,16,16", "--evals-per-stage", "1", "--work", str(tmp_path / "work"),
             "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--templates", "0,1", "--random-layouts", "0.5",
-            "--mixed-names", "0.5",
+            "--mixed-names", "0.5", "--line-sizes", "12,24",
             "--glyphs-read-at", "100", "--time-budget", "1", "--time-reserve", "0", check=True)
     results = json.loads(out.read_text())
     assert [s["stage"] for s in results["stages"]] == ["glyphs", "lines", "blocks", "pages"]
@@ -32,6 +32,8 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
         "pages-8-scrambled-0.5-photos-0.5-templates-0-1-random-layouts-0.5-mixed-names-0.5"]
     assert results["workload"]["templates"] == [0, 1] and results["workload"]["random_layouts"] == 0.5
     assert results["workload"]["mixed_names"] == 0.5
+    # lines of other heights are lessons of their own too; their validation lines keep the default heights
+    assert results["workload"]["line_sizes"] == [12, 24] and (tmp_path / "work" / "lines-32-line-sizes-12-24").is_dir()
     # Any CER of 8 new tokens is at most 100: the glyph stage ends at its first read (after step 1 of 3), and the
     # lines stage gets the two steps it left. The 1 s budget is spent before the pages stage begins: it is cut at its
     # first check (step 2 of 3), and still read, scored and saved; the stages before it are never cut.
@@ -168,10 +170,14 @@ def test_the_last_stage_can_be_profiled_its_page_lessons_grouped_more_test_pages
 
 
 def test_a_stage_of_no_steps_or_a_learning_rate_out_of_range_is_refused_in_one_line(tmp_path):
-    for flag, value in (("--steps", "840,0,300,300"), ("--learning-rates", "3e-4,3e-4,-1,3e-4")):
+    for flag, value in (("--steps", "840,0,300,300"), ("--learning-rates", "3e-4,3e-4,-1,3e-4"), ("--line-sizes", "4,20")):
         result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), flag, value, "--work", str(tmp_path / "w"))
         assert result.returncode != 0 and f"error: {flag}:" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+    result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), "--line-sizes", "24,12", "--work",
+                     str(tmp_path / "w"))
+    assert result.returncode != 0 and "--line-sizes 24,12: the smallest comes first" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
 
     # the photo loop's held-out layout in the lessons would make its photos a layout the reader was taught
     for reads_it in (("--photos", "0.3"), ("--random-layouts", "0.5")):

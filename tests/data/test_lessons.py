@@ -220,3 +220,25 @@ def test_a_mixed_names_share_of_page_lessons_names_other_businesses_items():
 def test_scrambled_must_be_a_share():
     with pytest.raises(ValueError, match="scrambled"):
         LessonOptions("pages", 1, scrambled=1.5)
+
+
+def test_line_lessons_are_drawn_in_the_asked_text_heights():
+    families = font_families()
+
+    def ink_heights(sizes: tuple[int, int]) -> list[int]:
+        rng, options = random.Random(3), LessonOptions("lines", 1, line_sizes=sizes)
+        heights = []
+        for _ in range(24):
+            image = np.asarray(render_lesson("lines", rng, families, options)[0].convert("L"))
+            rows = np.flatnonzero((image < 128).any(axis=1))
+            heights.append(int(rows[-1] - rows[0] + 1) if rows.size else 0)
+        return heights
+
+    small, large = ink_heights((12, 14)), ink_heights((30, 34))
+    assert max(small) < 32 and np.median(large) > 2 * np.median(small)
+    # the default is the lessons' earlier range, seed for seed
+    first = render_lesson("lines", random.Random(8), families, LessonOptions("lines", 1))
+    again = render_lesson("lines", random.Random(8), families, LessonOptions("lines", 1, line_sizes=(13, 36)))
+    assert again[1] == first[1] and np.array_equal(np.asarray(again[0]), np.asarray(first[0]))
+    with pytest.raises(ValueError, match="line_sizes"):
+        LessonOptions("lines", 1, line_sizes=(20, 12))

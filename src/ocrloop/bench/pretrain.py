@@ -97,7 +97,7 @@ def _lesson_folder_suffix(options: LessonOptions) -> str:
     """What sets ``options``' lessons apart from plain ones, for their folder's name: lessons of other settings are
     never reused for these."""
     defaults, suffix = {f.name: f.default for f in dataclasses.fields(LessonOptions)}, ""
-    for name in ("scrambled", "photos", "templates", "random_layouts", "mixed_names"):
+    for name in ("scrambled", "photos", "templates", "random_layouts", "mixed_names", "line_sizes"):
         value = getattr(options, name)
         if value != defaults[name]:
             shown = "-".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}"
@@ -166,6 +166,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
               "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names}
     options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories,
                                     **(varied if stage in ("blocks", "pages") else {}),
+                                    **({"line_sizes": tuple(settings.line_sizes)} if stage == "lines" else {}),
                                     **({"photos": settings.photos} if stage == "pages" else {}))
                for index, stage in enumerate(stages, start=1)}
     stage_data, stage_validation = {}, {}
@@ -325,6 +326,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                      "categories": list(categories), "heldout_pages": test_pages, "heldout_seed": HELDOUT_SEED,
                      "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
                      "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names,
+                     "line_sizes": settings.line_sizes,
                      "group_by_length": settings.group_by_length,
                      "training_samples": samples_before, "normalized": NORMALIZED},
         "host": platform.node(), "synth_seconds": marks[-1][1] - marks[0][1], "setup_seconds": setup_seconds,

@@ -182,6 +182,10 @@ class BenchPretrainSettings(_Bench):
     mixed_names: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose seller and items are "
                                                              "named at random from every business's, quantities and "
                                                              "prices kept: the seller no longer predicts the items.")
+    line_sizes: list[Annotated[int, Field(ge=8, le=64)]] = Field(
+        [13, 36], min_length=2, max_length=2, description="Smallest and largest text height of the line lessons, px "
+                                                          "(the test pages' print is 12-18 px high); the validation "
+                                                          "lines keep the default.")
     workers: int = Field(8, ge=0, le=256, description="Data loader processes (training.dataloader_workers).")
     render_processes: int = Field(8, ge=1, le=256, description="Processes rendering the lessons.")
     time_budget: float | None = Field(
@@ -214,6 +218,12 @@ class BenchPretrainSettings(_Bench):
         if (self.photos or self.random_layouts) and shared:
             raise ValueError(f"--templates {shared}: --photos and --random-layouts read bench photo-loop's held-out "
                              f"documents, drawn in layouts {held_out} that no lesson may use")
+        return self
+
+    @model_validator(mode="after")
+    def _line_sizes_ordered(self) -> "BenchPretrainSettings":
+        if self.line_sizes[0] > self.line_sizes[1]:
+            raise ValueError(f"--line-sizes {self.line_sizes[0]},{self.line_sizes[1]}: the smallest comes first")
         return self
 
 

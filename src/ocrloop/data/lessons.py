@@ -3,8 +3,8 @@
 1. ``glyphs``: four to eight random capitals and digits, large (40-48 px), centred, in DejaVu Sans, on a
    448x112 image. Nothing but the image predicts them, and they are the easiest to see: the stage in which
    the model first learns to look (from scratch, the loss sits at the text-only entropy until it does).
-2. ``lines``: one line on a 448x112 image, any family and weight, 13-36 px, anywhere along the line: random
-   letters and digits, amounts, dates, words and whole lines of the documents.
+2. ``lines``: one line on a 448x112 image, any family and weight, 13-36 px (``line_sizes``), anywhere along the
+   line: random letters and digits, amounts, dates, words and whole lines of the documents.
 3. ``blocks``: two to six consecutive lines of a receipt or invoice with their markdown (titles, bold labels,
    list items, table rows).
 4. ``pages``: whole receipts and invoices, cut below their last line.
@@ -68,6 +68,7 @@ class LessonOptions:
     templates: tuple[int, ...] = (0,)  # layouts of blocks and pages, by index into ``data.synth.DOCUMENT_TEMPLATES``
     random_layouts: float = 0.0  # share of blocks and pages whose document is laid out anew (see ``relayout``)
     mixed_names: float = 0.0  # share of blocks and pages whose seller and items are named at random (``swap_names``)
+    line_sizes: tuple[int, int] = (13, 36)  # text heights of line lessons, px (before shrinking to fit the line)
 
     def __post_init__(self) -> None:
         if self.kind not in LESSONS:
@@ -82,6 +83,8 @@ class LessonOptions:
             raise ValueError("random_layouts must be between 0 and 1")
         if not 0 <= self.mixed_names <= 1:
             raise ValueError("mixed_names must be between 0 and 1")
+        if not 8 <= self.line_sizes[0] <= self.line_sizes[1] <= 64:
+            raise ValueError(f"line_sizes {list(self.line_sizes)}: need 8 <= smallest <= largest <= 64 px")
         if not self.templates or any(t not in range(len(DOCUMENT_TEMPLATES[c])) for t in self.templates for c in self.categories):
             raise ValueError(f"templates {list(self.templates)}: not a layout of every category of {list(self.categories)}")
         unknown = [c for c in self.categories if c not in CATEGORY_BUSINESSES]
@@ -217,15 +220,16 @@ def _families_of_kind(families: dict[str, FontFamily], rng: random.Random) -> di
 
 
 def render_line_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
-                       glyphs: bool = False) -> tuple[Image.Image, str]:
+                       glyphs: bool = False, sizes: tuple[int, int] = (13, 36)) -> tuple[Image.Image, str]:
     """One line of text on a white 448x112 image: ``glyphs``, 4-8 random capitals and digits, large and centred
-    in DejaVu Sans; otherwise any text, family, weight and size (shrunk to fit), anywhere along the line."""
+    in DejaVu Sans; otherwise any text, family, weight and size in ``sizes`` (shrunk to fit), anywhere along the
+    line."""
     if glyphs:
         text = "".join(rng.choice(GLYPHS) for _ in range(rng.randint(4, 8)))
         family, bold, size = families["dejavu-sans"], False, rng.randint(40, 48)
     else:
         text = _line_text(rng, categories)
-        family, bold, size = rng.choice(list(families.values())), rng.random() < 0.3, rng.randint(13, 36)
+        family, bold, size = rng.choice(list(families.values())), rng.random() < 0.3, rng.randint(*sizes)
     width, height = LINE_SIZE
     image = Image.new("L", LINE_SIZE, 255)
     draw = ImageDraw.Draw(image)
@@ -284,7 +288,8 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
     models see the same pixels (they convert to RGB). Glyphs and lines stay clean."""
     noise_seed = rng.randrange(2**32)
     if kind in ("glyphs", "lines"):
-        return (*render_line_lesson(rng, families, options.categories, glyphs=kind == "glyphs"), kind)
+        return (*render_line_lesson(rng, families, options.categories, glyphs=kind == "glyphs",
+                                    sizes=options.line_sizes), kind)
     # Drawn only when asked for, so that lessons without scrambling, new layouts or mixed names stay those of earlier
     # versions, seed for seed.
     scrambled = options.scrambled > 0 and rng.random() < options.scrambled
