@@ -15,7 +15,7 @@ def _run(tmp_path, *arguments):
 
 
 def test_digits_are_counted_per_field_and_letters_apart(tmp_path):
-    # One digit of the receipt's number misread, one letter of an item, and two characters inserted.
+    # One digit of the receipt's number misread, one letter of an item, and three characters inserted.
     read = RECEIPT.replace("#R-12222", "#R-12822").replace("Phone", "Phome").replace("$47.76", "$47.76 x1")
     result = tmp_path / "run.json"
     result.write_text(json.dumps({"heldout_pages": {"reads": [{"reference": RECEIPT, "read": RECEIPT},

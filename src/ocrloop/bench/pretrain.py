@@ -85,8 +85,8 @@ def unseen_layout_pages(work: Path, checkpoint: Path, count: int, data: DataConf
     return photos, heldout_unphotographed(settings, data)
 
 
-def test_sets(work: Path, checkpoint: Path, test_pages: int, heldout: int, categories: tuple[str, ...], data: DataConfig,
-              unseen_layout: bool) -> tuple[tuple[Path, Path], tuple[Path, Path] | None]:
+def render_test_sets(work: Path, checkpoint: Path, test_pages: int, heldout: int, categories: tuple[str, ...],
+                     data: DataConfig, unseen_layout: bool) -> tuple[tuple[Path, Path], tuple[Path, Path] | None]:
     """Render what is read only to be reported: the test pages with their blank twins (``heldout_pages``) and, where
     asked, ``heldout`` of the unseen layout's documents as photos and as clean pages (``unseen_layout_pages``)."""
     return (heldout_pages(work, test_pages, categories, data),
@@ -161,7 +161,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     if not (checkpoint / "config.json").is_file():
         FAMILIES["qwen2.5-vl"]().build_random(checkpoint, size=size)
     marks.append(("random_checkpoint", time.perf_counter()))
-    # What the settings change in each stage's lessons: blocks and pages only (photos: pages only).
+    # What the settings change in each stage's lessons: blocks and pages only (photos: pages only; line sizes: lines).
     varied = {"scrambled": settings.scrambled, "templates": tuple(settings.templates),
               "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names}
     options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories,
@@ -193,14 +193,17 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 for stage in stages[1:]}
     # The test pages and the unseen layout are read only after the blocks stage: rendered last, in the background,
     # they take nothing from the training's time (17 s before the first step in run 27).
-    tests_rendered = background.submit(test_sets, work, checkpoint, test_pages, heldout, categories, data,
+    tests_rendered = background.submit(render_test_sets, work, checkpoint, test_pages, heldout, categories, data,
                                        bool(settings.photos or settings.random_layouts))
     background.shutdown(wait=False)
-    # When each stage's lessons were ready: the slack between that and the stage's start says how many more lessons
-    # the background could have rendered without keeping the GPU waiting.
+    # When each stage's lessons (and the test sets) were ready: the slack between that and the stage's start says how
+    # many more lessons the background could have rendered without keeping the GPU waiting.
     ready_at: dict[str, float] = {}
     for stage, future in [*rendered.items(), ("test_sets", tests_rendered)]:
         future.add_done_callback(lambda _, stage=stage: ready_at.setdefault(stage, time.perf_counter()))
+    base, samples_before, carried = str(checkpoint), 0, 0
+    results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
+    reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
     pages: Dataset | None = None  # the test pages, opened when first read
     blank_root: Path | None = None
     unseen_layout: tuple[Dataset, Dataset] | None = None
@@ -214,9 +217,6 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         results["test_sets_ready_seconds"] = ready_at["test_sets"] - started
         pages = Dataset.open(pages_root, data)
         unseen_layout = unseen and (Dataset.open(unseen[0], data), Dataset.open(unseen[1], data))
-    base, samples_before, carried = str(checkpoint), 0, 0
-    results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
-    reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
 
     def write_partial(extra: dict[str, Any] | None = None) -> None:
         atomic_write_json(out, {**results, **(extra or {}), "complete": False,
