@@ -14,6 +14,7 @@ curves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import os
 import platform
@@ -204,19 +205,15 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     base, samples_before, carried = str(checkpoint), 0, 0
     results: dict[str, Any] = {"command": "ocrloop bench pretrain " + " ".join(sys.argv[3:]), "stages": []}
     reading = ReadingSettings(resolution=resolution, prompt="ocr", max_new_tokens=max_new_tokens[-1])  # of pages
-    pages: Dataset | None = None  # the test pages, opened when first read
-    blank_root: Path | None = None
-    unseen_layout: tuple[Dataset, Dataset] | None = None
-
-    def open_test_sets() -> None:
-        nonlocal pages, blank_root, unseen_layout
-        if pages is not None:
-            return
-        (pages_root, blank_root), unseen = tests_rendered.result()  # raises what rendering raised
+    @functools.cache
+    def test_sets() -> tuple[Dataset, Dataset, tuple[Dataset, Dataset] | None]:
+        """The test pages, their blank twins and the unseen layout (as photos, as clean pages), opened when first
+        read; waits for their rendering, and raises what it raised."""
+        (pages_root, blank_root), unseen = tests_rendered.result()
         ready_at.setdefault("test_sets", time.perf_counter())
         results["test_sets_ready_seconds"] = ready_at["test_sets"] - started
-        pages = Dataset.open(pages_root, data)
-        unseen_layout = unseen and (Dataset.open(unseen[0], data), Dataset.open(unseen[1], data))
+        return (Dataset.open(pages_root, data), Dataset.open(blank_root, data),
+                unseen and (Dataset.open(unseen[0], data), Dataset.open(unseen[1], data)))
 
     def write_partial(extra: dict[str, Any] | None = None) -> None:
         atomic_write_json(out, {**results, **(extra or {}), "complete": False,
@@ -274,12 +271,12 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                 # --heldout apart: the pages that runs with fewer test pages read.
                 after = None
                 if stage not in ("glyphs", "lines"):
-                    open_test_sets()
+                    pages, blank, unseen_layout = test_sets()
                     after = score(tuner.bundle, pages, reading, batch_size=64, limit=None if last else heldout,
                                   first=heldout, every_read=last)
                 if last:
                     results["heldout_pages"] = after
-                    results["blind_control"] = score(tuner.bundle, Dataset.open(blank_root, data), reading, batch_size=64)
+                    results["blind_control"] = score(tuner.bundle, blank, reading, batch_size=64)
                     if unseen_layout is not None:
                         results["heldout_photos"] = score(tuner.bundle, unseen_layout[0], reading, batch_size=64)
                         results["heldout_unseen_layout"] = score(tuner.bundle, unseen_layout[1], reading, batch_size=64)
@@ -319,7 +316,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         background.shutdown(wait=False, cancel_futures=True)
         raise
 
-    results["tesseract"] = score_tesseract(pages)
+    results["tesseract"] = score_tesseract(test_sets()[0])
     total = time.perf_counter() - started
     results.update({
         "workload": {"family": "qwen2.5-vl", "size": size, "resolution": resolution, "prompt": "ocr",

@@ -219,8 +219,8 @@ def _families_of_kind(families: dict[str, FontFamily], rng: random.Random) -> di
     return {"sans": rng.choice(sans), "serif": rng.choice(serif), "mono": rng.choice(mono)}
 
 
-def render_line_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
-                       glyphs: bool = False, sizes: tuple[int, int] = (13, 36)) -> tuple[Image.Image, str]:
+def render_line_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...], *,
+                       sizes: tuple[int, int], glyphs: bool = False) -> tuple[Image.Image, str]:
     """One line of text on a white 448x112 image: ``glyphs``, 4-8 random capitals and digits, large and centred
     in DejaVu Sans; otherwise any text, family, weight and size in ``sizes`` (shrunk to fit), anywhere along the
     line."""
@@ -288,8 +288,8 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
     models see the same pixels (they convert to RGB). Glyphs and lines stay clean."""
     noise_seed = rng.randrange(2**32)
     if kind in ("glyphs", "lines"):
-        return (*render_line_lesson(rng, families, options.categories, glyphs=kind == "glyphs",
-                                    sizes=options.line_sizes), kind)
+        return (*render_line_lesson(rng, families, options.categories, sizes=options.line_sizes,
+                                    glyphs=kind == "glyphs"), kind)
     # Drawn only when asked for, so that lessons without scrambling, new layouts or mixed names stay those of earlier
     # versions, seed for seed.
     scrambled = options.scrambled > 0 and rng.random() < options.scrambled
