@@ -2,7 +2,7 @@
 # 13-36 (--line-sizes 12,24). Run 27's reader misread one digit in eight on receipts and a quarter of the receipt
 # numbers' digits, confusing look-alikes (5/0, 8/6, 2/3): the test pages' print is 12-18 px high, and only a quarter
 # of the line lessons were drawn that small. The validation lines keep 13-36 px, so the lines CER stays comparable.
-# Predictions: docs/performance-notes.md, "Twentieth session".
+# Predictions: docs/performance-notes.md, "Twentieth session"; measured: "Twenty-first session".
 source bench/gpu/setup.sh
 timeout 585 python3 -m ocrloop bench pretrain --out "$OUT/bench_pretrain_photos_small_lines_h200.json" \
   --workers 12 --render-processes 12 --photos 0.3 --mixed-names 0.5 --line-sizes 12,24 \

@@ -128,8 +128,10 @@ def settings_from_flags(model: type[BaseModel], given: dict[str, Any]) -> BaseMo
         return model.model_validate(values)
     except ValidationError as error:
         first = error.errors()[0]
-        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "flags"
-        raise OcrloopError(f"{flag}: {first['msg']}") from None
+        # A validator's own message is the whole sentence (pydantic would put "Value error, " before it); a check
+        # of several flags names them itself.
+        message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+        raise OcrloopError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}" if first["loc"] else message) from None
 
 
 def settings_argv(settings: BaseModel) -> list[str]:

@@ -20,8 +20,8 @@ SCRIPTS = sorted((Path(__file__).parents[2] / "bench" / "gpu").glob("*.sh"))
 
 def bench_commands(script: str) -> list[list[str]]:
     """The arguments after ``ocrloop bench`` of every command in ``script`` (continued lines joined, up to the first
-    redirection)."""
-    joined = script.replace("\\\n", " ")
+    redirection; a variable with a default, ``${STEPS:-840,1250,300,900}``, as its default)."""
+    joined = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", script.replace("\\\n", " "))
     commands = []
     for line in joined.splitlines():
         found = re.search(r"-m ocrloop bench (.*)", line)

@@ -147,7 +147,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     from ocrloop.train.finetune import FineTuner
 
     started = time.perf_counter()
-    stages = LESSONS
+    # The stages trained, in order: a stage of no steps (blocks alone may have none) is skipped, lessons and all.
+    stages = tuple(stage for stage, stage_steps in zip(LESSONS, settings.steps) if stage_steps)
     out, size, work, heldout, resolution = settings.out, settings.size, settings.work, settings.heldout, settings.resolution
     test_pages = settings.test_pages or heldout
     lessons, steps, batch_sizes = settings.lessons, settings.steps, settings.batch_sizes
@@ -165,20 +166,23 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     # What the settings change in each stage's lessons: blocks and pages only (photos: pages only; line sizes: lines).
     varied = {"scrambled": settings.scrambled, "templates": tuple(settings.templates),
               "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names}
-    options = {stage: LessonOptions(stage, lessons[index - 1], seed=index, categories=categories,
+    # Seeds and settings follow a stage's place in LESSONS, so a skipped stage changes no other stage's lessons.
+    place = {stage: LESSONS.index(stage) for stage in stages}
+    options = {stage: LessonOptions(stage, lessons[place[stage]], seed=place[stage] + 1, categories=categories,
                                     **(varied if stage in ("blocks", "pages") else {}),
                                     **({"line_sizes": tuple(settings.line_sizes)} if stage == "lines" else {}),
                                     **({"photos": settings.photos} if stage == "pages" else {}))
-               for index, stage in enumerate(stages, start=1)}
+               for stage in stages}
     stage_data, stage_validation = {}, {}
-    for index, stage in enumerate(stages, start=1):
-        stage_data[stage] = work / f"{stage}-{lessons[index - 1]}{_lesson_folder_suffix(options[stage])}"
+    for stage in stages:
+        stage_data[stage] = work / f"{stage}-{lessons[place[stage]]}{_lesson_folder_suffix(options[stage])}"
         # Each stage validates on lessons of its own kind from a seed no stage trains on; the pages stage on clean pages,
         # as the test pages are, but never on the test pages themselves: those are read only to be reported.
         stage_validation[stage] = work / f"validation-{stage}-{heldout}"
         if not (stage_validation[stage] / "annotations.json").is_file():
-            synthesize_lessons(stage_validation[stage], LessonOptions(stage, heldout, seed=HELDOUT_SEED + index, categories=categories,
-                                                                   **({"noise": 0.0} if stage == "pages" else {})), data)
+            validation_options = LessonOptions(stage, heldout, seed=HELDOUT_SEED + place[stage] + 1, categories=categories,
+                                               **({"noise": 0.0} if stage == "pages" else {}))
+            synthesize_lessons(stage_validation[stage], validation_options, data)
     marks.append(("validation_lessons", time.perf_counter()))
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
@@ -222,7 +226,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
         first_lessons = lessons_ready(stage_data[stages[0]], options[stages[0]], data, settings.render_processes)
         marks.append((f"{stages[0]}_lessons", time.perf_counter()))
         setup_seconds = {name: at - marks[index][1] for index, (name, at) in enumerate(marks[1:])}
-        for stage, count, stage_steps, batch, rate, new_tokens in zip(stages, lessons, steps, batch_sizes, learning_rates, max_new_tokens):
+        for stage in stages:
+            count, stage_steps, batch, rate, new_tokens = (values[place[stage]] for values in (
+                lessons, steps, batch_sizes, learning_rates, max_new_tokens))
             stage_started = time.perf_counter()
             last = stage == stages[-1]
             lessons_of_stage = rendered[stage].result() if stage in rendered else first_lessons  # raises what rendering raised
@@ -286,7 +292,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
             done = speed["steps"]
             validations = card["metrics"]["validation"]
             following = stages.index(stage) + 1
-            carried = (stage_steps - done) * batch // batch_sizes[following] if following < len(stages) else 0
+            carried = (stage_steps - done) * batch // batch_sizes[place[stages[following]]] if following < len(stages) else 0
             results["stages"].append({
                 "stage": stage, "lessons": count, "steps": done, "max_steps": stage_steps, "batch_size": batch,
                 "learning_rate": rate,
