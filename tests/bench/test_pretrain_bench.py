@@ -172,10 +172,11 @@ def test_the_last_stage_can_be_profiled_its_page_lessons_grouped_more_test_pages
 
 def test_a_blocks_stage_of_no_steps_is_skipped_and_the_other_stages_keep_their_lessons(tmp_path):
     out = tmp_path / "pretrain.json"
-    run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "16,16,8,8", "--steps", "2,1,0,2",
-            "--batch-sizes", "8,8,4,4", "--heldout", "2", "--workers", "0", "--render-processes", "2",
-            "--max-new-tokens", "4,4,8,8", "--evals-per-stage", "1", "--glyphs-read-at", "100",
-            "--work", str(tmp_path / "work"), check=True)
+    result = run_cli("bench", "pretrain", "--out", str(out), "--size", "tiny", "--lessons", "16,16,8,8", "--steps",
+                     "2,1,0,2", "--batch-sizes", "8,8,4,4", "--heldout", "2", "--workers", "0", "--render-processes",
+                     "2", "--max-new-tokens", "4,4,8,8", "--evals-per-stage", "1", "--glyphs-read-at", "100",
+                     "--work", str(tmp_path / "work"), check=True)
+    assert "stage blocks: skipped (0 steps)" in result.stderr
     results = json.loads(out.read_text())
     stages = results["stages"]
     assert [s["stage"] for s in stages] == ["glyphs", "lines", "pages"]

@@ -184,6 +184,9 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                                                **({"noise": 0.0} if stage == "pages" else {}))
             synthesize_lessons(stage_validation[stage], validation_options, data)
     marks.append(("validation_lessons", time.perf_counter()))
+    for stage in LESSONS:
+        if stage not in stages:
+            log(f"stage {stage}: skipped (0 steps)")
     for stage in stages:
         if not (stage_data[stage] / "annotations.json").is_file():
             log(f"rendering {options[stage].n} {stage} lessons" + (" in the background" if stage != stages[0] else ""))
