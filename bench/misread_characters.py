@@ -16,15 +16,10 @@ from collections import defaultdict
 
 from rapidfuzz.distance import Levenshtein
 
-from ocrloop.bench.scoring import kept_reads, kept_reads_command
+from ocrloop.bench.scoring import kept_reads, kept_reads_command, page_category
 
 KINDS = ("digit", "letter", "other")
 FIELDS = ("number", "date", "item", "total", "other")
-
-
-def category(reference: str) -> str:
-    """receipt or invoice, from the page's text (the reads keep no category)."""
-    return "receipt" if "Receipt #" in reference else "invoice" if "INVOICE" in reference else "other"
 
 
 def field(line: str) -> str:
@@ -49,7 +44,7 @@ def misread_characters(results: dict) -> dict:
     inserted: dict[str, int] = defaultdict(int)
     for page in kept_reads(results):
         reference, read = page["reference"], page["read"]
-        where = category(reference)
+        where = page_category(reference)
         misread = set()
         for operation in Levenshtein.editops(reference, read):
             if operation.tag == "insert":

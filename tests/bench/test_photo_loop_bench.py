@@ -50,6 +50,10 @@ def test_bench_photo_loop_runs_the_loop_and_scores_before_after_and_the_controls
         assert results[key]["pages"] == workload["heldout_pages"], key
         assert {"cer", "median_page_cer", "normalized_edit_distance"} <= set(results[key]["strip_markdown"])
     assert results["tesseract"]["engine"].startswith("tesseract")
+    # every read of the held-out photos kept, the reader's and the champion's, in page order (bench/layout_words.py)
+    for key in ("reader", "champion"):
+        assert [r["reference"] for r in results[key]["reads"]] == heldout[:workload["heldout_pages"]], key
+    assert "reads" not in results["test_split"]["champion"]
     # the loop's own test split (trained layouts, documents never trained on) is scored the same way
     test_pages = sum(m["pages"] for m in results["loop"]["history"][0]["mix"] if m["split"] == "test")
     for key in ("reader", "champion", "tesseract"):

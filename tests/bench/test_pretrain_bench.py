@@ -72,6 +72,10 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
     assert results["heldout_photos"]["examples"][0]["reference"] != results["heldout_pages"]["examples"][0]["reference"]
     assert [e["reference"] for e in results["heldout_unseen_layout"]["examples"]] == \
         [e["reference"] for e in results["heldout_photos"]["examples"]]
+    # every read of the unseen layout kept, in page order (bench/layout_words.py counts the words written)
+    for key in ("heldout_photos", "heldout_unseen_layout"):
+        assert [r["reference"] for r in results[key]["reads"][:3]] == [e["reference"] for e in results[key]["examples"]]
+        assert len(results[key]["reads"]) == 4
     # The last stage's read of the held-out pages is the final one.
     assert results["stages"][-1]["heldout_pages_after"]["cer"] == results["heldout_pages"]["strip_markdown"]["cer"]
     # Every stage's curve reads its own validation lessons; the pages stage's are clean pages other than the held-out

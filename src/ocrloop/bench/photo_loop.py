@@ -118,7 +118,8 @@ def bench_photo_loop(settings: BenchPhotoLoopSettings, console=None) -> dict[str
                  "heldout_trained_layouts": (in_trained_layouts, None), "unphotographed": (unphotographed, None)}
 
     def read_every_set(model: Any) -> dict[str, Any]:
-        return {name: score(model, pages, reading, settings.read_batch_size, split=split)
+        # the held-out photos' reads all kept: which words of the unseen layout get written (bench/layout_words.py)
+        return {name: score(model, pages, reading, settings.read_batch_size, split=split, every_read=name == "heldout")
                 for name, (pages, split) in page_sets.items()}
 
     model = load_model(reader, backend=config.training.backend)

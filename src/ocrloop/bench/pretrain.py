@@ -287,8 +287,12 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                     results["heldout_pages"] = after
                     results["blind_control"] = score(tuner.bundle, blank, reading, batch_size=64)
                     if unseen_layout is not None:
-                        results["heldout_photos"] = score(tuner.bundle, unseen_layout[0], reading, batch_size=64)
-                        results["heldout_unseen_layout"] = score(tuner.bundle, unseen_layout[1], reading, batch_size=64)
+                        # every read kept: which words of a layout it never saw the reader writes
+                        # (bench/layout_words.py)
+                        results["heldout_photos"] = score(tuner.bundle, unseen_layout[0], reading, batch_size=64,
+                                                          every_read=True)
+                        results["heldout_unseen_layout"] = score(tuner.bundle, unseen_layout[1], reading,
+                                                                 batch_size=64, every_read=True)
             finally:
                 tuner.cleanup()
             speed = card["speed"]

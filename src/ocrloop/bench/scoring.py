@@ -44,6 +44,11 @@ def kept_reads(results: dict[str, Any]) -> list[dict[str, str]]:
     return reads
 
 
+def page_category(reference: str) -> str:
+    """receipt or invoice, from a page's text in any layout (reads keep no category); other where it says neither."""
+    return "receipt" if "Receipt" in reference else "invoice" if "INVOICE" in reference.upper() else "other"
+
+
 def kept_reads_command(description: str, analyse: Callable[[dict[str, Any]], dict[str, Any]],
                        show: Callable[[str, dict[str, Any]], None], written: str) -> None:
     """The command line of a script that analyses the kept reads of ``bench pretrain`` results: each RESULTS.json
