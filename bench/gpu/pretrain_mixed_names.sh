@@ -9,9 +9,9 @@
 # stage, its minute given to the lines stage: lines read at 12 %, the test pages at 30 % (the blocks stage stays).
 # Run 32, NAME=short_lines STEPS=840,850,300,1100: 400 lines steps given to the pages stage; over runs 27, 28 and 31
 # the test pages (4.44, 3.39, 3.11 %) followed the pages steps (625, 670, 818), not the lines (23.4, 16.7, 22.6 %).
-# EXTRA: more flags (default none). Run 33, NAME=random_layouts EXTRA="--random-layouts 0.5": half the block and page
-# lessons laid out anew, on this recipe (run 15 tried it on a reader that read pages at 7.7 %; the unseen layout
-# stayed at 66.5 % as clean pages).
+# EXTRA: more flags (default none). Run 33, NAME=random_layouts EXTRA="--random-layouts 0.5 --random-labels 0.5":
+# half the block and page lessons laid out anew, half labelled with other words, on this recipe (run 15 tried new
+# layouts alone on a reader that read pages at 7.7 %; the unseen layout stayed at 66.5 % as clean pages).
 # Predictions: docs/performance-notes.md, "Nineteenth session" (run 27), "Twentieth session" (run 28),
 # "Twenty-first session" (runs 30 and 31) and "Twenty-second session" (runs 32 and 33).
 source bench/gpu/setup.sh

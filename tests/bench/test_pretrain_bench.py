@@ -22,17 +22,17 @@ def test_bench_pretrain_runs_every_stage_and_scores_the_controls(tmp_path):
             "--batch-sizes", "8,8,4,4", "--heldout", "4", "--workers", "0", "--render-processes", "2",
             "--max-new-tokens", "8,8,16,16", "--evals-per-stage", "1", "--work", str(tmp_path / "work"),
             "--save-model", str(model), "--scrambled", "0.5", "--photos", "0.5", "--templates", "0,1", "--random-layouts", "0.5",
-            "--mixed-names", "0.5", "--line-sizes", "12,24",
+            "--mixed-names", "0.5", "--random-labels", "0.5", "--line-sizes", "12,24",
             "--glyphs-read-at", "100", "--time-budget", "1", "--time-reserve", "0", check=True)
     results = json.loads(out.read_text())
     assert [s["stage"] for s in results["stages"]] == ["glyphs", "lines", "blocks", "pages"]
     # Scrambled lessons are rendered apart from plain ones (a later plain run must not reuse them).
     assert results["workload"]["scrambled"] == 0.5
     assert sorted(p.name for p in (tmp_path / "work").glob("*-scrambled-0.5*")) == [
-        "blocks-16-scrambled-0.5-templates-0-1-random-layouts-0.5-mixed-names-0.5",
-        "pages-8-scrambled-0.5-photos-0.5-templates-0-1-random-layouts-0.5-mixed-names-0.5"]
+        "blocks-16-scrambled-0.5-templates-0-1-random-layouts-0.5-mixed-names-0.5-random-labels-0.5",
+        "pages-8-scrambled-0.5-photos-0.5-templates-0-1-random-layouts-0.5-mixed-names-0.5-random-labels-0.5"]
     assert results["workload"]["templates"] == [0, 1] and results["workload"]["random_layouts"] == 0.5
-    assert results["workload"]["mixed_names"] == 0.5
+    assert results["workload"]["mixed_names"] == 0.5 and results["workload"]["random_labels"] == 0.5
     # lines of other heights are lessons of their own too; their validation lines keep the default heights
     assert results["workload"]["line_sizes"] == [12, 24] and (tmp_path / "work" / "lines-32-line-sizes-12-24").is_dir()
     # Any CER of 8 new tokens is at most 100: the glyph stage ends at its first read (after step 1 of 3), and the
@@ -219,7 +219,7 @@ def test_a_stage_of_no_steps_or_a_learning_rate_out_of_range_is_refused_in_one_l
     assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
 
     # the photo loop's held-out layout in the lessons would make its photos a layout the reader was taught
-    for reads_it in (("--photos", "0.3"), ("--random-layouts", "0.5")):
+    for reads_it in (("--photos", "0.3"), ("--random-layouts", "0.5"), ("--random-labels", "0.5")):
         result = run_cli("bench", "pretrain", "--out", str(tmp_path / "x.json"), *reads_it, "--templates", "0,2",
                          "--work", str(tmp_path / "w"))
         assert result.returncode != 0 and "--templates [2]" in result.stderr and "Traceback" not in result.stderr

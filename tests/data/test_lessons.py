@@ -217,6 +217,45 @@ def test_a_mixed_names_share_of_page_lessons_names_other_businesses_items():
         LessonOptions("pages", 1, mixed_names=1.5)
 
 
+def test_relabeled_lines_keep_values_markup_and_layout_with_labels_from_the_documents_words():
+    from ocrloop.data.lessons import relabel
+    from ocrloop.data.synth import VOCABULARY
+
+    lines = ["# INVOICE #5832", "**From:** Northwind Media", "**Date:** 2026-04-24",
+             "| Description | Qty | Unit price | Amount |", "|---|---|---|---|", "| Podcast mic | 5 | $89.00 | $445.00 |",
+             "**Tax (8%):** $35.60", "**Items:**", "Paid by card"]
+    relabeled = relabel(lines, random.Random(4))
+    # title, table rule, rows and plain lines untouched; each label's words replaced, what follows it kept
+    assert [relabeled[i] for i in (0, 4, 5, 8)] == [lines[i] for i in (0, 4, 5, 8)]
+    labels = []
+    for line, suffix in zip(relabeled[1:3] + relabeled[6:8], (":** Northwind Media", ":** 2026-04-24", " (8%):** $35.60",
+                                                             ":**")):
+        assert line.startswith("**") and line.endswith(suffix), line
+        labels.append(line[2:-len(suffix)])
+    header = [cell.strip() for cell in relabeled[3].strip("|").split("|")]
+    assert len(header) == 4
+    for label in labels + header:
+        assert 1 <= len(label.split()) <= 2 and all(word in VOCABULARY for word in label.split()), label
+    # labels differ from document to document
+    assert len({relabel(lines, random.Random(seed))[2] for seed in range(20)}) > 10
+
+
+def test_a_random_labels_share_of_page_lessons_is_relabeled_and_nothing_else_changes():
+    families = font_families()
+
+    def texts(labels: float) -> list[str]:
+        rng, options = random.Random(7), LessonOptions("pages", 1, categories=("invoice",), random_labels=labels)
+        return [render_lesson("pages", rng, families, options)[1] for _ in range(6)]
+
+    assert all("**From:**" in text and "| Description | Qty |" in text for text in texts(0.0))
+    assert not any("**From:**" in text or "| Description |" in text for text in texts(1.0))
+    # drawn only when asked for: without it, the lessons of earlier versions, seed for seed
+    plain = render_lesson("pages", random.Random(5), families, LessonOptions("pages", 1))[1]
+    assert render_lesson("pages", random.Random(5), families, LessonOptions("pages", 1, random_labels=0.0))[1] == plain
+    with pytest.raises(ValueError, match="random_labels"):
+        LessonOptions("pages", 1, random_labels=-0.5)
+
+
 def test_scrambled_must_be_a_share():
     with pytest.raises(ValueError, match="scrambled"):
         LessonOptions("pages", 1, scrambled=1.5)

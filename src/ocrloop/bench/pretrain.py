@@ -98,7 +98,7 @@ def _lesson_folder_suffix(options: LessonOptions) -> str:
     """What sets ``options``' lessons apart from plain ones, for their folder's name: lessons of other settings are
     never reused for these."""
     defaults, suffix = {f.name: f.default for f in dataclasses.fields(LessonOptions)}, ""
-    for name in ("scrambled", "photos", "templates", "random_layouts", "mixed_names", "line_sizes"):
+    for name in ("scrambled", "photos", "templates", "random_layouts", "mixed_names", "line_sizes", "random_labels"):
         value = getattr(options, name)
         if value != defaults[name]:
             shown = "-".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}"
@@ -165,7 +165,8 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     marks.append(("random_checkpoint", time.perf_counter()))
     # What the settings change in each stage's lessons: blocks and pages only (photos: pages only; line sizes: lines).
     varied = {"scrambled": settings.scrambled, "templates": tuple(settings.templates),
-              "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names}
+              "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names,
+              "random_labels": settings.random_labels}
     # Seeds and settings follow a stage's place in LESSONS, so a skipped stage changes no other stage's lessons.
     place = {stage: LESSONS.index(stage) for stage in stages}
     options = {stage: LessonOptions(stage, lessons[place[stage]], seed=place[stage] + 1, categories=categories,
@@ -202,7 +203,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
     # The test pages and the unseen layout are read only after the blocks stage: rendered last, in the background,
     # they take nothing from the training's time (17 s before the first step in run 27).
     tests_rendered = background.submit(render_test_sets, work, checkpoint, test_pages, heldout, categories, data,
-                                       bool(settings.photos or settings.random_layouts))
+                                       settings.reads_unseen_layout)
     background.shutdown(wait=False)
     # When each stage's lessons (and the test sets) were ready: the slack between that and the stage's start says how
     # many more lessons the background could have rendered without keeping the GPU waiting.
@@ -336,6 +337,7 @@ def bench_pretrain(settings: BenchPretrainSettings, console=None) -> dict[str, A
                      "categories": list(categories), "heldout_pages": test_pages, "heldout_seed": HELDOUT_SEED,
                      "scrambled": settings.scrambled, "photos": settings.photos, "templates": list(settings.templates),
                      "random_layouts": settings.random_layouts, "mixed_names": settings.mixed_names,
+                     "random_labels": settings.random_labels,
                      "line_sizes": settings.line_sizes,
                      "group_by_length": settings.group_by_length,
                      "training_samples": samples_before, "normalized": NORMALIZED},

@@ -175,9 +175,10 @@ class BenchPretrainSettings(_Bench):
     scrambled: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose words and numbers are "
                                                            "random, layout kept (held-out lessons and pages never are).")
     photos: float = Field(0.0, ge=0, le=1, description="Share of page lessons drawn as phone photos (data synth --style "
-                                                        "photo); above 0 (or with --random-layouts), the reader also "
-                                                        "reads bench photo-loop's held-out documents (a layout no lesson "
-                                                        "uses) at the end, as photos and as clean pages.")
+                                                        "photo); above 0 (or with --random-layouts or --random-labels), "
+                                                        "the reader also reads bench photo-loop's held-out documents (a "
+                                                        "layout no lesson uses) at the end, as photos and as clean "
+                                                        "pages.")
     templates: list[Annotated[int, Field(ge=0, le=2)]] = Field(
         [0], min_length=1, description="Layouts of the block and page lessons (data synth --templates); bench "
                                        "photo-loop holds layout 2 out.")
@@ -187,6 +188,10 @@ class BenchPretrainSettings(_Bench):
     mixed_names: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose seller and items are "
                                                              "named at random from every business's, quantities and "
                                                              "prices kept: the seller no longer predicts the items.")
+    random_labels: float = Field(0.0, ge=0, le=1, description="Share of block and page lessons whose field labels and "
+                                                               "column names are other words of the documents (names, "
+                                                               "items, clauses), values kept: labels must be read. "
+                                                               "Held-out layouts use labels no lesson has.")
     line_sizes: list[Annotated[int, Field(ge=8, le=64)]] = Field(
         [13, 36], min_length=2, max_length=2, description="Smallest and largest text height of the line lessons, px "
                                                           "(the test pages' print is 12-18 px high); the validation "
@@ -218,13 +223,19 @@ class BenchPretrainSettings(_Bench):
     add_tesseract: bool = Field(False, description="Only score Tesseract into an existing --out (made where Tesseract "
                                                    "was missing).")
 
+    @property
+    def reads_unseen_layout(self) -> bool:
+        """Whether the reader also reads bench photo-loop's held-out documents, in a layout no lesson uses: with
+        photographed lessons, or lessons of other layouts or labels, that is what they are for."""
+        return bool(self.photos or self.random_layouts or self.random_labels)
+
     @model_validator(mode="after")
     def _photo_layouts_unseen(self) -> "BenchPretrainSettings":
         held_out = BenchPhotoLoopSettings.model_fields["heldout_templates"].default
         shared = sorted(set(self.templates) & set(held_out))
-        if (self.photos or self.random_layouts) and shared:
-            raise ValueError(f"--templates {shared}: --photos and --random-layouts read bench photo-loop's held-out "
-                             f"documents, drawn in layouts {held_out} that no lesson may use")
+        if self.reads_unseen_layout and shared:
+            raise ValueError(f"--templates {shared}: --photos, --random-layouts and --random-labels read bench "
+                             f"photo-loop's held-out documents, drawn in layouts {held_out} that no lesson may use")
         return self
 
     @field_validator("steps")

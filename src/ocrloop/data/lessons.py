@@ -15,7 +15,9 @@ expects, without looking, gets those wrong, so looking keeps paying after the gl
 0, that share keeps its document's words but is laid out anew (``relayout``): a model that recalls a layout instead
 of reading one gets those wrong. With ``mixed_names`` above 0, that share names its seller and items at random from
 every business's (``swap_names``): a model that reads the seller and writes that business's items and prices gets
-those wrong.
+those wrong. With ``random_labels`` above 0, that share labels its fields and columns with other words of the
+documents (``relabel``): a model that writes the labels its layouts taught, instead of reading them, gets those
+wrong.
 
 Blocks and pages draw their families from every family on the machine (``data.fonts``) and get light scan
 noise (with ``photos`` above 0, that share of pages is a phone photo instead: ``data.synth.photograph``); their
@@ -42,8 +44,8 @@ from PIL import Image, ImageDraw
 from ocrloop.config import DataConfig
 from ocrloop.data.add import AddResult, IncomingDocument, add_documents
 from ocrloop.data.fonts import MONOSPACED, FontFamily, font_families
-from ocrloop.data.synth import (CATEGORY_BUSINESSES, COMPANY_NAMES, DOCUMENT_TEMPLATES, ITEM_NAMES, PageRenderer,
-                                SynthOptions, add_scan_noise, names_pattern, photograph, pick_template,
+from ocrloop.data.synth import (CATEGORY_BUSINESSES, COMPANY_NAMES, DOCUMENT_TEMPLATES, ITEM_NAMES, VOCABULARY,
+                                PageRenderer, SynthOptions, add_scan_noise, names_pattern, photograph, pick_template,
                                 render_document, render_in_processes)
 
 LESSONS = ("glyphs", "lines", "blocks", "pages")
@@ -68,6 +70,7 @@ class LessonOptions:
     templates: tuple[int, ...] = (0,)  # layouts of blocks and pages, by index into ``data.synth.DOCUMENT_TEMPLATES``
     random_layouts: float = 0.0  # share of blocks and pages whose document is laid out anew (see ``relayout``)
     mixed_names: float = 0.0  # share of blocks and pages whose seller and items are named at random (``swap_names``)
+    random_labels: float = 0.0  # share of blocks and pages whose field labels and column names are random (``relabel``)
     line_sizes: tuple[int, int] = (13, 36)  # text heights of line lessons, px (before shrinking to fit the line)
 
     def __post_init__(self) -> None:
@@ -83,6 +86,8 @@ class LessonOptions:
             raise ValueError("random_layouts must be between 0 and 1")
         if not 0 <= self.mixed_names <= 1:
             raise ValueError("mixed_names must be between 0 and 1")
+        if not 0 <= self.random_labels <= 1:
+            raise ValueError("random_labels must be between 0 and 1")
         if not 8 <= self.line_sizes[0] <= self.line_sizes[1] <= 64:
             raise ValueError(f"line_sizes {list(self.line_sizes)}: need 8 <= smallest <= largest <= 64 px")
         if not self.templates or any(t not in range(len(DOCUMENT_TEMPLATES[c])) for t in self.templates for c in self.categories):
@@ -124,6 +129,29 @@ def swap_names(lines: list[str], rng: random.Random) -> list[str]:
         return swapped[name]
 
     return [_NAMES.sub(other, line) for line in lines]
+
+
+_BOLD_LABEL = re.compile(r"^(\*\*)([A-Za-z]+(?: [A-Za-z]+)*)")
+_TABLE_RULE = re.compile(r"^\|(?:-+\|)+$")
+
+
+def relabel(lines: list[str], rng: random.Random) -> list[str]:
+    """``lines`` with the words of every bold field label ("**Date:**", the "Tax" of "**Tax (8%):**") and every table
+    header cell replaced by one or two words drawn from ``data.synth.VOCABULARY``; values, markup and the layout are
+    kept. A model that writes the labels its layouts taught, without reading them, gets those wrong: held-out
+    layouts label their fields with words no lesson uses."""
+
+    def label() -> str:
+        return " ".join(rng.choice(VOCABULARY) for _ in range(rng.randint(1, 2)))
+
+    out = []
+    for position, line in enumerate(lines):
+        header = position + 1 < len(lines) and _TABLE_RULE.match(lines[position + 1]) and line.startswith("|")
+        if header:
+            out.append("| " + " | ".join(label() for _ in line.strip("|").split("|")) + " |")
+        else:
+            out.append(_BOLD_LABEL.sub(lambda match: match.group(1) + label(), line))
+    return out
 
 
 # How a document's parts are written when it is laid out anew; one choice of each per document.
@@ -258,14 +286,16 @@ def _pad_to_windows(image: Image.Image) -> Image.Image:
 def render_block_lesson(rng: random.Random, families: dict[str, FontFamily], categories: tuple[str, ...],
                         scale: tuple[float, float], scrambled: bool = False,
                         templates: tuple[int, ...] = (0,), relaid: bool = False,
-                        mixed: bool = False) -> tuple[Image.Image, str, str]:
+                        mixed: bool = False, relabeled: bool = False) -> tuple[Image.Image, str, str]:
     """Two to six consecutive markdown lines of a receipt or invoice, drawn as on the page, cut to their content;
     with the document's category. ``scrambled``: their words and numbers random (``scramble``); ``relaid``: the
     document laid out anew first (``relayout``); ``mixed``: its seller and items named at random first
-    (``swap_names``)."""
+    (``swap_names``); ``relabeled``: its labels random first (``relabel``)."""
     category, lines = _document_lines(rng, categories, templates)
     if mixed:
         lines = swap_names(lines, rng)
+    if relabeled:
+        lines = relabel(lines, rng)
     if relaid:
         lines = relayout(lines, rng)
     count = rng.randint(2, 6)
@@ -295,9 +325,10 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
     scrambled = options.scrambled > 0 and rng.random() < options.scrambled
     relaid = options.random_layouts > 0 and rng.random() < options.random_layouts
     mixed = options.mixed_names > 0 and rng.random() < options.mixed_names
+    relabeled = options.random_labels > 0 and rng.random() < options.random_labels
     if kind == "blocks":
         image, text, category = render_block_lesson(rng, families, options.categories, options.scale, scrambled,
-                                                    options.templates, relaid, mixed)
+                                                    options.templates, relaid, mixed, relabeled)
     else:
         category = rng.choice(options.categories)
         page_options = SynthOptions(n=1, categories=(category,), scale=rng.uniform(*options.scale), fit_to_content=True,
@@ -305,6 +336,7 @@ def render_lesson(kind: str, rng: random.Random, families: dict[str, FontFamily]
 
         def rewrite(lines: list[str]) -> list[str]:
             lines = swap_names(lines, rng) if mixed else lines
+            lines = relabel(lines, rng) if relabeled else lines
             lines = relayout(lines, rng) if relaid else lines
             return scramble(lines, rng) if scrambled else lines
 

@@ -84,6 +84,11 @@ _CLAUSES = [
                               "fees are paid in full."),
     ("Governing Law", "This Agreement is governed by the laws of the State of Delaware."),
 ]
+# Every word of three or more letters that the documents' generators write in names, items, clauses, people and
+# places (none of a receipt's or an invoice's labels: those come from the layouts): what a lesson may relabel with.
+VOCABULARY = tuple(sorted({word for text in (*COMPANY_NAMES, *ITEM_NAMES, *_CLIENTS, *_PEOPLE, *_STREETS, *_TOWNS,
+                                             *(part for clause in _CLAUSES for part in clause))
+                           for word in re.findall(r"[A-Za-z]{3,}", text)}))
 
 
 @dataclass
