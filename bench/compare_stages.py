@@ -13,11 +13,10 @@ loss, final held-out CER, samples per second).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ocrloop.atomic import atomic_write_json
-from ocrloop.bench.scoring import save_figure
+from ocrloop.bench.scoring import labelled_results, save_figure
 
 
 def stage_summary(results: dict, stage: str) -> dict:
@@ -67,13 +66,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write (the JSON goes beside it)")
     parser.add_argument("runs", nargs="+", help="RESULTS.json=LABEL, one per run")
     args = parser.parse_args()
-    runs = {}
-    for run in args.runs:
-        path, _, label = run.partition("=")
-        if not Path(path).is_file():
-            raise SystemExit(f"error: {path}: no such results file")
-        runs[label or Path(path).stem] = json.loads(Path(path).read_text())
-    for label, summary in compare(runs, args.stage, args.out)["runs"].items():
+    for label, summary in compare(labelled_results(args.runs), args.stage, args.out)["runs"].items():
         print(f"{label}: {summary['steps']} steps, {summary['passes']:g} passes, loss {summary['final_loss']:.3f}, "
               f"held-out {args.stage} {summary['heldout_cer']:.1%}")
 

@@ -73,6 +73,18 @@ def kept_reads_command(description: str, analyse: Callable[[dict[str, Any]], dic
         atomic_write_json(args.out, found)
 
 
+def labelled_results(runs: list[str]) -> dict[str, dict[str, Any]]:
+    """``RESULTS.json=LABEL`` arguments (the label defaults to the file's stem) as label -> results; a missing file
+    ends the command in one line."""
+    found = {}
+    for run in runs:
+        path, _, label = run.partition("=")
+        if not Path(path).is_file():
+            raise SystemExit(f"error: {path}: no such results file")
+        found[label or Path(path).stem] = json.loads(Path(path).read_text())
+    return found
+
+
 def score_tesseract(dataset: Dataset, split: str | None = None) -> dict[str, Any]:
     """Tesseract on every page of ``dataset`` (of ``split``, if given; ``scored``); ``{"error": ...}`` where it is
     not installed."""
