@@ -46,6 +46,12 @@ def run_summary(results: dict) -> dict:
             "unseen_layout_clean": _scored(results.get("heldout_unseen_layout"))}
 
 
+def _error_bar(scores: dict) -> tuple[float, float]:
+    """How far below and above the pooled CER its interval reaches (none drawn where a run kept no interval)."""
+    low, high = scores["interval"] or (scores["cer"], scores["cer"])
+    return max(0.0, scores["cer"] - low), max(0.0, high - scores["cer"])
+
+
 def _percent(scores: dict | None) -> str:
     return "-" if scores is None else f"{scores['cer']:.2%}"
 
@@ -81,8 +87,7 @@ def compare(runs: dict[str, dict], png: Path) -> dict:
             continue
         x = [steps + nudge for _, steps, _ in points]
         y = [scores["cer"] for _, _, scores in points]
-        errors = [[max(0.0, scores["cer"] - (scores["interval"] or [scores["cer"]] * 2)[0]) for *_, scores in points],
-                  [max(0.0, (scores["interval"] or [scores["cer"]] * 2)[1] - scores["cer"]) for *_, scores in points]]
+        errors = list(zip(*(_error_bar(scores) for *_, scores in points)))
         ax.errorbar(x, y, yerr=errors, fmt=marker, capsize=3,
                     label=f"{name} ({', '.join(sorted({str(s['pages']) for *_, s in points}))} pages)")
         for (label, _, _), xi, yi in zip(points, x, y):

@@ -94,15 +94,21 @@ def render_test_sets(work: Path, checkpoint: Path, test_pages: int, heldout: int
             unseen_layout_pages(work, checkpoint, heldout, data) if unseen_layout else None)
 
 
+# Lesson options a folder's suffix leaves out: the kind and count begin its name, the seed follows the stage, and
+# categories, noise and scale have never been part of it.
+_NAMED_ELSEWHERE = ("kind", "n", "seed", "categories", "noise", "scale")
+
+
 def _lesson_folder_suffix(options: LessonOptions) -> str:
-    """What sets ``options``' lessons apart from plain ones, for their folder's name: lessons of other settings are
-    never reused for these."""
-    defaults, suffix = {f.name: f.default for f in dataclasses.fields(LessonOptions)}, ""
-    for name in ("scrambled", "photos", "templates", "random_layouts", "mixed_names", "line_sizes", "random_labels"):
-        value = getattr(options, name)
-        if value != defaults[name]:
+    """What sets ``options``' lessons apart from plain ones, for their folder's name: every other lesson option away
+    from its default, in the order ``LessonOptions`` declares them, so lessons of other settings (a new option's too)
+    are never reused for these."""
+    suffix = ""
+    for field in dataclasses.fields(LessonOptions):
+        value = getattr(options, field.name)
+        if field.name not in _NAMED_ELSEWHERE and value != field.default:
             shown = "-".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}"
-            suffix += f"-{name.replace('_', '-')}-{shown}"
+            suffix += f"-{field.name.replace('_', '-')}-{shown}"
     return suffix
 
 
