@@ -162,3 +162,36 @@ def test_packed_vision_attention_by_window_length_trains_like_one_call_per_windo
     (per_window * weights).sum().backward()
     assert torch.allclose(packed, per_window, atol=1e-6)
     assert all(torch.allclose(a, t.grad, atol=1e-6) for a, t in zip(packed_grads, tensors))
+
+
+def test_packed_vision_attention_gathers_once_per_layer_and_reads_its_bounds_once_per_forward():
+    """On a GPU each read of the bounds and each index copied to the device makes the host wait: a layer gathers its
+    queries, keys and values by length once and puts the outputs back once, whatever the number of lengths, and the
+    layers after the first reuse the first one's grouping of the same bounds."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ocrloop.models.qwen2_5_vl import packed_sdpa
+
+    class Counted(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.__name__.split(".")[0]] += 1
+            return func(*args, **(kwargs or {}))
+
+    lengths = [16, 9, 16, 12, 9, 4]  # four lengths
+    bounds = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    tensors = [torch.randn(1, 2, sum(lengths), 8) for _ in range(3)]
+    layers = []
+    for _ in range(2):  # two layers of one forward: the same bounds tensor
+        with Counted() as counted:
+            packed_sdpa(None, *tensors, cu_seq_lens_q=bounds, max_length_q=max(lengths))
+        layers.append(counted.ops)
+    for ops in layers:
+        assert ops["index"] == 3 and ops["index_put_"] == 1
+        assert sum(n for name, n in ops.items() if "scaled_dot_product" in name) == 4
+    assert layers[0]["arange"] == 4 and layers[1]["arange"] == 0  # the grouping is worked out by the first layer only

@@ -185,31 +185,36 @@ def heldout_unphotographed(settings: BenchPhotoLoopSettings, data: DataConfig,
                           data, processes, split_fractions=(1.0, 0.0, 0.0), photographed=False)
 
 
+def as_rendered(settings: BenchPhotoLoopSettings, workload: dict[str, Any]) -> BenchPhotoLoopSettings:
+    """``settings`` with the documents a result's ``workload`` rendered: its pages can be rendered again to be read
+    by another engine or analysed."""
+    # results written before the workload recorded a field were rendered with its default
+    return settings.model_copy(update={
+        "business": workload["business"], "categories": workload["categories"], "documents": workload["documents"],
+        "heldout": workload.get("heldout_documents", workload["heldout_pages"]),
+        "train_templates": workload["train_templates"], "heldout_templates": workload["heldout_templates"],
+        "scale": workload.get("scale", settings.scale),
+        "render_processes": workload.get("render_processes", settings.render_processes)})
+
+
+def heldout_processes(workload: dict[str, Any]) -> int:
+    """The processes that rendered a result's held-out pages."""
+    # results made before the held-out pages had their own number were rendered by --render-processes (default 8)
+    return workload.get("heldout_render_processes", workload.get("render_processes", HELDOUT_RENDER_PROCESSES))
+
+
 def add_tesseract_photos(settings: BenchPhotoLoopSettings) -> dict[str, Any]:
     """Score Tesseract into ``settings.out`` (``scoring.add_tesseract``): the held-out photos are rendered again with
     the result's workload and checked against the texts the reader read; the held-out documents unphotographed, where
     the result read them; the workspace's photos too, for the loop's test split, checked against the split's documents
     per category; and the held-out photos in the trained layouts, where the result read them."""
 
-    def as_rendered(workload: dict[str, Any]) -> BenchPhotoLoopSettings:
-        # results written before the workload recorded a field were rendered with its default
-        return settings.model_copy(update={
-            "business": workload["business"], "categories": workload["categories"], "documents": workload["documents"],
-            "heldout": workload.get("heldout_documents", workload["heldout_pages"]),
-            "train_templates": workload["train_templates"], "heldout_templates": workload["heldout_templates"],
-            "scale": workload.get("scale", settings.scale),
-            "render_processes": workload.get("render_processes", settings.render_processes)})
-
-    def heldout_processes(workload: dict[str, Any]) -> int:
-        # results made before the held-out pages had their own number were rendered by --render-processes (default 8)
-        return workload.get("heldout_render_processes", workload.get("render_processes", HELDOUT_RENDER_PROCESSES))
-
     def heldout(workload: dict[str, Any]) -> Dataset:
-        root, _ = heldout_photos(as_rendered(workload), DataConfig(), heldout_processes(workload))
+        root, _ = heldout_photos(as_rendered(settings, workload), DataConfig(), heldout_processes(workload))
         return Dataset.open(root, DataConfig())
 
     def other_sets(results: dict[str, Any]) -> None:
-        rendered = as_rendered(results["workload"])
+        rendered = as_rendered(settings, results["workload"])
         for key, render in (("unphotographed", heldout_unphotographed),
                             ("heldout_trained_layouts", heldout_photos_in_trained_layouts)):
             if key in results:

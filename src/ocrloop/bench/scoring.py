@@ -44,8 +44,24 @@ def kept_reads(results: dict[str, Any]) -> list[dict[str, str]]:
     return reads
 
 
+# What only one layout of ``data.synth.DOCUMENT_TEMPLATES`` writes, by (category, layout): reads and page sets keep
+# neither.
+LAYOUT_MARKERS = {("receipt", 0): "Receipt #R-", ("receipt", 1): "Order no. ", ("receipt", 2): "**Receipt no.**",
+                  ("invoice", 0): "# INVOICE #", ("invoice", 1): "## Invoice INV-", ("invoice", 2): "# TAX INVOICE"}
+
+
+def page_layout(reference: str) -> tuple[str, int] | None:
+    """The category and layout (index into ``DOCUMENT_TEMPLATES``) of a page's text; None where no layout, or more
+    than one, claims it (a lesson laid out anew or relabelled)."""
+    claims = [layout for layout, marker in LAYOUT_MARKERS.items() if marker in reference]
+    return claims[0] if len(claims) == 1 else None
+
+
 def page_category(reference: str) -> str:
     """receipt or invoice, from a page's text in any layout (reads keep no category); other where it says neither."""
+    layout = page_layout(reference)
+    if layout:
+        return layout[0]
     return "receipt" if "Receipt" in reference else "invoice" if "INVOICE" in reference.upper() else "other"
 
 

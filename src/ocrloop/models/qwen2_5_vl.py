@@ -77,6 +77,26 @@ class _PatchNormalizer:
         return args, {**kwargs, "hidden_states": values}
 
 
+def _packing(bounds: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The positions of the sequences ``bounds`` delimits, grouped by length (one index on ``device``), and each
+    group's (length, count) in that order. Worked out once per bounds tensor, which every layer of a forward shares:
+    reading the bounds, and copying the index to a GPU, each make the host wait for the GPU (on pages of many sizes,
+    about 60 waits a step when each layer did it for each length)."""
+    cached = getattr(bounds, "_ocrloop_packing", None)
+    if cached is not None and cached[0].device == device:
+        return cached
+    edges = bounds.tolist()
+    starts_by_length: dict[int, list[int]] = {}
+    for start, end in zip(edges[:-1], edges[1:]):
+        if end > start:
+            starts_by_length.setdefault(end - start, []).append(start)
+    order = torch.cat([(torch.tensor(starts)[:, None] + torch.arange(length)).reshape(-1)
+                       for length, starts in starts_by_length.items()])
+    packing = (order.to(device), [(length, len(starts)) for length, starts in starts_by_length.items()])
+    bounds._ocrloop_packing = packing
+    return packing
+
+
 def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any = None,
                 scaling: float | None = None, dropout: float = 0.0, cu_seq_lens_q: torch.Tensor | None = None,
                 max_length_q: int | None = None, is_causal: bool = False, **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -84,24 +104,25 @@ def packed_sdpa(module: Any, query: torch.Tensor, key: torch.Tensor, value: torc
 
     Sequences of equal length run as one batched SDPA call: all of them at once when every window has the same
     length (a line, or a page whose sides are window multiples); otherwise one call per distinct length, where
-    transformers makes one per sequence (thousands for a batch of pages of different sizes). Returns
-    [1, total, heads, dim]."""
+    transformers makes one per sequence (thousands for a batch of pages of different sizes). Queries, keys and values
+    are gathered by length once, and the outputs put back once. Returns [1, total, heads, dim]."""
     _, heads, total, dim = query.shape
     count = cu_seq_lens_q.numel() - 1
     if max_length_q is not None and max_length_q * count == total:
         q, k, v = (t.reshape(heads, count, max_length_q, dim).transpose(0, 1) for t in (query, key, value))
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal, scale=scaling)
         return out.permute(0, 2, 1, 3).reshape(1, total, heads, dim), None
-    bounds = cu_seq_lens_q.tolist()
-    starts_by_length: dict[int, list[int]] = {}
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        starts_by_length.setdefault(end - start, []).append(start)
-    out = torch.empty_like(query[0])  # [heads, total, dim]
-    for length, starts in starts_by_length.items():
-        columns = (torch.tensor(starts)[:, None] + torch.arange(length)).reshape(-1).to(query.device)
-        q, k, v = (t[0][:, columns].reshape(heads, len(starts), length, dim).transpose(0, 1) for t in (query, key, value))
-        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal, scale=scaling)
-        out[:, columns] = attended.transpose(0, 1).reshape(heads, -1, dim)
+    order, groups = _packing(cu_seq_lens_q, query.device)
+    by_length = [t[0][:, order] for t in (query, key, value)]  # [heads, total, dim], each length's sequences together
+    attended, offset = [], 0
+    for length, sequences in groups:
+        size = length * sequences
+        q, k, v = (t[:, offset:offset + size].reshape(heads, sequences, length, dim).transpose(0, 1) for t in by_length)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal, scale=scaling)
+        attended.append(out.transpose(0, 1).reshape(heads, size, dim))
+        offset += size
+    out = torch.empty_like(query[0])
+    out[:, order] = torch.cat(attended, dim=1)
     return out.transpose(0, 1).unsqueeze(0), None
 
 
