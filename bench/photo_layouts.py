@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ocrloop.atomic import atomic_write_json
 from ocrloop.bench.photo_loop import as_rendered, heldout_photos_in_trained_layouts, heldout_processes
-from ocrloop.bench.scoring import page_layout
+from ocrloop.bench.scoring import NORMALIZATIONS, page_layout
 from ocrloop.bench.settings import BenchPhotoLoopSettings
 from ocrloop.config import DataConfig
 from ocrloop.data.dataset import Dataset
 from ocrloop.errors import OcrloopError
-from ocrloop.evaluate.metrics import Normalization
 
 READERS = ("reader", "champion", "tesseract")
-MARKUP_IGNORED = Normalization(strip_markdown=True)
 
 
 def references(results: dict[str, Any], work: Path) -> list[str]:
@@ -52,27 +49,23 @@ def references(results: dict[str, Any], work: Path) -> list[str]:
 
 def by_layout(results: dict[str, Any], texts: list[str]) -> dict[str, dict[str, Any]]:
     """Per layout ("receipt 0", "invoice 1", ...): its pages, and each reader's pooled CER over them, markup ignored."""
-    lengths = [len(MARKUP_IGNORED.apply(text)) for text in texts]
     layouts = [page_layout(text) for text in texts]
     if None in layouts:
         raise OcrloopError(f"page {layouts.index(None)}: no one layout of data.synth writes it")
-    found: dict[str, dict[str, Any]] = defaultdict(lambda: {"pages": 0})
-    for layout in layouts:
-        found[f"{layout[0]} {layout[1]}"]["pages"] += 1
+    keys = [f"{category} {layout}" for category, layout in layouts]
+    # a page's CER is its edits over its length, markup ignored: weighed by that length, the pages pool
+    lengths = [max(len(NORMALIZATIONS["strip_markdown"].apply(text)), 1) for text in texts]
+    found = {key: {"pages": keys.count(key)} for key in sorted(set(keys))}
     for reader in READERS:
         page_cers = results["heldout_trained_layouts"].get(reader, {}).get("strip_markdown", {}).get("page_cers")
         if page_cers is None:
             continue  # Tesseract not scored yet
         if len(page_cers) != len(texts):
             raise OcrloopError(f"{reader}: {len(page_cers)} pages read, {len(texts)} rendered")
-        edits, characters = defaultdict(float), defaultdict(int)
-        for layout, cer, length in zip(layouts, page_cers, lengths):
-            key = f"{layout[0]} {layout[1]}"
-            edits[key] += cer * max(length, 1)
-            characters[key] += max(length, 1)
-        for key in edits:
-            found[key][reader] = edits[key] / characters[key]
-    return dict(sorted(found.items()))
+        for key, scores in found.items():
+            pages = [(cer, length) for page_key, cer, length in zip(keys, page_cers, lengths) if page_key == key]
+            scores[reader] = sum(cer * length for cer, length in pages) / sum(length for _, length in pages)
+    return found
 
 
 def plot(found: dict[str, dict[str, dict[str, Any]]], png: Path) -> None:
